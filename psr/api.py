@@ -1,0 +1,493 @@
+"""``psr.upscale``: numpy, PIL or torch in, the same kind out."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import ops
+from .models import SRNet
+from .weights import WEIGHTS_DIR, load_model
+
+__all__ = ["upscale", "Upscaler", "resolve_model", "BICUBIC"]
+
+BICUBIC = "bicubic"
+_PIL_MODES = {"L": np.uint8, "I;16": np.uint16, "RGB": np.uint8, "RGBA": np.uint8}
+_MAX_NDIM = 6
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+class _Bicubic(nn.Module):
+    """The MATLAB-compatible bicubic baseline (Keys a=-0.5, symmetric padding) as a 'model'."""
+
+    receptive_radius = 3
+    metadata = {"name": BICUBIC, "match_histogram": False}
+    name = BICUBIC
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
+        y = ops.upsample_bicubic(x, self.scale, a=-0.5)
+        return y.clamp(0, 1) if clamp else y
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_model(name: str, device: str) -> SRNet:
+    return load_model(name, device=device)
+
+
+def resolve_model(model: str | os.PathLike | nn.Module | None, scale: int, device: torch.device) -> nn.Module:
+    """The network for ``model`` (None: the shipped ``x{scale}-pixel``), checked against ``scale``."""
+    if model is None:
+        name = f"x{scale}-pixel"
+        if not (WEIGHTS_DIR / f"{name}.safetensors").is_file():
+            raise ValueError(
+                f"scale={scale}: no shipped model {name!r} yet; pass model='bicubic' or a weights file "
+                f"(shipped: {', '.join(sorted(p.stem for p in WEIGHTS_DIR.glob('*.safetensors'))) or 'none'})"
+            )
+        model = name
+    if isinstance(model, str) and model == BICUBIC:
+        return _Bicubic(scale)
+    if isinstance(model, (str, os.PathLike)):
+        net = _cached_model(str(model), str(device))
+    elif isinstance(model, nn.Module):
+        net = model.to(device).eval()
+    else:
+        raise TypeError(f"model must be None, 'bicubic', a shipped name, a path or an nn.Module, got {type(model).__name__}")
+    net_scale = getattr(net, "scale", None)
+    if net_scale != scale:
+        raise ValueError(f"model {getattr(net, 'name', model)!r} upscales by {net_scale}, but scale={scale} was asked")
+    return net
+
+
+# ---------------------------------------------------------------------------------------------
+# input canonicalisation
+
+
+@dataclass
+class _Layout:
+    """How to undo the canonicalisation (B, C, H, W) -> caller's array."""
+
+    kind: str  # "numpy" | "pil" | "torch"
+    dtype: Any  # numpy dtype of the caller's data (torch dtype for tensors)
+    shape: tuple[int, ...]  # caller's shape after moving the channel axis last
+    channel_axis: int | None  # caller's channel axis (normalised, >= 0), None for no channel axis
+    rgb: bool  # channels are RGB(A) rather than independent gray images
+    pil_mode: str | None = None
+    torch_device: torch.device | None = None
+
+
+def _as_array(image: Any) -> tuple[np.ndarray | torch.Tensor, str, str | None]:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        Image = None  # type: ignore[assignment]
+    if Image is not None and isinstance(image, Image.Image):
+        if image.mode not in _PIL_MODES:
+            raise ValueError(f"image: PIL mode {image.mode!r} is not supported; expected one of {sorted(_PIL_MODES)}")
+        arr = np.asarray(image)
+        if image.mode == "I;16":
+            arr = arr.astype(np.uint16)
+        return arr, "pil", image.mode
+    if isinstance(image, torch.Tensor):
+        return image, "torch", None
+    if isinstance(image, np.ndarray):
+        return image, "numpy", None
+    raise TypeError(f"image must be a numpy array, PIL.Image or torch.Tensor, got {type(image).__name__}")
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    if dtype == np.bool_ or dtype.kind not in "uif":
+        raise TypeError(f"image dtype must be an integer or floating type, got {dtype}")
+
+
+def _canonical(
+    image: Any, channel_axis: int | str | None, rgb: bool | None
+) -> tuple[np.ndarray, _Layout]:
+    """(B, H, W, C) numpy array (any dtype) plus the layout to undo it."""
+    arr, kind, pil_mode = _as_array(image)
+    torch_device = None
+    if kind == "torch":
+        t = arr
+        assert isinstance(t, torch.Tensor)
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"image dtype must be an integer or floating type, got {t.dtype}")
+        if t.ndim not in (2, 3, 4):
+            raise ValueError(f"image: a tensor must be (H, W), (C, H, W) or (N, C, H, W), got shape {tuple(t.shape)}")
+        if t.ndim >= 3 and t.shape[-3] not in (1, 3, 4):
+            raise ValueError(f"image: tensor channels must be 1, 3 or 4, got {t.shape[-3]} in shape {tuple(t.shape)}")
+        torch_device = t.device
+        tdtype = t.dtype
+        # bfloat16 has no numpy twin; compute in float32 and cast back at the end.
+        a = (t.detach().float() if t.dtype in (torch.bfloat16, torch.float16) else t.detach()).cpu().numpy()
+        if t.ndim == 2:
+            ch_axis, is_rgb = None, False
+        else:
+            ch_axis, is_rgb = t.ndim - 3, t.shape[-3] in (3, 4)
+        arr = a
+    else:
+        assert isinstance(arr, np.ndarray)
+        tdtype = arr.dtype
+        _check_dtype(arr.dtype)
+        if arr.ndim < 2:
+            raise ValueError(f"image must have at least 2 dimensions (H, W), got shape {arr.shape}")
+        if arr.ndim > _MAX_NDIM:
+            raise ValueError(f"image has {arr.ndim} dimensions; at most {_MAX_NDIM} are supported")
+        if channel_axis == "auto":
+            if arr.ndim >= 3 and arr.shape[-1] in (3, 4):
+                ch_axis, is_rgb = arr.ndim - 1, True if rgb is None else bool(rgb)
+            elif arr.ndim == 3 and arr.shape[-1] == 1:
+                ch_axis, is_rgb = 2, False
+            else:
+                ch_axis, is_rgb = None, False
+        elif channel_axis is None:
+            ch_axis, is_rgb = None, False
+        elif isinstance(channel_axis, (int, np.integer)) and not isinstance(channel_axis, bool):
+            if not -arr.ndim <= channel_axis < arr.ndim:
+                raise ValueError(f"channel_axis={channel_axis} is out of range for an image of shape {arr.shape}")
+            ch_axis = int(channel_axis) % arr.ndim
+            is_rgb = bool(rgb)
+            if arr.ndim < 3:
+                raise ValueError(f"channel_axis={channel_axis} needs an image with 3 or more dimensions, got shape {arr.shape}")
+        else:
+            raise ValueError(f"channel_axis must be 'auto', None or an integer, got {channel_axis!r}")
+        if is_rgb and arr.shape[ch_axis] not in (3, 4):  # type: ignore[index]
+            raise ValueError(f"rgb=True needs 3 or 4 channels on channel_axis, got {arr.shape[ch_axis]}")  # type: ignore[index]
+    if any(s == 0 for s in arr.shape):
+        raise ValueError(f"image is empty: shape {tuple(arr.shape)} has a zero-size axis")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError("image contains NaN or Inf values; expected finite intensities")
+    moved = arr if ch_axis is None else np.moveaxis(arr, ch_axis, -1)
+    layout = _Layout(kind, tdtype, moved.shape, ch_axis, is_rgb, pil_mode, torch_device)
+    if ch_axis is None:
+        canon = moved.reshape(-1, *moved.shape[-2:], 1)
+    elif is_rgb:
+        canon = moved.reshape(-1, *moved.shape[-3:])
+    else:  # independent gray channels: fold channels into the batch
+        b = moved.reshape(-1, *moved.shape[-3:])
+        canon = np.moveaxis(b, -1, 1).reshape(-1, *b.shape[1:3], 1)
+    if min(canon.shape[1:3]) < 1:
+        raise ValueError(f"image is empty: shape {tuple(arr.shape)}")
+    return canon, layout
+
+
+def _restore(out: np.ndarray, layout: _Layout, scale: int) -> Any:
+    """Inverse of :func:`_canonical` for an output (B, fH, fW, C)."""
+    sh = list(layout.shape)
+    if layout.channel_axis is None:
+        sh[-2:] = [sh[-2] * scale, sh[-1] * scale]
+        res = out.reshape(sh)
+    else:
+        sh[-3:-1] = [sh[-3] * scale, sh[-2] * scale]
+        if layout.rgb:
+            res = out.reshape(sh)
+        else:
+            c = sh[-1]
+            b = out.reshape(-1, c, sh[-3], sh[-2])
+            res = np.moveaxis(b, 1, -1).reshape(sh)
+        res = np.moveaxis(res, -1, layout.channel_axis)
+    res = np.ascontiguousarray(res)
+    if layout.kind == "pil":
+        from PIL import Image
+
+        if layout.pil_mode == "I;16":
+            return Image.fromarray(res.astype("<u2"), mode="I;16")
+        return Image.fromarray(res, mode=layout.pil_mode)
+    if layout.kind == "torch":
+        t = torch.from_numpy(res)
+        return t.to(device=layout.torch_device, dtype=layout.dtype)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# intensity mapping
+
+
+@dataclass
+class _Intensity:
+    """Affine map of the caller's values to the network's [0, 1] and back, with output clipping."""
+
+    lo: float
+    hi: float
+    clip_lo: np.ndarray  # per channel
+    clip_hi: np.ndarray
+    dtype: np.dtype
+
+    def forward(self, a: np.ndarray) -> np.ndarray:
+        return ((a.astype(np.float32) - np.float32(self.lo)) / np.float32(self.hi - self.lo)).astype(np.float32)
+
+    def backward(self, y: np.ndarray) -> np.ndarray:
+        v = y.astype(np.float64) * (self.hi - self.lo) + self.lo
+        v = np.clip(v, self.clip_lo[: v.shape[-1]], self.clip_hi[: v.shape[-1]])
+        if self.dtype.kind in "ui":
+            return np.rint(v).astype(self.dtype)
+        return v.astype(self.dtype)
+
+
+def _intensity(canon: np.ndarray, rgb: bool, normalize: tuple[float, float] | None) -> _Intensity:
+    dtype = canon.dtype
+    c = canon.shape[-1]
+    colour = canon[..., :3] if rgb and c == 4 else canon
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        clip_lo, clip_hi = np.full(c, float(info.min)), np.full(c, float(info.max))
+    else:
+        # Floats stay within the input's own range per channel group (bicubic rings past it).
+        clip_lo, clip_hi = np.full(c, float(colour.min())), np.full(c, float(colour.max()))
+        if rgb and c == 4:
+            clip_lo[3], clip_hi[3] = float(canon[..., 3].min()), float(canon[..., 3].max())
+    if dtype == np.uint8:
+        return _Intensity(0.0, 255.0, clip_lo, clip_hi, dtype)
+    if normalize is None:
+        if dtype.kind in "ui":
+            return _Intensity(float(clip_lo[0]), float(clip_hi[0]), clip_lo, clip_hi, dtype)
+        if clip_lo.min() < 0 or clip_hi.max() > 1:
+            raise ValueError(
+                f"normalize=None expects floats in [0, 1], got values in [{clip_lo.min():.4g}, {clip_hi.max():.4g}]; "
+                "use normalize=(lo, hi) percentiles instead"
+            )
+        return _Intensity(0.0, 1.0, clip_lo, clip_hi, dtype)
+    try:
+        plo, phi = (float(v) for v in normalize)
+    except (TypeError, ValueError):
+        raise ValueError(f"normalize must be None or a (lo, hi) pair of percentiles, got {normalize!r}") from None
+    if not 0 <= plo < phi <= 100:
+        raise ValueError(f"normalize percentiles must satisfy 0 <= lo < hi <= 100, got {normalize!r}")
+    lo, hi = (float(v) for v in np.percentile(colour, [plo, phi]))
+    if hi <= lo:  # a (nearly) constant image: any positive span maps it back exactly
+        hi = lo + 1.0
+    return _Intensity(lo, hi, clip_lo, clip_hi, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# tiling
+
+
+def _tiles(n: int, tile: int) -> list[tuple[int, int]]:
+    return [(s, min(s + tile, n)) for s in range(0, n, tile)]
+
+
+def _forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # psr's own networks skip their final clamp: the caller clips after mapping intensities back.
+    if isinstance(net, (SRNet, _Bicubic)):
+        return net(x, clamp=False)
+    return net(x)
+
+
+def _run_tiled(
+    run: Callable[[int, int, int, int], torch.Tensor],
+    h: int,
+    w: int,
+    scale: int,
+    tile: int | None,
+    overlap: int,
+    write: Callable[[slice, slice, torch.Tensor], None],
+) -> None:
+    """Call ``run(y0, y1, x0, x1)`` on overlapping tiles of an (h, w) input; ``write`` each centre.
+
+    Each tile is extended by ``overlap`` input pixels on every side that lies inside the image and
+    only its centre is kept: with ``overlap`` at least the network's receptive radius the result
+    equals the whole-image result, since every output pixel then sees the same input pixels.
+    """
+    if tile is None or (h <= tile and w <= tile):
+        write(slice(0, h * scale), slice(0, w * scale), run(0, h, 0, w))
+        return
+    for y0, y1 in _tiles(h, tile):
+        for x0, x1 in _tiles(w, tile):
+            ey0, ey1 = max(0, y0 - overlap), min(h, y1 + overlap)
+            ex0, ex1 = max(0, x0 - overlap), min(w, x1 + overlap)
+            y = run(ey0, ey1, ex0, ex1)
+            oy, ox = (y0 - ey0) * scale, (x0 - ex0) * scale
+            block = y[..., oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale]
+            write(slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale), block)
+
+
+def _count_tiles(h: int, w: int, tile: int | None) -> int:
+    if tile is None or (h <= tile and w <= tile):
+        return 1
+    return math.ceil(h / tile) * math.ceil(w / tile)
+
+
+def _resolve_device(device: str | torch.device, image: Any) -> torch.device:
+    if isinstance(device, str) and device == "auto":
+        if isinstance(image, torch.Tensor) and image.device.type != "cpu":
+            return image.device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked but CUDA is not available")
+    return dev
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 40
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def upscale(
+    image: Any,
+    scale: int = 4,
+    *,
+    model: str | os.PathLike | nn.Module | None = None,
+    match_histogram: bool | None = None,
+    channel_axis: int | str | None = "auto",
+    rgb: bool | None = None,
+    normalize: tuple[float, float] | None = (0.1, 99.9),
+    tile: int | None = 256,
+    tile_overlap: int | None = None,
+    device: str | torch.device = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Upscale an image by an integer factor with a trained network.
+
+    Parameters
+    ----------
+    image : ndarray, PIL.Image or Tensor
+        numpy: (H, W) gray, (..., H, W, 3|4) RGB(A) with ``channel_axis="auto"``, or any layout
+        with an explicit ``channel_axis``. PIL: modes L, I;16, RGB, RGBA. torch: (H, W),
+        (C, H, W) or (N, C, H, W) with C in {1, 3, 4}.
+    scale : int
+        Upscaling factor; must equal the model's.
+    model : str, path or nn.Module, optional
+        A shipped name (see :func:`psr.list_models`), a weights file, a module mapping RGB [0, 1]
+        (N, 3, H, W) to (N, 3, fH, fW), or ``"bicubic"`` for the MATLAB-compatible bicubic
+        baseline. Default: the shipped ``x{scale}-pixel``.
+    match_histogram : bool, optional
+        Match each output channel's histogram to the LR input's (the paper's post-processing), once
+        over the whole image. Default: the model's own default, chosen on validation data.
+    channel_axis : "auto", None or int
+        ``"auto"``: a last axis of 3 or 4 is RGB(A) (1 is a gray channel), otherwise no channel
+        axis. ``None``: every axis before the last two is a stack of gray images. An integer names
+        the channel axis; each channel is then a gray image unless ``rgb=True``.
+    rgb : bool, optional
+        Treat the channel axis as RGB(A) (only with an integer ``channel_axis``).
+    normalize : (lo, hi) or None
+        For inputs other than uint8: percentiles mapped to 0 and 1 before the network and back
+        after, computed once over the whole input. ``None``: floats are already in [0, 1], ints
+        use their dtype's full range.
+    tile : int or None
+        Tile size in input pixels; ``None`` processes each image whole. Tiles overlap so that the
+        result equals the whole-image result.
+    tile_overlap : int, optional
+        Overlap in input pixels; default the model's receptive radius.
+    device : "auto", str or torch.device
+        "auto": the input tensor's device, else CUDA when available, else the CPU.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each tile; raise from it to cancel.
+
+    Returns
+    -------
+    The same kind as ``image``: numpy with the same dtype and layout, PIL of the same mode, or a
+    tensor of the same dtype on the input's device. Spatial axes are ``scale`` times larger.
+    Integer outputs are rounded and clipped to their dtype; float outputs stay within the
+    input's value range.
+
+    Notes
+    -----
+    Gray images go through the RGB network replicated to three channels and are averaged back.
+    Alpha is upscaled with the bicubic baseline, never by the network.
+    """
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 2 or scale > 8:
+        raise ValueError(f"scale must be an integer in 2..8, got {scale!r}")
+    scale = int(scale)
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 8):
+        raise ValueError(f"tile must be None or an integer >= 8, got {tile!r}")
+    dev = _resolve_device(device, image)
+    net = resolve_model(model, scale, dev)
+    if tile_overlap is None:
+        tile_overlap = int(getattr(net, "receptive_radius", 16))
+    elif isinstance(tile_overlap, bool) or not isinstance(tile_overlap, (int, np.integer)) or tile_overlap < 0:
+        raise ValueError(f"tile_overlap must be a non-negative integer, got {tile_overlap!r}")
+    if match_histogram is None:
+        match_histogram = bool(getattr(net, "metadata", {}).get("match_histogram", False))
+
+    canon, layout = _canonical(image, channel_axis, rgb)
+    b, h, w, c = canon.shape
+    out_bytes = b * h * w * c * scale * scale * max(4, canon.dtype.itemsize)
+    if out_bytes > _physical_memory():
+        raise ValueError(
+            f"image of shape {tuple(layout.shape)} would upscale x{scale} to {out_bytes / 2**30:.1f} GiB, "
+            "more than this machine's memory"
+        )
+    inten = _intensity(canon, layout.rgb, normalize)
+    out = np.empty((b, h * scale, w * scale, c), dtype=canon.dtype)
+    total = b * _count_tiles(h, w, tile)
+    done = 0
+
+    for i in range(b):
+        img = canon[i]  # (H, W, C) in the caller's dtype
+
+        def run(y0: int, y1: int, x0: int, x1: int, img: np.ndarray = img) -> torch.Tensor:
+            x = torch.from_numpy(inten.forward(img[y0:y1, x0:x1])).permute(2, 0, 1)[None].to(dev)
+            colour = x[:, :3] if c >= 3 else x.expand(1, 3, *x.shape[-2:])
+            y = _forward(net, colour.contiguous())
+            if c < 3:  # gray through the RGB network: averaged back
+                y = y.mean(dim=1, keepdim=True)
+            if c == 4:  # alpha is coverage, not image content: bicubic, never the network
+                y = torch.cat([y, ops.upsample_bicubic(x[:, 3:4], scale, a=-0.5)], dim=1)
+            return y
+
+        if match_histogram:
+            # Matching needs the whole output: a float32 buffer of it is the one allocation that
+            # grows with the image beyond the input and output arrays.
+            buf = torch.empty((1, c, h * scale, w * scale), dtype=torch.float32, device=dev)
+
+            def write(ys: slice, xs: slice, block: torch.Tensor, buf: torch.Tensor = buf) -> None:
+                nonlocal done
+                buf[..., ys, xs] = block
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+
+            _run_tiled(run, h, w, scale, tile, tile_overlap, write)
+            nc = 3 if c >= 3 else 1
+            ref = torch.from_numpy(inten.forward(img[..., :nc])).permute(2, 0, 1)[None].to(dev)
+            buf[:, :nc] = ops.match_histograms(buf[:, :nc], ref)
+            out[i] = inten.backward(buf[0].permute(1, 2, 0).cpu().numpy())
+        else:
+            out_i = out[i]
+
+            def write(ys: slice, xs: slice, block: torch.Tensor, out_i: np.ndarray = out_i) -> None:
+                nonlocal done
+                out_i[ys, xs] = inten.backward(block[0].permute(1, 2, 0).float().cpu().numpy())
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+
+            _run_tiled(run, h, w, scale, tile, tile_overlap, write)
+    return _restore(out, layout, scale)
+
+
+class Upscaler(nn.Module):
+    """A thin module over :func:`upscale` for RGB float tensors (N, 3, H, W) in [0, 1]."""
+
+    def __init__(self, scale: int = 4, model: str | os.PathLike | nn.Module | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        self.scale = scale
+        self.model = model
+        self.kwargs = {"normalize": None, **kwargs}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upscale(x, self.scale, model=self.model, **self.kwargs)

@@ -1,0 +1,118 @@
+"""The shipped-weights format: safetensors with psr's metadata, and loading by name or path.
+
+A weights file holds the model's (unfused) state dict and, in the safetensors header, the key
+``"psr"`` with a JSON object: ``format``, ``task``, ``config`` (:class:`~psr.models.SRConfig` fields),
+``scale``, ``loss``, ``degradation``, training data, iterations, patch size, wall time, validation
+and Set5 scores and ``match_histogram`` (the default post-processing, chosen on validation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import SRConfig, SRNet
+
+__all__ = ["WEIGHTS_DIR", "FORMAT", "save_weights", "read_metadata", "load_model", "list_models"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+FORMAT = "psr-weights-1"
+
+
+def save_weights(path: str | os.PathLike, model: SRNet, metadata: dict[str, Any]) -> None:
+    """Write ``model``'s state dict and ``metadata`` atomically (temp file, fsync, rename)."""
+    from safetensors.torch import save_file
+
+    meta = dict(metadata)
+    meta.setdefault("task", "sr")
+    meta["format"] = FORMAT
+    meta["config"] = model.cfg.to_dict()
+    meta["scale"] = model.cfg.scale
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"psr": json.dumps(meta, sort_keys=True)})
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".safetensors" or p.exists() or os.sep in str(name_or_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"weights file {str(p)!r} does not exist")
+        return p
+    shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
+    if not shipped.is_file():
+        names = ", ".join(sorted(list_models())) or "none"
+        raise ValueError(f"unknown model {str(name_or_path)!r}; shipped models: {names}, or give a path to a .safetensors file")
+    return shipped
+
+
+def read_metadata(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """The ``psr`` metadata of a weights file, validated; no tensors are read."""
+    from safetensors import safe_open
+
+    path = _resolve(name_or_path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("psr")
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise ValueError(f"weights file {str(path)!r} is corrupt or not a safetensors file: {exc}") from None
+    if raw is None:
+        raise ValueError(f"weights file {str(path)!r} has no psr metadata; was it written by psr.save_weights?")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"weights file {str(path)!r} has unreadable psr metadata: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"weights file {str(path)!r} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu", fuse: bool = True) -> SRNet:
+    """Load a shipped model by name (see :func:`list_models`) or a weights file by path.
+
+    Returns an eval-mode :class:`~psr.models.SRNet` (BatchNorm folded when ``fuse``) with
+    ``.metadata`` and ``.name`` attributes. Corrupt, truncated or mismatched files raise ValueError.
+    """
+    from safetensors.torch import load_file
+
+    path = _resolve(name_or_path)
+    meta = read_metadata(path)
+    if meta.get("task", "sr") != "sr":
+        raise ValueError(f"weights file {str(path)!r} holds a {meta.get('task')!r} model, not a super-resolution model")
+    try:
+        cfg = SRConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"weights file {str(path)!r} has an invalid model config: {exc}") from None
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise ValueError(f"weights file {str(path)!r} is corrupt or truncated: {exc}") from None
+    model = SRNet(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights file {str(path)!r} does not match its config: {exc}") from None
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"weights file {str(path)!r} has non-finite values in {k!r}")
+    model = model.fuse() if fuse else model.eval()
+    model.metadata = meta  # type: ignore[attr-defined]
+    model.name = meta.get("name", path.stem)  # type: ignore[attr-defined]
+    return model.to(device)
+
+
+def list_models() -> dict[str, dict[str, Any]]:
+    """Shipped models by name, each with its metadata."""
+    out = {}
+    for p in sorted(WEIGHTS_DIR.glob("*.safetensors")):
+        out[p.stem] = read_metadata(p)
+    return out

@@ -1,0 +1,1 @@
+"""napari plugin for psr (see napari.yaml)."""
