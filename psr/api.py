@@ -203,9 +203,8 @@ def _restore(out: np.ndarray, layout: _Layout, scale: int) -> Any:
     if layout.kind == "pil":
         from PIL import Image
 
-        if layout.pil_mode == "I;16":
-            return Image.fromarray(res.astype("<u2"), mode="I;16")
-        return Image.fromarray(res, mode=layout.pil_mode)
+        # Pillow infers L / I;16 / RGB / RGBA from the dtype and channel count.
+        return Image.fromarray(res)
     if layout.kind == "torch":
         t = torch.from_numpy(res)
         return t.to(device=layout.torch_device, dtype=layout.dtype)
@@ -259,7 +258,8 @@ def _intensity(canon: np.ndarray, rgb: bool, normalize: tuple[float, float] | No
                 f"normalize=None expects floats in [0, 1], got values in [{clip_lo.min():.4g}, {clip_hi.max():.4g}]; "
                 "use normalize=(lo, hi) percentiles instead"
             )
-        return _Intensity(0.0, 1.0, clip_lo, clip_hi, dtype)
+        # Like uint8 within 0..255: the caller's [0, 1] is the valid range.
+        return _Intensity(0.0, 1.0, np.zeros(c), np.ones(c), dtype)
     try:
         plo, phi = (float(v) for v in normalize)
     except (TypeError, ValueError):
@@ -401,8 +401,8 @@ def upscale(
     -------
     The same kind as ``image``: numpy with the same dtype and layout, PIL of the same mode, or a
     tensor of the same dtype on the input's device. Spatial axes are ``scale`` times larger.
-    Integer outputs are rounded and clipped to their dtype; float outputs stay within the
-    input's value range.
+    Integer outputs are rounded and clipped to their dtype; float outputs are clipped to [0, 1]
+    with ``normalize=None`` and to the input's value range otherwise.
 
     Notes
     -----

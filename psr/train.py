@@ -1,59 +1,151 @@
-"""Train an SR transformation network (``psr train``).
+"""Train an SR transformation network (``psr train``) and export a run as shipped weights (``psr export``).
 
 Defaults follow the paper: Adam lr 1e-3, batch 4, 288x288 HR patches, 200k iterations, no weight
-decay, Gaussian-blur-then-bicubic degradation. Checkpoints hold model, optimiser, iteration and every
-RNG state, written atomically, so ``--resume`` continues exactly where a run stopped (bit-exact on
-the CPU). The best checkpoint by validation PSNR is exported as a shipped-weights file.
+decay, the relu2_2 feature loss for ``--loss perceptual``, Gaussian-blur-then-bicubic degradation.
+
+* Data: every sample of every iteration comes from a generator seeded by (seed, iteration, sample)
+  (see :mod:`psr.data`), made ahead by ``--workers`` processes; the batches do not depend on the
+  number of workers or processes.
+* Checkpoints (``OUT/checkpoint.pt``) hold model, optimiser, iteration, wall time, the best
+  validation score and every RNG state, written atomically (temp file, fsync, rename). ``--resume``
+  continues exactly where a run stopped: bit-exact on the CPU.
+* Validation every ``--val-every`` iterations on images held out of the training folder: Y-PSNR,
+  SSIM and the relu2_2 feature distance. The best weights (by PSNR for ``pixel``, by relu2_2
+  distance for ``perceptual``) are kept in ``OUT/best.safetensors``. Set5 is never used here.
+* GPU: bf16 autocast, channels_last, cudnn.benchmark. Several GPUs (or CPU processes, on gloo):
+  ``torchrun --nproc-per-node N -m psr.train ...``; ``--batch-size`` is the global batch.
+* ``psr export RUN_DIR -o FILE`` picks the best weights, chooses the default histogram matching on
+  the validation split, scores Set5 and writes the shipped-weights format with its metadata.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
 import random
+import sys
 import time
+import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Degradation, PatchSampler, default_shared_dir, find_images, load_rgb, split_train_val
-from .metrics import psnr, rgb_to_y, shave
+from .data import (
+    SMALL_IMAGE_RULES,
+    Degradation,
+    PatchSampler,
+    default_shared_dir,
+    find_images,
+    load_rgb,
+    make_loader,
+    split_train_val,
+)
+from .metrics import psnr, rgb_to_y, shave, ssim
 from .models import SRConfig, SRNet
 from .resize import imresize
 from .weights import save_weights
 
-__all__ = ["add_arguments", "main", "validate", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "add_arguments",
+    "add_export_arguments",
+    "export_main",
+    "load_checkpoint",
+    "main",
+    "save_checkpoint",
+    "validate",
+]
+
+FEATURE_LAYER = "relu2_2"  # the paper's SR loss layer; also the validation feature distance
+_CHECKPOINT_DELAY_ENV = "PSR_TEST_CHECKPOINT_DELAY"  # test hook: seconds to pause mid-write
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``psr train``'s options to ``p``."""
     shared = default_shared_dir()
-    p.add_argument("--data", type=Path, default=shared / "data" / "train", help="folder of training images")
-    p.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
-    p.add_argument("--loss", default="pixel", choices=("pixel",), help="training loss")
-    p.add_argument("--iterations", type=int, default=200_000)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--patch", type=int, default=288, help="HR patch size")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-decay-at", type=float, nargs="*", default=[], help="fractions of --iterations where lr *= 0.1")
-    p.add_argument("--degradation", default="paper", help="'paper', 'bicubic' or 'blur_range:LO:HI'")
-    p.add_argument("--upsample", default="deconv", choices=("deconv", "resize_conv", "pixel_shuffle"))
-    p.add_argument("--no-global-skip", dest="global_skip", action="store_false", help="the paper's net, no bicubic skip")
-    p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoints, logs)")
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--n-val", type=int, default=20, help="images held out for validation")
-    p.add_argument("--val-crop", type=int, default=256, help="centre crop of validation images (HR pixels)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long; 0: no limit")
-    p.add_argument("--name", default=None, help="model name written into the exported metadata")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", type=Path, default=shared / "data" / "train", help="folder of training images")
+    g.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
+    g.add_argument("--patch", type=int, default=288, help="HR patch size (a multiple of --scale)")
+    g.add_argument(
+        "--degradation", default="paper", help="'paper' (blur 1.0 + bicubic), 'bicubic' or 'blur_range:LO:HI'"
+    )
+    g.add_argument(
+        "--small-images",
+        default="skip",
+        choices=SMALL_IMAGE_RULES,
+        help="images smaller than --patch: leave out, or mirror-pad up to the patch size",
+    )
+    g.add_argument("--workers", type=int, default=2, help="data worker processes (0: make batches in the main process)")
+    g.add_argument("--n-val", type=int, default=20, help="images held out of --data for validation")
+    g.add_argument("--val-crop", type=int, default=256, help="centre crop of validation images (HR pixels)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--upsample", default="deconv", choices=("deconv", "resize_conv", "pixel_shuffle"))
+    g.add_argument(
+        "--no-global-skip", dest="global_skip", action="store_false", help="the paper's net, no bicubic skip"
+    )
+    g.add_argument("--channels", type=int, default=64, help="hidden channels (paper: 64)")
+    g.add_argument("--blocks", type=int, default=4, help="residual blocks (paper: 4)")
+    g.add_argument("--norm", default="batch", choices=("batch", "none"), help="normalisation (paper: batch)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--loss", default="pixel", choices=("pixel", "perceptual"), help="per-pixel MSE or relu2_2 features")
+    g.add_argument("--tv-weight", type=float, default=0.0, help="weight of the total-variation regulariser")
+    g.add_argument("--vgg-weights", type=Path, default=None, help="VGG-16 weights (default: see psr.losses)")
+    g.add_argument("--iterations", type=int, default=200_000)
+    g.add_argument("--batch-size", type=int, default=4, help="global batch (split across DDP processes)")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="linear lr warm-up over this many iterations (not in the paper; 0: none). Adam at full lr "
+        "on the zero-initialised residual head throws the first outputs far off",
+    )
+    g.add_argument("--lr-decay-at", type=float, nargs="*", default=[], help="fractions of --iterations where lr *= 0.1")
+    g.add_argument("--seed", type=int, default=0)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoints, logs)")
+    g.add_argument("--checkpoint-every", type=int, default=500)
+    g.add_argument("--val-every", type=int, default=500)
+    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument("--stop-at", type=int, default=0, help="stop (resumably) after this iteration; 0: run to the end")
+    g.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long; 0: no limit")
+    g.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    g.add_argument("--name", default=None, help="model name written into the weights metadata")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    positive = ("iterations", "batch_size", "patch", "checkpoint_every", "val_every", "channels", "val_crop")
+    for name in positive:
+        v = getattr(args, name)
+        if v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    for name in ("workers", "n_val", "threads", "stop_at", "blocks", "seed", "warmup"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    if not (args.tv_weight >= 0 and math.isfinite(args.tv_weight)):
+        raise ValueError(f"--tv-weight must be >= 0, got {args.tv_weight}")
+    if args.max_minutes < 0:
+        raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
+    if any(not 0 < f < 1 for f in args.lr_decay_at):
+        raise ValueError(f"--lr-decay-at fractions must lie in (0, 1), got {args.lr_decay_at}")
+    if args.patch % args.scale:
+        raise ValueError(f"--patch ({args.patch}) must be a multiple of --scale ({args.scale})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,47 +153,138 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temp file, fsync, then rename: a crash leaves the previous file intact."""
+    """Write ``state`` with torch.save to a temp file, fsync, then rename over ``path``.
+
+    A crash or SIGKILL at any point leaves either the previous file or the new one, never a torn
+    file. ``$PSR_TEST_CHECKPOINT_DELAY`` (seconds, for tests) pauses half-way through the write.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getbuffer()
+    delay = float(os.environ.get(_CHECKPOINT_DELAY_ENV, "0") or 0)
     with open(tmp, "wb") as fh:
-        torch.save(state, fh)
+        half = len(data) // 2
+        fh.write(data[:half])
+        if delay > 0:
+            fh.flush()
+            time.sleep(delay)
+        fh.write(data[half:])
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`; ValueError if it is corrupt or unreadable."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
     except Exception as exc:
         raise ValueError(f"checkpoint {str(path)!r} is corrupt or unreadable: {exc}") from None
+    missing = {"model", "optimizer", "rng", "iteration", "config"} - set(st) if isinstance(st, dict) else {"all keys"}
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r} lacks {sorted(missing)}")
+    return st
+
+
+def checkpoint_args(st: dict) -> dict[str, Any]:
+    """The training arguments stored in a checkpoint, with the old all-strings form parsed back."""
+    raw = st.get("args")
+    d = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)  # "4" -> 4, "[0.75]" -> [0.75], "True" stays a string
+            except json.JSONDecodeError:
+                v = {"True": True, "False": False, "None": None}.get(v, v)
+        out[k] = v
+    return out
+
+
+def _normalise_best(best: dict | None, loss: str) -> dict:
+    """Best-so-far record; old checkpoints hold only {'psnr', 'iteration'}."""
+    metric = "psnr" if loss == "pixel" else FEATURE_LAYER
+    worst = -math.inf if metric == "psnr" else math.inf
+    best = dict(best or {})
+    if "metric" not in best:
+        value = best.get("psnr", -math.inf) if metric == "psnr" else math.inf
+        best = {"metric": metric, "value": value, "iteration": best.get("iteration", 0), **best}
+    if best["metric"] != metric:
+        best = {"metric": metric, "value": worst, "iteration": 0}
+    return best
+
+
+def _better(best: dict, scores: dict) -> bool:
+    v = scores.get(best["metric"])
+    if v is None or not math.isfinite(v):
+        return False
+    return v > best["value"] if best["metric"] == "psnr" else v < best["value"]
 
 
 # ---------------------------------------------------------------------------------------------
-# validation
+# validation and scoring
+
+
+def _feature_net(args_weights: str | os.PathLike | None, allow_download: bool):
+    """A relu2_2 VGGFeatures, or None when no local weights exist and downloading is not allowed."""
+    from .losses import VGGFeatures, resolve_vgg_weights
+
+    if resolve_vgg_weights(args_weights) is None and not allow_download:
+        warnings.warn("no local VGG-16 weights: the relu2_2 distance is not measured", stacklevel=2)
+        return None
+    return VGGFeatures((FEATURE_LAYER,), args_weights)
+
+
+def _feature_distance(vgg, sr: torch.Tensor, hr: torch.Tensor) -> float:
+    with torch.no_grad():
+        a = vgg(sr, (FEATURE_LAYER,))[FEATURE_LAYER]
+        b = vgg(hr, (FEATURE_LAYER,))[FEATURE_LAYER]
+        return float(F.mse_loss(a.double(), b.double()))
 
 
 @torch.no_grad()
-def validate(model: SRNet, images: list[torch.Tensor], scale: int, device: torch.device) -> dict[str, float]:
-    """Mean Y-PSNR (shave = scale) on centre crops, LR by MATLAB bicubic rounded to 8 bits."""
+def validate(
+    model: torch.nn.Module,
+    images: Sequence[torch.Tensor],
+    scale: int,
+    device: torch.device,
+    vgg: torch.nn.Module | None = None,
+) -> dict[str, float]:
+    """Mean Y-PSNR, SSIM (shave = scale) and relu2_2 distance over ``images``.
+
+    ``images`` are uint8 (3, H, W) HR tensors with H, W multiples of ``scale``; LR is MATLAB
+    bicubic rounded to 8 bits and the output is rounded to 8 bits, as in the benchmark protocol.
+    The relu2_2 distance (``vgg`` given) compares the rounded output with HR, shaved likewise.
+    """
     was_training = model.training
     model.eval()
-    scores = []
+    p, s, f = [], [], []
     for hr in images:
         lr = imresize(hr, 1.0 / scale)  # uint8 in, uint8 out (rounded), as the benchmark
         x = (lr.float() / 255.0)[None].to(device)
-        sr = model(x).cpu()[0]
-        sr8 = torch.round(sr * 255.0).permute(1, 2, 0).numpy()
-        ref = hr.permute(1, 2, 0).numpy()
-        scores.append(psnr(shave(rgb_to_y(sr8), scale), shave(rgb_to_y(ref), scale)))
+        sr8 = torch.round(model(x).float().clamp(0, 1) * 255.0).cpu()[0]
+        ys, yh = rgb_to_y(sr8.permute(1, 2, 0).numpy()), rgb_to_y(hr.permute(1, 2, 0).numpy())
+        p.append(psnr(shave(ys, scale), shave(yh, scale)))
+        s.append(ssim(shave(ys, scale), shave(yh, scale)))
+        if vgg is not None:
+            a = sr8[:, scale:-scale, scale:-scale][None].float().div(255).to(device)
+            b = hr[:, scale:-scale, scale:-scale][None].float().div(255).to(device)
+            f.append(_feature_distance(vgg, a, b))
     model.train(was_training)
-    return {"psnr": float(np.mean(scores))}
+    out = {"psnr": float(np.mean(p)), "ssim": float(np.mean(s))}
+    if f:
+        out[FEATURE_LAYER] = float(np.mean(f))
+    return out
 
 
 def _centre_crop(img: torch.Tensor, size: int, scale: int) -> torch.Tensor:
@@ -113,69 +296,209 @@ def _centre_crop(img: torch.Tensor, size: int, scale: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# distributed / device
+
+
+def _dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) when not under it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _resolve_device(spec: str, local_rank: int, world: int) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: CUDA is not available")
+        if world > 1:
+            dev = torch.device("cuda", local_rank)
+    elif dev.type != "cpu":
+        raise ValueError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+    return dev
+
+
+# ---------------------------------------------------------------------------------------------
+# training
 
 
 def _lr_at(args: argparse.Namespace, it: int) -> float:
+    """Learning rate of (0-based) iteration ``it``: linear warm-up, then x0.1 at each decay point."""
     n_decays = sum(it >= math.floor(f * args.iterations) for f in args.lr_decay_at)
-    return args.lr * (0.1**n_decays)
+    warm = min(1.0, (it + 1) / args.warmup) if getattr(args, "warmup", 0) else 1.0
+    return args.lr * warm * (0.1**n_decays)
 
 
-def _rng_state(gen: torch.Generator) -> dict:
-    return {"data": gen.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()}
+def _rng_state(seed: int, device: torch.device) -> dict:
+    st = {
+        # The data RNG is a function of (seed, iteration, sample): its "state" is the seed.
+        "data": {"scheme": "per-sample-seed", "seed": seed},
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
 
 
-def _set_rng_state(gen: torch.Generator, st: dict) -> None:
-    gen.set_state(st["data"])
+def _set_rng_state(st: dict, device: torch.device) -> None:
     torch.set_rng_state(st["torch"])
     random.setstate(st["python"])
+    if device.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"], device)
+    if isinstance(st.get("data"), torch.Tensor):
+        warnings.warn(
+            "checkpoint from the sequential sampler: resuming with per-iteration seeding "
+            "(same patch distribution, different patches than the old code would have drawn)",
+            stacklevel=3,
+        )
+
+
+def _model_config(args: argparse.Namespace) -> SRConfig:
+    return SRConfig(
+        scale=args.scale,
+        channels=args.channels,
+        num_blocks=args.blocks,
+        upsample=args.upsample,
+        norm=args.norm,
+        global_skip=args.global_skip,
+    )
+
+
+def _json_args(args: argparse.Namespace) -> str:
+    return json.dumps({k: v for k, v in vars(args).items() if not callable(v)}, default=str, sort_keys=True)
 
 
 def main(args: argparse.Namespace) -> dict:
-    """Run (or resume) a training run; returns a summary dict."""
+    """Run (or resume) a training run; returns a summary dict (rank 0 prints it as JSON)."""
+    for name, default in (("channels", 64), ("blocks", 4), ("norm", "batch"), ("workers", 0), ("amp", True)):
+        if not hasattr(args, name):  # namespaces built by older callers
+            setattr(args, name, default)
+    for name, default in (
+        ("tv_weight", 0.0),
+        ("vgg_weights", None),
+        ("stop_at", 0),
+        ("small_images", "skip"),
+        ("warmup", 0),
+    ):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    _check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    rank, world, local_rank = _dist_env()
+    device = _resolve_device(args.device, local_rank, world)
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if args.batch_size % world:
+            raise ValueError(f"--batch-size ({args.batch_size}) must be a multiple of the {world} processes")
+    try:
+        return _train(args, rank, world, device)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    lead = rank == 0
     degradation = Degradation.parse(args.degradation)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = Path(args.out)
     ckpt_path = out / "checkpoint.pt"
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
 
     files = find_images(args.data)
     train_files, val_files = split_train_val(files, args.n_val)
-    sampler = PatchSampler(train_files, patch=args.patch, scale=args.scale, degradation=degradation)
-    val_images = [_centre_crop(load_rgb(f), args.val_crop, args.scale) for f in val_files]
+    sampler = PatchSampler(
+        train_files, patch=args.patch, scale=args.scale, degradation=degradation, small=args.small_images
+    )
+    val_images = [_centre_crop(load_rgb(f), args.val_crop, args.scale) for f in val_files] if lead else []
 
     torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    cfg = SRConfig(scale=args.scale, upsample=args.upsample, global_skip=args.global_skip)
+    random.seed(args.seed)
+    cfg = _model_config(args)
     model = SRNet(cfg).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    it = 0
-    elapsed = 0.0
-    best = {"psnr": -math.inf, "iteration": 0}
+    it, elapsed = 0, 0.0
+    best = _normalise_best(None, args.loss)
+    rng_to_restore = None
     if args.resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt_path)!r}")
         st = load_checkpoint(ckpt_path)
         if SRConfig.from_dict(st["config"]) != cfg:
             raise ValueError(f"--resume: checkpoint config {st['config']} differs from this run's {cfg.to_dict()}")
+        old = checkpoint_args(st)
+        for key in ("loss", "degradation", "patch", "batch_size", "seed", "tv_weight"):
+            if key in old and str(old[key]) != str(getattr(args, key)):
+                warnings.warn(
+                    f"--resume: --{key.replace('_', '-')} was {old[key]!r}, now {getattr(args, key)!r}", stacklevel=2
+                )
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
-        _set_rng_state(gen, st["rng"])
-        it, elapsed, best = st["iteration"], st["elapsed"], st["best"]
+        rng_to_restore = st["rng"]
+        it, elapsed = int(st["iteration"]), float(st.get("elapsed", 0.0))
+        best = _normalise_best(st.get("best"), args.loss)
+
+    net: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+
+    from .losses import PerceptualLoss, TVLoss
+
+    perceptual = None
+    if args.loss == "perceptual":
+        perceptual = PerceptualLoss((FEATURE_LAYER,), args.vgg_weights).to(device)
+        if cuda:
+            perceptual = perceptual.to(memory_format=torch.channels_last)
+        vgg_val = perceptual.vgg if lead else None
+    else:
+        vgg_val = _feature_net(args.vgg_weights, allow_download=False) if lead else None
+        if vgg_val is not None:
+            vgg_val = vgg_val.to(device)
+    tv = TVLoss() if args.tv_weight > 0 else None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and args.amp) else nullcontext()
 
     meta_base = {
         "name": args.name or f"x{args.scale}-{args.loss}",
         "loss": args.loss,
+        "loss_layers": [FEATURE_LAYER] if args.loss == "perceptual" else [],
+        "tv_weight": args.tv_weight,
         "degradation": degradation.name,
         "training_data": str(args.data),
         "n_train_images": len(sampler.images),
-        "n_val_images": len(val_images),
+        "n_val_images": len(val_files),
+        "small_images": args.small_images,
+        "n_small_images": len(sampler.skipped) + len(sampler.padded),
         "patch": args.patch,
         "batch_size": args.batch_size,
         "lr": args.lr,
-        "lr_decay_at": args.lr_decay_at,
+        "lr_decay_at": list(args.lr_decay_at),
+        "warmup": args.warmup,
         "seed": args.seed,
+        "processes": world,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "train_args": _json_args(args),
     }
 
     def checkpoint() -> None:
@@ -184,55 +507,302 @@ def main(args: argparse.Namespace) -> dict:
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
-                "rng": _rng_state(gen),
+                "rng": _rng_state(args.seed, device),
                 "iteration": it,
                 "elapsed": elapsed,
                 "best": best,
                 "config": cfg.to_dict(),
-                "args": json.dumps({k: str(v) for k, v in vars(args).items()}),
+                "args": _json_args(args),
             },
         )
 
-    log = open(out / "log.jsonl", "a")
+    stop = args.iterations if not args.stop_at else min(args.iterations, args.stop_at)
+    loader = make_loader(
+        sampler,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        start=it,
+        stop=max(it, stop),
+        workers=args.workers,
+        rank=rank,
+        world_size=world,
+        pin_memory=cuda,
+    )
+    log = open(out / "log.jsonl", "a") if lead else None
+    if log is not None:
+        log.write(json.dumps({"event": "resume" if args.resume else "start", "it": it, "processes": world}) + "\n")
     from tqdm import tqdm
 
-    bar = tqdm(total=args.iterations, initial=it, disable=args.quiet, dynamic_ncols=True, desc="train")
+    bar = tqdm(
+        total=args.iterations,
+        initial=it,
+        disable=args.quiet or not lead,
+        dynamic_ncols=True,
+        desc=f"train {meta_base['name']}",
+        mininterval=1.0,
+    )
+    if rng_to_restore is not None:
+        # Last, after everything that draws from the global RNG at start-up (e.g. module init).
+        _set_rng_state(rng_to_restore, device)
     start = time.perf_counter() - elapsed
     limit = args.max_minutes * 60 if args.max_minutes else math.inf
     model.train()
     stopped_early = False
-    while it < args.iterations:
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(args, it)
-        lr_img, hr_img = sampler.batch(args.batch_size, gen)
-        lr_img, hr_img = lr_img.to(device), hr_img.to(device)
-        sr = model(lr_img, clamp=False)
-        loss = F.mse_loss(sr, hr_img)
+    t_last, it_last = time.perf_counter(), it
+    first_done: tuple[float, int] | None = None
+    for lr_img, hr_img in loader:
+        lr_now = _lr_at(args, it)
+        for grp in opt.param_groups:
+            grp["lr"] = lr_now
+        lr_img = lr_img.to(device, non_blocking=True)
+        hr_img = hr_img.to(device, non_blocking=True)
+        if cuda:
+            lr_img = lr_img.contiguous(memory_format=torch.channels_last)
+            hr_img = hr_img.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            sr = net(lr_img, clamp=False)
+            terms = {}
+            if perceptual is not None:
+                terms["feature"] = perceptual(sr, hr_img)
+            else:
+                terms["pixel"] = F.mse_loss(sr.float(), hr_img)
+            if tv is not None:
+                terms["tv"] = args.tv_weight * tv(sr.float())
+            loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[union-attr]
         opt.step()
         it += 1
         elapsed = time.perf_counter() - start
+        if first_done is None:  # throughput is timed from the end of the first step (warm-up excluded)
+            first_done = (time.perf_counter(), it)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"iteration {it}: loss is {loss_value}; lower --lr or check the data")
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.5f}")
-        log.write(json.dumps({"it": it, "loss": loss.item(), "lr": _lr_at(args, it - 1), "time": round(elapsed, 2)}) + "\n")
-        if it % args.val_every == 0 or it == args.iterations:
-            v = validate(model, val_images, args.scale, device)
-            log.write(json.dumps({"it": it, "val_psnr": v["psnr"], "time": round(elapsed, 2)}) + "\n")
-            bar.write(f"iteration {it}: validation PSNR {v['psnr']:.3f} dB")
-            if v["psnr"] > best["psnr"]:
-                best = {"psnr": v["psnr"], "iteration": it}
-                meta = dict(meta_base, iterations=it, wall_time_s=round(elapsed, 1), val_psnr=round(v["psnr"], 4))
+        bar.set_postfix(loss=f"{loss_value:.5g}", refresh=False)
+        if log is not None:
+            rec = {"it": it, "loss": loss_value, "lr": lr_now, "time": round(elapsed, 3)}
+            if len(terms) > 1:
+                rec.update({k: float(v.detach()) for k, v in terms.items()})
+            log.write(json.dumps(rec) + "\n")
+        if lead and (it % args.val_every == 0 or it == args.iterations):
+            v = validate(model, val_images, args.scale, device, vgg_val)
+            now = time.perf_counter()
+            rate = (it - it_last) / max(now - t_last, 1e-9)
+            t_last, it_last = now, it
+            rec = {"it": it, **{f"val_{k}": x for k, x in v.items()}, "it_per_s": round(rate, 4)}
+            assert log is not None
+            log.write(json.dumps({**rec, "time": round(elapsed, 2)}) + "\n")
+            shown = ", ".join(f"{k} {x:.4g}" for k, x in v.items())
+            bar.write(f"iteration {it}: validation {shown}")
+            if _better(best, v):
+                best = {"metric": best["metric"], "value": v[best["metric"]], "iteration": it, **v}
+                meta = dict(
+                    meta_base,
+                    iterations=it,
+                    wall_time_s=round(elapsed, 1),
+                    **{f"val_{k}": round(x, 6) for k, x in v.items()},
+                    val_crop=args.val_crop,
+                )
                 save_weights(out / "best.safetensors", model, meta)
-        log.flush()
-        if it % args.checkpoint_every == 0 or it == args.iterations:
+        if log is not None:
+            log.flush()
+        over = elapsed > limit
+        if world > 1 and math.isfinite(limit):
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(over)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every process must stop at the same step
+            over = bool(flag.item())
+        if lead and (it % args.checkpoint_every == 0 or it == stop or over):
             checkpoint()
-        if elapsed > limit:
-            checkpoint()
+        if over and it < stop:
             stopped_early = True
             break
     bar.close()
-    log.close()
-    summary = {"iteration": it, "elapsed_s": elapsed, "best": best, "stopped_early": stopped_early, "out": str(out)}
-    print(json.dumps(summary))
+    if log is not None:
+        log.close()
+    summary = {
+        "iteration": it,
+        "elapsed_s": round(elapsed, 2),
+        "best": best,
+        "stopped_early": stopped_early or it < args.iterations,
+        "out": str(out),
+    }
+    if first_done is not None and it > first_done[1]:
+        # Training steps per second in this session, validation and checkpoint time included.
+        summary["it_per_s"] = round((it - first_done[1]) / (time.perf_counter() - first_done[0]), 4)
+    if lead:
+        print(json.dumps(summary))
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``psr export``'s options to ``p``."""
+    p.add_argument("run_dir", type=Path, help="a training run folder (best.safetensors, checkpoint.pt)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="weights file to write (.safetensors)")
+    p.add_argument("--name", default=None, help="model name in the metadata (default: the run's)")
+    p.add_argument(
+        "--which", default="best", choices=("best", "last"), help="best validation weights, or the last checkpoint"
+    )
+    p.add_argument("--data", type=Path, default=None, help="training folder, if moved since training")
+    p.add_argument(
+        "--set5",
+        type=Path,
+        default=default_shared_dir() / "data" / "Set5",
+        help="Set5 folder to report on; a missing folder skips Set5",
+    )
+    p.add_argument(
+        "--match-histogram",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="default post-processing; auto: chosen on the validation split",
+    )
+    p.add_argument("--vgg-weights", type=Path, default=None, help="VGG-16 weights for the relu2_2 distance")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def _load_run(run_dir: Path, which: str) -> tuple[SRNet, dict, dict]:
+    """(unfused model, training metadata, training args) of a run."""
+    from .weights import load_model
+
+    ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.safetensors"
+    st = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    targs = checkpoint_args(st) if st is not None else {}
+    if which == "best" and best_path.is_file():
+        model = load_model(best_path, fuse=False)
+        meta = dict(model.metadata)  # type: ignore[attr-defined]
+        if "train_args" in meta:
+            targs = {**json.loads(meta.pop("train_args")), **targs}
+        return model, meta, targs
+    if st is None:
+        raise FileNotFoundError(f"run {str(run_dir)!r} has neither best.safetensors nor checkpoint.pt")
+    if which == "best":
+        warnings.warn(f"{str(best_path)!r} missing (no validation yet?): exporting the last checkpoint", stacklevel=2)
+    model = SRNet(SRConfig.from_dict(st["config"]))
+    model.load_state_dict(st["model"])
+    model.eval()
+    meta = {
+        "name": targs.get("name") or f"x{model.scale}-{targs.get('loss', 'pixel')}",
+        "loss": targs.get("loss", "pixel"),
+        "degradation": targs.get("degradation"),
+        "training_data": str(targs.get("data")),
+        "patch": targs.get("patch"),
+        "batch_size": targs.get("batch_size"),
+        "lr": targs.get("lr"),
+        "seed": targs.get("seed"),
+        "iterations": int(st["iteration"]),
+        "wall_time_s": round(float(st.get("elapsed", 0.0)), 1),
+    }
+    return model, meta, targs
+
+
+def export_main(args: argparse.Namespace) -> dict:
+    """Write a run's weights in the shipped format with full metadata; returns the metadata.
+
+    The default ``match_histogram`` is chosen on the run's validation split (whole images, the
+    benchmark protocol of :func:`psr.evaluate.evaluate`): by PSNR for pixel-loss models, by the
+    relu2_2 distance for perceptual ones. Set5 is scored with that default and only reported.
+    """
+    from .evaluate import evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir: Path = args.run_dir
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dir {str(run_dir)!r} is not a folder")
+    if args.output.suffix != ".safetensors":
+        raise ValueError(f"--output must end in .safetensors, got {str(args.output)!r}")
+    model, meta, targs = _load_run(run_dir, args.which)
+    scale = model.scale
+    fused = model.fuse()
+    fused.name = args.name or meta.get("name") or run_dir.name  # type: ignore[attr-defined]
+    loss = meta.get("loss", "pixel")
+
+    data = args.data or Path(targs.get("data") or meta.get("training_data"))
+    n_val = int(targs.get("n_val", meta.get("n_val_images", 20)))
+    _, val_files = split_train_val(find_images(data), n_val)
+    if not val_files:
+        raise ValueError("the run has no validation split (--n-val 0): cannot choose match_histogram")
+    cache: dict = {}  # HR features shared by both settings
+
+    def score(files: Any, mh: bool) -> dict:
+        r = evaluate(
+            files,
+            scale,
+            fused,
+            match_histogram=mh,
+            vgg_weights=args.vgg_weights,
+            device=args.device,
+            _feature_cache=cache,
+        )
+        out = {"psnr": r["psnr"], "ssim": r["ssim"]}
+        if r["perceptual"] is not None:
+            out[FEATURE_LAYER] = r["perceptual"]
+        return out
+
+    res = {mh: score(val_files, mh) for mh in (False, True)}
+    by_features = loss == "perceptual" and FEATURE_LAYER in res[False]
+    if args.match_histogram != "auto":
+        mh = args.match_histogram == "on"
+    elif by_features:
+        mh = res[True][FEATURE_LAYER] < res[False][FEATURE_LAYER]
+    else:
+        mh = res[True]["psnr"] > res[False]["psnr"]
+
+    def rounded(d: dict) -> dict:
+        return {k: round(v, 6) for k, v in d.items()}
+
+    meta = {k: v for k, v in meta.items() if not k.startswith("val_")}
+    meta.update(
+        name=fused.name,  # type: ignore[attr-defined]
+        match_histogram=bool(mh),
+        match_histogram_chosen_by=(
+            f"validation {'relu2_2 distance' if by_features else 'PSNR'}" if args.match_histogram == "auto" else "user"
+        ),
+        val_images=len(val_files),
+        val_psnr=round(res[mh]["psnr"], 4),
+        val_ssim=round(res[mh]["ssim"], 5),
+        val_without_matching=rounded(res[False]),
+        val_with_matching=rounded(res[True]),
+        exported_from=str(run_dir),
+        exported_which=args.which,
+    )
+    if FEATURE_LAYER in res[mh]:
+        meta["val_relu2_2"] = round(res[mh][FEATURE_LAYER], 4)
+    if args.set5 is not None and Path(args.set5).is_dir():
+        s5 = score(Path(args.set5), mh)
+        meta.update(set5_psnr=round(s5["psnr"], 4), set5_ssim=round(s5["ssim"], 5))
+        if FEATURE_LAYER in s5:
+            meta["set5_relu2_2"] = round(s5[FEATURE_LAYER], 4)
+    elif args.set5 is not None:
+        warnings.warn(f"Set5 folder {str(args.set5)!r} not found: no Set5 scores in the metadata", stacklevel=2)
+    from .evaluate import PROTOCOL
+
+    meta["eval_protocol"] = PROTOCOL
+    save_weights(args.output, model, meta)
+    print(json.dumps({k: v for k, v in meta.items() if k not in ("config", "train_args")}, indent=1, default=str))
+    return meta
+
+
+def _cli(argv: Sequence[str] | None = None) -> None:
+    """``python -m psr.train [train options]`` or ``python -m psr.train export RUN_DIR -o FILE``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export"]:
+        p = argparse.ArgumentParser(prog="python -m psr.train export", description="export a run")
+        add_export_arguments(p)
+        export_main(p.parse_args(argv[1:]))
+        return
+    p = argparse.ArgumentParser(prog="python -m psr.train", description=__doc__)
+    add_arguments(p)
+    main(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    _cli()

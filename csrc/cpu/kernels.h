@@ -1,0 +1,72 @@
+// CPU building blocks shared by the three ops: a bicubic row generator and histogram matching of
+// planes whose rows come from any generator (a tensor, or bicubic upsampling recomputed per pass).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <vector>
+
+#include "../psr_common.h"
+
+namespace psr::cpu {
+
+// Bicubic upsampling of contiguous (P, H, W) planes by an integer scale, one output row at a time.
+template <typename scalar_t>
+struct Bicubic {
+  Bicubic(const scalar_t* x, int64_t H, int64_t W, int scale, double a);
+
+  int64_t out_rows() const { return H * S; }
+  int64_t out_cols() const { return W * S; }
+  // Scratch length row() needs beside its output.
+  int64_t scratch() const { return W + 4; }
+  // Output row oy of plane p into out[0 .. W * S); tmp holds scratch() values.
+  void row(int64_t p, int64_t oy, scalar_t* out, scalar_t* tmp) const;
+
+  const scalar_t* x;
+  int64_t H, W;
+  int S;
+  bool symmetric;
+  int offset[kMaxScale];
+  scalar_t w[kMaxScale][kTaps];
+  std::vector<int64_t> row_index;  // (H * S, 4): input rows read by each output row
+  int64_t col_pad[4];              // input columns standing for columns -2, -1, W, W + 1
+};
+
+// Rows of a plain contiguous (P, R, C) tensor.
+template <typename scalar_t>
+struct PlainRows {
+  const scalar_t* p;
+  int64_t R, C;
+  int64_t rows() const { return R; }
+  int64_t cols() const { return C; }
+  int64_t scratch() const { return 0; }
+  const scalar_t* get(int64_t plane, int64_t y, scalar_t* /*scratch*/) const { return p + (plane * R + y) * C; }
+};
+
+// Rows of bicubic(x) (+ residual), recomputed from the low-resolution planes on every call.
+template <typename scalar_t>
+struct BicubicRows {
+  const Bicubic<scalar_t>* b;
+  const scalar_t* residual;  // (P, H * S, W * S) contiguous, or nullptr
+  int64_t rows() const { return b->out_rows(); }
+  int64_t cols() const { return b->out_cols(); }
+  int64_t scratch() const { return b->out_cols() + b->scratch(); }
+  const scalar_t* get(int64_t plane, int64_t y, scalar_t* scratch) const {
+    const int64_t n = b->out_cols();
+    b->row(plane, y, scratch, scratch + n);
+    if (residual != nullptr) {
+      const scalar_t* r = residual + (plane * b->out_rows() + y) * n;
+      for (int64_t j = 0; j < n; ++j) scratch[j] = scratch[j] + r[j];
+    }
+    return scratch;
+  }
+};
+
+// Histogram-match P planes of rows.rows() x rows.cols() values to reference planes (P, ref_n)
+// and write the result to out (P, rows, cols). bins: exact (skimage) when empty, else binned.
+template <typename scalar_t, typename Rows>
+void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_n, std::optional<int64_t> bins,
+                  scalar_t* out);
+
+}  // namespace psr::cpu

@@ -1,0 +1,411 @@
+// CPU histogram matching, per plane (sample x channel).
+//
+// Exact mode reproduces skimage.exposure.match_histograms: every distinct source value v maps to
+// np.interp(q(v), ref_quantiles, ref_values) with q(v) = #{source <= v} / n, so a tie group takes
+// its upper quantile. The source values are turned into order-preserving integer keys packed with
+// their pixel index and radix-sorted; one walk over the sorted run then assigns each tie group its
+// value. Counts are integers throughout, so quantiles are exact however many pixels there are.
+//
+// Binned mode counts the source in `bins` equal-width bins over [min, max] and maps each value by
+// linear interpolation between the exact maps of its bin's edges; see psr/ops.py for the bound.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include "kernels.h"
+#ifdef PSR_PROFILE
+#include <chrono>
+#include <cstdio>
+#include <time.h>
+static double psr_now() { timespec ts; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6; }
+#define TIC(n) double n = psr_now();
+#define TOC(a,b,label) std::fprintf(stderr, "%s %.2f ms\n", label, (b - a));
+#else
+#define TIC(n)
+#define TOC(a,b,label)
+#endif
+
+namespace psr::cpu {
+namespace {
+
+// A sort element of exact mode: a value's key and its pixel index in the plane.
+template <typename scalar_t>
+struct Pair;
+
+template <>
+struct Pair<float> {  // packed into one word: key in the high half
+  using type = uint64_t;
+  static type make(uint32_t key, uint32_t idx) { return (static_cast<uint64_t>(key) << 32) | idx; }
+  static uint64_t key(type e) { return e >> 32; }
+  static uint32_t index(type e) { return static_cast<uint32_t>(e); }
+};
+
+template <>
+struct Pair<double> {
+  struct type {
+    uint64_t k;
+    uint64_t i;
+  };
+  static type make(uint64_t key, uint32_t idx) { return {key, idx}; }
+  static uint64_t key(const type& e) { return e.k; }
+  static uint32_t index(const type& e) { return static_cast<uint32_t>(e.i); }
+};
+
+// Work blocks for one plane: all threads unless already inside a parallel region (then the caller
+// parallelises over planes and each plane runs single-threaded).
+int64_t num_blocks(int64_t n, int64_t per_block = 65536) {
+  if (at::in_parallel_region()) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / per_block));
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+// An uninitialised array of n trivially copyable elements. Large ones are aligned to 2 MiB and
+// marked for transparent huge pages: the radix scatter writes all over them, and with 4 KiB pages
+// TLB misses and first-touch page faults cost as much as the sort itself.
+template <typename E>
+std::unique_ptr<E[], FreeDeleter> uninitialized(int64_t n) {
+  const size_t bytes = sizeof(E) * static_cast<size_t>(std::max<int64_t>(n, 1));
+  constexpr size_t kHuge = size_t(1) << 21;
+  void* p = nullptr;
+  if (bytes >= 2 * kHuge) {
+    if (posix_memalign(&p, kHuge, (bytes + kHuge - 1) / kHuge * kHuge) != 0) p = nullptr;
+#ifdef MADV_HUGEPAGE
+    if (p != nullptr) madvise(p, (bytes + kHuge - 1) / kHuge * kHuge, MADV_HUGEPAGE);
+#endif
+  } else {
+    p = std::malloc(bytes);
+  }
+  TORCH_CHECK(p != nullptr, "psr: out of memory allocating ", bytes, " bytes");
+  return std::unique_ptr<E[], FreeDeleter>(static_cast<E*>(p));
+}
+
+// Stable LSD radix sort of a[0..n) by key_of (an unsigned integer), using b as scratch. Only the
+// bit range in which keys differ is sorted (image values share sign and most exponent bits), in
+// passes of at most 11 bits. Returns the buffer that holds the result.
+template <typename E, typename KeyOf>
+E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of) {
+  if (n < 2) return a;
+  if (n <= 4096) {
+    std::stable_sort(a, a + n, [&](const E& l, const E& r) { return key_of(l) < key_of(r); });
+    return a;
+  }
+  const int64_t nb = num_blocks(n);
+  const int64_t chunk = (n + nb - 1) / nb;
+  const uint64_t first = key_of(a[0]);
+  std::vector<uint64_t> diffs(static_cast<size_t>(nb), 0);
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      uint64_t d = 0;
+      const int64_t end = std::min(n, (blk + 1) * chunk);
+      for (int64_t i = blk * chunk; i < end; ++i) d |= static_cast<uint64_t>(key_of(a[i])) ^ first;
+      diffs[blk] = d;
+    }
+  });
+  uint64_t diff = 0;
+  for (uint64_t d : diffs) diff |= d;
+  if (diff == 0) return a;
+  const int lo = __builtin_ctzll(diff);
+  const int span = 64 - __builtin_clzll(diff) - lo;
+  const int passes = (span + PSR_RADIX_BITS - 1) / PSR_RADIX_BITS;
+  const int width = (span + passes - 1) / passes;
+  const int64_t nbuckets = int64_t(1) << width;
+  const uint64_t mask = static_cast<uint64_t>(nbuckets - 1);
+  std::vector<int64_t> offs(static_cast<size_t>(nb * nbuckets));
+  for (int p = 0; p < passes; ++p) {
+    const int shift = lo + p * width;
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        int64_t* c = &offs[blk * nbuckets];
+        std::fill(c, c + nbuckets, 0);
+        const int64_t end = std::min(n, (blk + 1) * chunk);
+        for (int64_t i = blk * chunk; i < end; ++i) ++c[(static_cast<uint64_t>(key_of(a[i])) >> shift) & mask];
+      }
+    });
+    int64_t run = 0;
+    for (int64_t d = 0; d < nbuckets; ++d) {
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        const int64_t c = offs[blk * nbuckets + d];
+        offs[blk * nbuckets + d] = run;
+        run += c;
+      }
+    }
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        int64_t* o = &offs[blk * nbuckets];
+        const int64_t end = std::min(n, (blk + 1) * chunk);
+        for (int64_t i = blk * chunk; i < end; ++i) {
+          const E e = a[i];
+          b[o[(static_cast<uint64_t>(key_of(e)) >> shift) & mask]++] = e;
+        }
+      }
+    });
+    std::swap(a, b);
+  }
+  return a;
+}
+
+// The reference's CDF as np.interp needs it: unique values and their cumulative quantiles.
+struct RefCdf {
+  std::vector<double> xp, fp;
+  std::vector<double> slope;  // per interval, as np.interp precomputes them
+};
+
+template <typename scalar_t>
+RefCdf reference_cdf(const scalar_t* ref, int64_t m) {
+  using KT = KeyTraits<scalar_t>;
+  using K = typename KT::key_t;
+  auto a = uninitialized<K>(m);
+  auto b = uninitialized<K>(m);
+  at::parallel_for(0, m, 65536, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) a[i] = KT::key(ref[i]);
+  });
+  const K* s = radix_sort(a.get(), b.get(), m, [](K k) { return k; });
+  RefCdf c;
+  for (int64_t i = 0; i < m; ++i) {
+    if (i == m - 1 || s[i] != s[i + 1]) {
+      c.xp.push_back(static_cast<double>(i + 1) / static_cast<double>(m));
+      c.fp.push_back(static_cast<double>(KT::value(s[i])));
+    }
+  }
+  for (size_t j = 0; j + 1 < c.xp.size(); ++j) c.slope.push_back((c.fp[j + 1] - c.fp[j]) / (c.xp[j + 1] - c.xp[j]));
+  return c;
+}
+
+// Ask for huge pages on the 2 MiB-aligned interior of an existing buffer (a hint; see above).
+void advise_huge(void* p, size_t bytes) {
+#if defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+template <typename scalar_t, typename Rows>
+void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar_t* out,
+                       typename Pair<scalar_t>::type* a, typename Pair<scalar_t>::type* b) {
+  using KT = KeyTraits<scalar_t>;
+  using PT = Pair<scalar_t>;
+  using E = typename PT::type;
+  const int64_t R = rows.rows(), C = rows.cols(), n = R * C;
+  TORCH_CHECK(n <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()),
+              "psr::match_histograms: at most 2^32 - 1 pixels per channel in exact mode, got ", n,
+              "; use bins=k");
+  TIC(t0)
+  at::parallel_for(0, R, std::max<int64_t>(1, 16384 / C), [&](int64_t y0, int64_t y1) {
+    std::vector<scalar_t> scratch(static_cast<size_t>(rows.scratch()));
+    for (int64_t y = y0; y < y1; ++y) {
+      const scalar_t* v = rows.get(plane, y, scratch.data());
+      E* dst = a + y * C;
+      for (int64_t j = 0; j < C; ++j) dst[j] = PT::make(KT::key(v[j]), static_cast<uint32_t>(y * C + j));
+    }
+  });
+  TIC(t1)
+  const E* s = radix_sort(a, b, n, [](const E& e) { return PT::key(e); });
+  TIC(t2)
+
+  advise_huge(out, sizeof(scalar_t) * static_cast<size_t>(n));  // the walk writes it in random order
+  const double* xp = rc.xp.data();
+  const double* fp = rc.fp.data();
+  const int64_t m = static_cast<int64_t>(rc.xp.size());
+  // Each block handles the tie groups that start inside it (and runs past its end to finish the
+  // last one); groups are found by comparing neighbouring keys.
+  const int64_t nb = num_blocks(n);
+  const int64_t chunk = (n + nb - 1) / nb;
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      int64_t i = blk * chunk;
+      const int64_t end = std::min(n, i + chunk);
+      while (i > 0 && i < end && PT::key(s[i]) == PT::key(s[i - 1])) ++i;
+      int64_t j = -2;  // interval of xp holding the current quantile, found once then advanced
+      while (i < end) {
+        const uint64_t k = PT::key(s[i]);
+        int64_t e = i + 1;
+        while (e < n && PT::key(s[e]) == k) ++e;
+        const double q = static_cast<double>(e) / static_cast<double>(n);
+        double val;
+        if (m == 1) {
+          val = fp[0];
+        } else {
+          if (j == -2) {
+            j = search_right(xp, m, q);
+          } else {
+            while (j + 1 < m && xp[j + 1] <= q) ++j;
+          }
+          val = interp_at(q, xp, fp, m, j, rc.slope.data());
+        }
+        const scalar_t v = static_cast<scalar_t>(val);
+        for (int64_t t = i; t < e; ++t) out[PT::index(s[t])] = v;
+        i = e;
+      }
+    }
+  });
+  TIC(t3)
+  TOC(t0,t1,"keys") TOC(t1,t2,"sort") TOC(t2,t3,"walk")
+}
+
+// Bin of a value: floor((v - lo) * factor) clamped to [0, bins - 1], and its position within it.
+struct Binner {
+  double lo, factor;
+  int64_t bins;
+  inline int64_t bin(double pos) const {
+    // Truncation is floor for pos >= 0; NaN (possible only with check=False) lands in bin 0.
+    if (pos >= 0.0 && pos < static_cast<double>(bins)) return static_cast<int64_t>(pos);
+    return pos >= static_cast<double>(bins) ? bins - 1 : 0;
+  }
+};
+
+template <typename scalar_t, typename Rows>
+void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64_t bins, scalar_t* out) {
+  const int64_t R = rows.rows(), C = rows.cols(), n = R * C;
+  const int64_t nb = std::min(num_blocks(n, 16384), R);
+  const int64_t chunk = (R + nb - 1) / nb;
+  auto for_rows = [&](auto&& body) {  // body(block, row pointer, row index), blocks in parallel
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<scalar_t> scratch(static_cast<size_t>(rows.scratch()));
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t end = std::min(R, (blk + 1) * chunk);
+        for (int64_t y = blk * chunk; y < end; ++y) body(blk, rows.get(plane, y, scratch.data()), y);
+      }
+    });
+  };
+
+  std::vector<double> mins(static_cast<size_t>(nb), std::numeric_limits<double>::infinity());
+  std::vector<double> maxs(static_cast<size_t>(nb), -std::numeric_limits<double>::infinity());
+  for_rows([&](int64_t blk, const scalar_t* v, int64_t) {
+    scalar_t lo = v[0], hi = v[0];
+    for (int64_t j = 1; j < C; ++j) {
+      lo = std::min(lo, v[j]);
+      hi = std::max(hi, v[j]);
+    }
+    mins[blk] = std::min(mins[blk], static_cast<double>(lo));
+    maxs[blk] = std::max(maxs[blk], static_cast<double>(hi));
+  });
+  const double lo = *std::min_element(mins.begin(), mins.end());
+  const double hi = *std::max_element(maxs.begin(), maxs.end());
+  if (lo == hi) {  // a constant source is one tie group at quantile 1: the reference's maximum
+    std::fill(out, out + n, static_cast<scalar_t>(rc.fp.back()));
+    return;
+  }
+  const Binner bn{lo, static_cast<double>(bins) / (hi - lo), bins};
+
+  std::vector<int64_t> hist(static_cast<size_t>(nb * bins), 0);
+  for_rows([&](int64_t blk, const scalar_t* v, int64_t) {
+    int64_t* h = &hist[blk * bins];
+    for (int64_t j = 0; j < C; ++j) ++h[bn.bin((static_cast<double>(v[j]) - bn.lo) * bn.factor)];
+  });
+  // Edge k's quantile is the fraction of values in bins below k; map it exactly through the
+  // reference, then interpolate linearly inside each bin.
+  std::vector<double> em(static_cast<size_t>(bins + 1));
+  int64_t cum = 0;
+  for (int64_t k = 0; k <= bins; ++k) {
+    em[k] = np_interp(static_cast<double>(cum) / static_cast<double>(n), rc.xp.data(), rc.fp.data(),
+                      static_cast<int64_t>(rc.xp.size()));
+    if (k < bins) {
+      for (int64_t blk = 0; blk < nb; ++blk) cum += hist[blk * bins + k];
+    }
+  }
+  for_rows([&](int64_t, const scalar_t* v, int64_t y) {
+    scalar_t* o = out + y * C;
+    for (int64_t j = 0; j < C; ++j) {
+      const double pos = (static_cast<double>(v[j]) - bn.lo) * bn.factor;
+      const int64_t k = bn.bin(pos);
+      double t = pos - static_cast<double>(k);
+      t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
+      o[j] = static_cast<scalar_t>(em[k] + t * (em[k + 1] - em[k]));
+    }
+  });
+}
+
+}  // namespace
+
+template <typename scalar_t, typename Rows>
+void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_n, std::optional<int64_t> bins,
+                  scalar_t* out) {
+  const int64_t n = rows.rows() * rows.cols();
+  using E = typename Pair<scalar_t>::type;
+  // Planes p0 .. p1 in turn, reusing one pair of sort buffers (fresh pages cost a fault each).
+  auto do_planes = [&](int64_t p0, int64_t p1) {
+    std::unique_ptr<E[], FreeDeleter> a, b;
+    if (!bins.has_value()) {
+      a = uninitialized<E>(n);
+      b = uninitialized<E>(n);
+    }
+    for (int64_t p = p0; p < p1; ++p) {
+      const RefCdf rc = reference_cdf(ref + p * ref_n, ref_n);
+      if (bins.has_value()) {
+        match_binned_plane(rows, p, rc, *bins, out + p * n);
+      } else {
+        match_exact_plane(rows, p, rc, out + p * n, a.get(), b.get());
+      }
+    }
+  };
+  // Planes in parallel when they share the threads evenly or are small; otherwise one plane at a
+  // time with every thread inside it (3 colour planes on 2 cores would leave one core idle).
+  const int64_t T = at::get_num_threads();
+  const bool outer = P > 1 && T > 1 && (P % T == 0 || P >= 4 * T || n < (int64_t(1) << 18));
+  if (outer && !at::in_parallel_region()) {
+    at::parallel_for(0, P, 1, do_planes);
+  } else {
+    do_planes(0, P);
+  }
+}
+
+template void match_planes<float, PlainRows<float>>(const PlainRows<float>&, int64_t, const float*, int64_t,
+                                                    std::optional<int64_t>, float*);
+template void match_planes<double, PlainRows<double>>(const PlainRows<double>&, int64_t, const double*, int64_t,
+                                                      std::optional<int64_t>, double*);
+template void match_planes<float, BicubicRows<float>>(const BicubicRows<float>&, int64_t, const float*, int64_t,
+                                                      std::optional<int64_t>, float*);
+template void match_planes<double, BicubicRows<double>>(const BicubicRows<double>&, int64_t, const double*,
+                                                        int64_t, std::optional<int64_t>, double*);
+
+static at::Tensor match_histograms_cpu(const at::Tensor& source, const at::Tensor& reference,
+                                       std::optional<int64_t> bins) {
+  TORCH_CHECK(source.dim() == 4 && reference.dim() == 4,
+              "psr::match_histograms: source and reference must be (N, C, H, W), got ", source.sizes(), " and ",
+              reference.sizes());
+  TORCH_CHECK(source.size(0) == reference.size(0) && source.size(1) == reference.size(1),
+              "psr::match_histograms: source and reference must agree in N and C, got ", source.sizes(), " and ",
+              reference.sizes());
+  TORCH_CHECK(source.scalar_type() == at::kFloat || source.scalar_type() == at::kDouble,
+              "psr::match_histograms: source must be float32 or float64, got ", source.scalar_type());
+  TORCH_CHECK(reference.scalar_type() == source.scalar_type(),
+              "psr::match_histograms: reference must have the source's dtype");
+  TORCH_CHECK(source.size(2) * source.size(3) > 0 && reference.size(2) * reference.size(3) > 0,
+              "psr::match_histograms: source and reference must have pixels, got ", source.sizes(), " and ",
+              reference.sizes());
+  TORCH_CHECK(!bins.has_value() || (*bins >= 1 && *bins <= (int64_t(1) << 24)),
+              "psr::match_histograms: bins must be in 1..2^24");
+  const at::Tensor src = source.contiguous();
+  const at::Tensor ref = reference.contiguous();
+  at::Tensor out = at::empty(src.sizes(), src.options());
+  const int64_t P = src.size(0) * src.size(1);
+  if (P == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "psr_match_histograms_cpu", [&] {
+    const PlainRows<scalar_t> rows{src.const_data_ptr<scalar_t>(), src.size(2), src.size(3)};
+    match_planes(rows, P, ref.const_data_ptr<scalar_t>(), ref.size(2) * ref.size(3), bins,
+                 out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(psr, CPU, m) { m.impl("match_histograms", &match_histograms_cpu); }
+
+}  // namespace psr::cpu

@@ -1,0 +1,168 @@
+// Helpers shared by the CPU and CUDA kernels: the bicubic phase table, border index maps and
+// order-preserving integer keys of floating-point values. Host and device code include this.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#ifdef __CUDACC__
+#define PSR_HD __host__ __device__ __forceinline__
+#else
+#define PSR_HD inline
+#endif
+
+namespace psr {
+
+constexpr int kMaxScale = 8;
+constexpr int kTaps = 4;
+
+// Keys' cubic convolution kernel (psr/resize.py: cubic_kernel).
+inline double cubic_kernel(double x, double a) {
+  const double ax = std::fabs(x);
+  const double ax2 = ax * ax;
+  const double ax3 = ax2 * ax;
+  if (ax <= 1.0) return (a + 2.0) * ax3 - (a + 3.0) * ax2 + 1.0;
+  if (ax < 2.0) return a * ax3 - 5.0 * a * ax2 + 8.0 * a * ax - 4.0 * a;
+  return 0.0;
+}
+
+// Integer upscaling by s maps output sample i = q * s + r to input coordinate
+// u = (i + 0.5) / s - 0.5 = q + t_r with t_r = (r + 0.5) / s - 0.5 in (-0.5, 0.5), so the four tap
+// weights depend on the phase r alone. Output i reads input samples b - 1 .. b + 2 with
+// b = q + offset[r] (offset is floor(t_r), 0 or -1).
+struct PhaseTable {
+  int scale;
+  int offset[kMaxScale];
+  double w[kMaxScale][kTaps];
+};
+
+// Weights in double, normalised to sum to one per phase as MATLAB and psr.resize.resize_weights do.
+inline PhaseTable make_phase_table(int scale, double a) {
+  PhaseTable t{};
+  t.scale = scale;
+  for (int r = 0; r < scale; ++r) {
+    const double u = (r + 0.5) / scale - 0.5;
+    const double fl = std::floor(u);
+    t.offset[r] = static_cast<int>(fl);
+    double sum = 0.0;
+    for (int k = 0; k < kTaps; ++k) {
+      t.w[r][k] = cubic_kernel(u - (fl - 1.0 + k), a);
+      sum += t.w[r][k];
+    }
+    for (int k = 0; k < kTaps; ++k) t.w[r][k] /= sum;
+  }
+  return t;
+}
+
+// Index of virtual sample j of an axis of length n: MATLAB's half-sample symmetric padding
+// ([x0 .. xn-1, xn-1 .. x0] repeated) or torch's clamping.
+PSR_HD int64_t pad_index(int64_t j, int64_t n, bool symmetric) {
+  if (j >= 0 && j < n) return j;
+  if (!symmetric) return j < 0 ? 0 : n - 1;
+  const int64_t period = 2 * n;
+  int64_t m = j % period;
+  if (m < 0) m += period;
+  return m < n ? m : period - 1 - m;
+}
+
+// Monotone maps float -> uint32 and double -> uint64: a < b iff key(a) < key(b), and equal values
+// (including -0.0 and +0.0) get equal keys, so sorting keys sorts values and ties stay ties.
+PSR_HD uint32_t float_key(float v) {
+  if (v == 0.0f) v = 0.0f;  // -0.0 == +0.0: one tie group, as np.unique has it
+  uint32_t u;
+#ifdef __CUDA_ARCH__
+  u = __float_as_uint(v);
+#else
+  std::memcpy(&u, &v, sizeof u);
+#endif
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+PSR_HD float key_float(uint32_t k) {
+  const uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+#endif
+}
+
+PSR_HD uint64_t double_key(double v) {
+  if (v == 0.0) v = 0.0;
+  uint64_t u;
+#ifdef __CUDA_ARCH__
+  u = static_cast<uint64_t>(__double_as_longlong(v));
+#else
+  std::memcpy(&u, &v, sizeof u);
+#endif
+  return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
+}
+
+PSR_HD double key_double(uint64_t k) {
+  const uint64_t u = (k & 0x8000000000000000ull) ? (k & 0x7fffffffffffffffull) : ~k;
+#ifdef __CUDA_ARCH__
+  return __longlong_as_double(static_cast<long long>(u));
+#else
+  double v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+#endif
+}
+
+template <typename scalar_t>
+struct KeyTraits;
+
+template <>
+struct KeyTraits<float> {
+  using key_t = uint32_t;
+  static constexpr int bits = 32;
+  PSR_HD static key_t key(float v) { return float_key(v); }
+  PSR_HD static float value(key_t k) { return key_float(k); }
+};
+
+template <>
+struct KeyTraits<double> {
+  using key_t = uint64_t;
+  static constexpr int bits = 64;
+  PSR_HD static key_t key(double v) { return double_key(v); }
+  PSR_HD static double value(key_t k) { return key_double(k); }
+};
+
+// np.interp(x, xp, fp) at one point, given j with xp[j] <= x < xp[j + 1] (or the ends), using
+// numpy's formula so that results agree with skimage to the last bit of double.
+// slopes (optional) holds the m - 1 interval slopes precomputed with the same formula.
+PSR_HD double interp_at(double x, const double* xp, const double* fp, int64_t m, int64_t j,
+                        const double* slopes = nullptr) {
+  if (j < 0) return fp[0];
+  if (j >= m - 1) return fp[m - 1];
+  if (xp[j] == x) return fp[j];
+  const double slope = slopes != nullptr ? slopes[j] : (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j]);
+  double r = slope * (x - xp[j]) + fp[j];
+  if (r != r) {  // non-finite slope: numpy retries from the right end
+    r = slope * (x - xp[j + 1]) + fp[j + 1];
+    if (r != r && fp[j] == fp[j + 1]) r = fp[j];
+  }
+  return r;
+}
+
+// Index j of the last xp[j] <= x (xp strictly increasing), -1 if x < xp[0].
+PSR_HD int64_t search_right(const double* xp, int64_t m, double x) {
+  int64_t lo = 0, hi = m;  // first index with xp > x lies in [lo, hi]
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (xp[mid] <= x) lo = mid + 1; else hi = mid;
+  }
+  return lo - 1;
+}
+
+// np.interp semantics for the clamped ends.
+PSR_HD double np_interp(double x, const double* xp, const double* fp, int64_t m) {
+  if (m == 1) return fp[0];
+  if (x > xp[m - 1]) return fp[m - 1];
+  return interp_at(x, xp, fp, m, search_right(xp, m, x));
+}
+
+}  // namespace psr

@@ -1,0 +1,310 @@
+"""psr.upscale: every row of the contract table, tiling, histogram matching, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import psr
+from psr import _reference
+from psr.api import resolve_model
+from psr.resize import imresize
+
+from .conftest import DEVICES, make_tiny_model
+
+
+def _net_on_float(model_path: Path, x01: np.ndarray) -> np.ndarray:
+    """Independent path: the loaded network on (H, W, 3) floats in [0, 1], no clamp, whole image."""
+    net = psr.load_model(model_path)
+    t = torch.from_numpy(x01.astype(np.float32)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        return net(t, clamp=False)[0].permute(1, 2, 0).double().numpy()
+
+
+# --------------------------------------------------------------------------------- contract rows
+
+
+def test_uint8_rgb(tiny_model: Path, rng: np.random.Generator) -> None:
+    img = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    out = psr.upscale(img, 4, model=tiny_model, match_histogram=False)
+    assert out.dtype == np.uint8 and out.shape == (52, 68, 3)
+    ref = np.clip(np.rint(_net_on_float(tiny_model, img / 255.0) * 255), 0, 255)
+    assert np.abs(out.astype(int) - ref).max() <= 1  # float32 vs rounding boundary
+
+
+def test_uint16_percentile_normalisation(tiny_model: Path, rng: np.random.Generator) -> None:
+    img = rng.integers(100, 4000, (11, 9, 3)).astype(np.uint16)
+    out = psr.upscale(img, 4, model=tiny_model, match_histogram=False)
+    assert out.dtype == np.uint16 and out.shape == (44, 36, 3)
+    lo, hi = np.percentile(img, [0.1, 99.9])
+    y = _net_on_float(tiny_model, (img - lo) / (hi - lo)) * (hi - lo) + lo
+    ref = np.clip(np.rint(y), 0, 65535)
+    assert np.abs(out.astype(np.int64) - ref).max() <= 1
+    # Explicit percentiles and normalize=None (full dtype range) are honoured.
+    out2 = psr.upscale(img, 4, model=tiny_model, match_histogram=False, normalize=None)
+    y2 = _net_on_float(tiny_model, img / 65535.0) * 65535
+    assert np.abs(out2.astype(np.int64) - np.clip(np.rint(y2), 0, 65535)).max() <= 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.int32, np.uint32])
+def test_other_dtypes_roundtrip_dtype(tiny_model: Path, rng: np.random.Generator, dtype: type) -> None:
+    img = (rng.random((9, 10)) * 1000 - (200 if np.dtype(dtype).kind != "u" else 0)).astype(dtype)
+    out = psr.upscale(img, 4, model=tiny_model)
+    assert out.dtype == dtype and out.shape == (36, 40)
+    if np.dtype(dtype).kind == "f":
+        # Floats stay within the input's range.
+        assert out.min() >= img.min() and out.max() <= img.max()
+
+
+def test_float_normalize_none_requires_unit_range(tiny_model: Path, rng: np.random.Generator) -> None:
+    img = rng.random((8, 8, 3)).astype(np.float32)
+    out = psr.upscale(img, 4, model=tiny_model, normalize=None, match_histogram=False)
+    np.testing.assert_allclose(out, np.clip(_net_on_float(tiny_model, img), 0, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="normalize=None"):
+        psr.upscale(img * 2, 4, model=tiny_model, normalize=None)
+
+
+def test_gray_replicated_and_averaged(tiny_model: Path, rng: np.random.Generator) -> None:
+    img = rng.random((10, 12)).astype(np.float64)
+    out = psr.upscale(img, 4, model=tiny_model, normalize=None, match_histogram=False)
+    assert out.shape == (40, 48)
+    ref = _net_on_float(tiny_model, np.repeat(img[..., None], 3, axis=-1)).mean(-1)
+    np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=1e-5)
+
+
+def test_rgba_alpha_is_bicubic(tiny_model: Path, rng: np.random.Generator) -> None:
+    img = rng.integers(0, 256, (9, 11, 4), dtype=np.uint8)
+    out = psr.upscale(img, 4, model=tiny_model, match_histogram=False)
+    assert out.shape == (36, 44, 4)
+    alpha = np.clip(np.rint(imresize(img[..., 3].astype(np.float64), 4.0)), 0, 255)
+    np.testing.assert_array_equal(out[..., 3], alpha.astype(np.uint8))
+    rgb = psr.upscale(np.ascontiguousarray(img[..., :3]), 4, model=tiny_model, match_histogram=False)
+    np.testing.assert_array_equal(out[..., :3], rgb)
+
+
+def test_stacks_and_channel_axis(tiny_model: Path, rng: np.random.Generator) -> None:
+    stack = rng.random((3, 2, 7, 8)).astype(np.float32)  # (T, Z, H, W)
+    out = psr.upscale(stack, 2, model="bicubic", normalize=None)
+    assert out.shape == (3, 2, 14, 16)
+    one = psr.upscale(np.ascontiguousarray(stack[1, 0]), 2, model="bicubic", normalize=None)
+    np.testing.assert_allclose(out[1, 0], one, atol=1e-6)
+    # Explicit channel axis: each channel a gray image, layout kept.
+    chw = rng.random((5, 7, 8)).astype(np.float32)  # 5 channels first
+    out = psr.upscale(chw, 4, model=tiny_model, channel_axis=0, normalize=None)
+    assert out.shape == (5, 28, 32)
+    np.testing.assert_allclose(
+        out[2], psr.upscale(np.ascontiguousarray(chw[2]), 4, model=tiny_model, normalize=None), atol=1e-6
+    )
+    # Channel axis first with rgb=True equals channels-last RGB.
+    rgb_first = rng.random((3, 6, 5)).astype(np.float32)
+    a = psr.upscale(rgb_first, 4, model=tiny_model, channel_axis=0, rgb=True, normalize=None)
+    b = psr.upscale(np.moveaxis(rgb_first, 0, -1).copy(), 4, model=tiny_model, normalize=None)
+    np.testing.assert_allclose(np.moveaxis(a, 0, -1), b, atol=1e-6)
+    # RGB stacks: (Z, H, W, 3).
+    assert psr.upscale(rng.random((2, 5, 6, 3)), 4, model=tiny_model).shape == (2, 20, 24, 3)
+
+
+@pytest.mark.parametrize("mode,shape,dtype", [("L", (9, 7), np.uint8), ("I;16", (9, 7), np.uint16),
+                                              ("RGB", (9, 7, 3), np.uint8), ("RGBA", (9, 7, 4), np.uint8)])
+def test_pil_modes(tiny_model: Path, rng: np.random.Generator, mode: str, shape: tuple, dtype: type) -> None:
+    arr = rng.integers(0, 256 if dtype == np.uint8 else 60000, shape).astype(dtype)
+    im = Image.fromarray(arr)
+    assert im.mode == mode
+    out = psr.upscale(im, 4, model=tiny_model)
+    assert isinstance(out, Image.Image) and out.mode == mode and out.size == (28, 36)
+    np.testing.assert_array_equal(np.asarray(out), psr.upscale(arr, 4, model=tiny_model))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 3, 6, 7), (3, 6, 7), (6, 7), (1, 1, 6, 7), (2, 4, 6, 7)])
+def test_torch_tensors(tiny_model: Path, device: str, shape: tuple) -> None:
+    t = torch.rand(shape, device=device)
+    out = psr.upscale(t, 4, model=tiny_model, normalize=None, device=device)
+    assert isinstance(out, torch.Tensor) and out.device.type == device and out.dtype == t.dtype
+    assert out.shape == (*shape[:-2], shape[-2] * 4, shape[-1] * 4)
+    if len(shape) == 4 and shape[1] == 3:
+        arr = t[1].permute(1, 2, 0).cpu().numpy()
+        ref = psr.upscale(arr.copy(), 4, model=tiny_model, normalize=None)
+        np.testing.assert_allclose(out[1].permute(1, 2, 0).cpu().numpy(), ref, atol=1e-6)
+    # uint8 tensors follow the uint8 rule; channels_last and non-contiguous inputs are fine.
+    u8 = (torch.rand(1, 3, 6, 7) * 255).to(torch.uint8).to(memory_format=torch.channels_last)
+    o8 = psr.upscale(u8, 4, model=tiny_model, device=device)
+    assert o8.dtype == torch.uint8
+    np.testing.assert_array_equal(
+        o8[0].permute(1, 2, 0).cpu().numpy(), psr.upscale(u8[0].permute(1, 2, 0).contiguous().numpy(), 4, model=tiny_model)
+    )
+
+
+def test_non_contiguous_numpy(tiny_model: Path, rng: np.random.Generator) -> None:
+    big = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    view = big[::2, ::3]
+    assert not view.flags.c_contiguous
+    np.testing.assert_array_equal(psr.upscale(view, 4, model=tiny_model), psr.upscale(view.copy(), 4, model=tiny_model))
+
+
+# --------------------------------------------------------------------------------- tiles, matching
+
+
+@pytest.mark.parametrize("tile", [8, 13, 21])
+def test_tiled_equals_whole(tiny_model: Path, rng: np.random.Generator, tile: int) -> None:
+    img = rng.random((37, 29, 3)).astype(np.float32)
+    whole = psr.upscale(img, 4, model=tiny_model, tile=None, normalize=None)
+    tiled = psr.upscale(img, 4, model=tiny_model, tile=tile, normalize=None)
+    np.testing.assert_allclose(tiled, whole, atol=2e-6, rtol=0)
+    # With matching, it runs once over the whole image: still identical.
+    m1 = psr.upscale(img, 4, model=tiny_model, tile=None, match_histogram=True, normalize=None)
+    m2 = psr.upscale(img, 4, model=tiny_model, tile=tile, match_histogram=True, normalize=None)
+    # Matching ranks ~17k outputs against ~1k reference values: a float-rounding swap of two nearly
+    # equal outputs moves each by about a reference gap / 16, so compare at that scale.
+    np.testing.assert_allclose(m1, m2, atol=5e-4, rtol=0)
+    assert np.mean(np.abs(m1 - m2) > 2e-6) < 1e-3
+
+
+def test_too_small_overlap_differs(tiny_model: Path, rng: np.random.Generator) -> None:
+    # The equality above is not vacuous: with no overlap, tile seams change the result.
+    img = rng.random((37, 29, 3)).astype(np.float32)
+    whole = psr.upscale(img, 4, model=tiny_model, tile=None, normalize=None)
+    seams = psr.upscale(img, 4, model=tiny_model, tile=8, tile_overlap=0, normalize=None)
+    assert np.abs(seams - whole).max() > 1e-3
+
+
+def test_progress_and_cancel(tiny_model: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    psr.upscale(np.zeros((2, 20, 20), np.float32) + 0.5, 4, model=tiny_model, tile=8, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (18, 18) and [d for d, _ in calls] == list(range(1, 19))
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done: int, total: int) -> None:
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        psr.upscale(np.zeros((20, 20), np.float32), 4, model=tiny_model, tile=8, progress=cancel)
+
+
+def test_histogram_matching_matches_skimage(tiny_model: Path, rng: np.random.Generator) -> None:
+    from skimage.exposure import match_histograms
+
+    img = rng.random((12, 10, 3)).astype(np.float32)
+    raw = psr.upscale(img, 4, model=tiny_model, match_histogram=False, normalize=None)
+    unclipped = _net_on_float(tiny_model, img).astype(np.float32)
+    matched = psr.upscale(img, 4, model=tiny_model, match_histogram=True, normalize=None)
+    ref = match_histograms(unclipped, img, channel_axis=-1)
+    np.testing.assert_allclose(matched, ref, atol=1e-6)
+    # The output now has the LR input's distribution: its quantiles are the input's.
+    q = np.linspace(0.05, 0.95, 7)
+    np.testing.assert_allclose(np.quantile(matched, q, axis=(0, 1)), np.quantile(img, q, axis=(0, 1)), atol=0.03)
+    assert not np.allclose(raw, matched)
+
+
+def test_bicubic_model_is_matlab_imresize(rng: np.random.Generator) -> None:
+    img = rng.integers(0, 256, (3, 11, 13), dtype=np.uint8)
+    out = psr.upscale(img, 4, model="bicubic", channel_axis=0, rgb=True)
+    ref = imresize(img, 4.0)
+    assert np.abs(out.astype(int) - ref).max() <= 1
+
+
+def test_model_defaults_and_mismatch(tmp_path: Path) -> None:
+    p = make_tiny_model(tmp_path / "m2.safetensors", scale=2, match_histogram=True)
+    with pytest.raises(ValueError, match="upscales by 2"):
+        psr.upscale(np.zeros((5, 5)), 4, model=p)
+    net = resolve_model(p, 2, torch.device("cpu"))
+    assert net.metadata["match_histogram"] is True
+    # The metadata default is applied: output equals explicit matching.
+    img = np.random.default_rng(1).random((6, 7, 3))
+    np.testing.assert_array_equal(psr.upscale(img, 2, model=p), psr.upscale(img, 2, model=p, match_histogram=True))
+    if not (Path(psr.weights.WEIGHTS_DIR) / "x8-pixel.safetensors").exists():
+        with pytest.raises(ValueError, match="no shipped model"):
+            psr.upscale(np.zeros((5, 5)), 8)
+
+
+# --------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "image,kwargs,exc,match",
+    [
+        (np.array([[np.nan, 1.0], [0.0, 0.0]]), {}, ValueError, "NaN or Inf"),
+        (np.array([[np.inf, 1.0], [0.0, 0.0]], np.float32), {}, ValueError, "NaN or Inf"),
+        (np.zeros((0, 5)), {}, ValueError, "empty"),
+        (np.zeros((4, 0, 3)), {}, ValueError, "empty"),
+        (np.zeros(5), {}, ValueError, "at least 2 dimensions"),
+        (np.zeros((1,) * 7), {}, ValueError, "at most 6"),
+        (np.zeros((4, 4), bool), {}, TypeError, "dtype"),
+        (np.zeros((4, 4), complex), {}, TypeError, "dtype"),
+        (np.zeros((4, 4), object), {}, TypeError, "dtype"),
+        ([[1, 2], [3, 4]], {}, TypeError, "numpy array, PIL.Image or torch.Tensor"),
+        (np.zeros((4, 4)), {"scale": 3}, ValueError, "upscales by 4"),
+        (np.zeros((4, 4)), {"scale": 16}, ValueError, "scale must be"),
+        (np.zeros((4, 4)), {"scale": 2.5}, ValueError, "scale must be"),
+        (np.zeros((4, 4)), {"channel_axis": 5}, ValueError, "channel_axis"),
+        (np.zeros((4, 4, 5)), {"channel_axis": -1, "rgb": True}, ValueError, "rgb=True"),
+        (np.zeros((4, 4)), {"normalize": (50, 10)}, ValueError, "percentiles"),
+        (np.zeros((4, 4)), {"tile": 2}, ValueError, "tile"),
+        (np.zeros((4, 4)), {"device": "tpu9"}, ValueError, "device"),
+        (torch.zeros(2, 5, 4, 4), {}, ValueError, "channels must be 1, 3 or 4"),
+        (torch.zeros(1, 1, 1, 4, 4), {}, ValueError, "tensor must be"),
+        (torch.zeros(4, 4, dtype=torch.complex64), {}, TypeError, "dtype"),
+        (Image.new("CMYK", (4, 4)), {}, ValueError, "PIL mode"),
+    ],
+)
+def test_bad_input(tiny_model: Path, image: object, kwargs: dict, exc: type, match: str) -> None:
+    kwargs = {"scale": 4, **kwargs}
+    kwargs.setdefault("model", tiny_model)
+    with pytest.raises(exc, match=match):
+        psr.upscale(image, **kwargs)
+
+
+def test_tiny_and_constant_images(tiny_model: Path) -> None:
+    one = np.array([[200]], np.uint8)
+    out = psr.upscale(one, 4, model=tiny_model)
+    assert out.shape == (4, 4) and out.dtype == np.uint8
+    const = np.full((5, 6), 1234, np.uint16)
+    out = psr.upscale(const, 4, model="bicubic")
+    np.testing.assert_array_equal(out, np.full((20, 24), 1234, np.uint16))
+    # Matching a constant source maps it to the reference's maximum (skimage's rule).
+    out = psr.upscale(const, 4, model="bicubic", match_histogram=True)
+    np.testing.assert_array_equal(out, np.full((20, 24), 1234, np.uint16))
+
+
+def test_huge_image_refused_before_allocating(tiny_model: Path) -> None:
+    # A broadcast view: looks like 1e6 x 1e6 pixels without using memory.
+    huge = np.broadcast_to(np.zeros(1, np.uint8), (1_000_000, 1_000_000))
+    with pytest.raises(ValueError, match="more than this machine's memory"):
+        psr.upscale(huge, 4, model=tiny_model)
+
+
+def test_reference_match_histograms_semantics(rng: np.random.Generator) -> None:
+    from skimage.exposure import match_histograms
+
+    src = rng.integers(0, 7, (1, 2, 9, 11)).astype(np.float64)  # many ties
+    ref = rng.random((1, 2, 5, 4))
+    ours = _reference.match_histograms(torch.from_numpy(src), torch.from_numpy(ref)).numpy()
+    theirs = match_histograms(src[0], ref[0], channel_axis=0)
+    np.testing.assert_allclose(ours[0], theirs, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------- imports
+
+
+def test_inference_path_never_imports_torchvision_or_triton() -> None:
+    code = (
+        "import sys, numpy as np, psr\n"
+        "psr.upscale(np.random.rand(9, 9, 3).astype('float32'), 4, model='bicubic', match_histogram=True)\n"
+        "bad = [m for m in ('torchvision', 'triton', 'torch._dynamo') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_upscaler_module(tiny_model: Path) -> None:
+    x = torch.rand(2, 3, 5, 6)
+    mod = psr.Upscaler(4, model=tiny_model)
+    torch.testing.assert_close(mod(x), psr.upscale(x, 4, model=tiny_model, normalize=None))

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from psr.models import SRConfig, SRNet
+from psr.resize import imresize
+
+from .conftest import DEVICES
+
+
+def _random_bn(model: nn.Module) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 2)
+                m.bias.uniform_(-1, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("skip", [True, False])
+def test_shapes_and_range(device: str, scale: int, skip: bool) -> None:
+    model = SRNet(SRConfig(scale=scale, channels=8, num_blocks=2, global_skip=skip)).to(device).eval()
+    x = torch.rand(2, 3, 7, 9, device=device)
+    y = model(x)
+    assert y.shape == (2, 3, 7 * scale, 9 * scale)
+    assert y.min() >= 0 and y.max() <= 1
+
+
+def test_paper_architecture_parameter_count() -> None:
+    # 9x9 conv 3->64, 4 residual blocks, two stride-1/2 convs, 9x9 conv 64->3, BN everywhere:
+    # the figure the planning probe reported for the x4 network.
+    assert sum(p.numel() for p in SRNet(SRConfig(scale=4)).parameters()) == 401_859
+    counts = {type(m) for m in SRNet(SRConfig(scale=8)).upsample}
+    assert nn.ConvTranspose2d in counts
+
+
+def test_skip_starts_as_bicubic() -> None:
+    # The residual head is zero-initialised, so an untrained skip network is MATLAB bicubic.
+    model = SRNet(SRConfig(scale=4)).eval()
+    x = torch.rand(1, 3, 10, 12, dtype=torch.float64)
+    model = model.double()
+    torch.testing.assert_close(model(x, clamp=False), imresize(x, 4.0))
+
+
+@pytest.mark.parametrize("upsample", ["deconv", "resize_conv", "pixel_shuffle"])
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_fuse_folds_batchnorm_exactly(upsample: str, scale: int) -> None:
+    model = SRNet(SRConfig(scale=scale, upsample=upsample, channels=16, num_blocks=2)).double()
+    _random_bn(model)
+    nn.init.normal_(model.tail.weight, std=0.1)
+    model.eval()
+    fused = model.fuse()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    x = torch.rand(2, 3, 11, 6, dtype=torch.float64)
+    torch.testing.assert_close(fused(x, clamp=False), model(x, clamp=False), atol=1e-10, rtol=1e-10)
+
+
+def test_receptive_radius_bounds_influence() -> None:
+    model = SRNet(SRConfig(scale=4, channels=8)).double().eval()
+    _random_bn(model)
+    nn.init.normal_(model.tail.weight, std=0.1)
+    r = model.receptive_radius
+    x = torch.rand(1, 3, 2 * r + 9, 2 * r + 9, dtype=torch.float64)
+    x2 = x.clone()
+    c = r + 4
+    x2[..., c, c] += 1.0  # perturb one input pixel
+    diff = (model(x2, clamp=False) - model(x, clamp=False)).abs().sum(1)[0]
+    ys, xs = torch.nonzero(diff > 0, as_tuple=True)
+    # Every changed output lies within r LR pixels of the perturbed pixel.
+    assert (ys // 4 - c).abs().max() <= r and (xs // 4 - c).abs().max() <= r
+    assert len(ys) > 0
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="scale"):
+        SRConfig(scale=3)
+    with pytest.raises(ValueError, match="upsample"):
+        SRConfig(upsample="bilinear")
+    with pytest.raises(ValueError, match="unknown SRConfig"):
+        SRConfig.from_dict({"scale": 4, "bogus": 1})
+    with pytest.raises(ValueError, match="RGB"):
+        SRNet(SRConfig(scale=2, channels=4, num_blocks=0))(torch.rand(1, 1, 5, 5))

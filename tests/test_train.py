@@ -1,0 +1,360 @@
+"""Training: exact resume, crash-safe checkpoints, DDP on gloo, validation, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from psr import train
+from psr.losses import resolve_vgg_weights
+from psr.models import SRConfig, SRNet
+from psr.resize import imresize
+
+REPO = Path(__file__).resolve().parent.parent
+HAVE_VGG = resolve_vgg_weights() is not None
+needs_vgg = pytest.mark.skipif(not HAVE_VGG, reason="no local VGG-16 weights")
+
+
+def write_images(folder: Path, sizes: list[tuple[int, int]], rng: np.random.Generator) -> Path:
+    """Smooth random RGB PNGs (bicubic-enlarged noise) of the given (h, w) sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (h, w) in enumerate(sizes):
+        small = rng.integers(0, 256, (max(2, h // 3), max(2, w // 3), 3), dtype=np.uint8)
+        Image.fromarray(small).resize((w, h), Image.BICUBIC).save(folder / f"im{i:02d}.png")
+    return folder
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
+    return write_images(tmp_path / "train", [(48, 60), (56, 44), (40, 72), (64, 52), (45, 45), (50, 66)], rng)
+
+
+TINY = ["--channels", "8", "--blocks", "1", "--patch", "24", "--batch-size", "2", "--scale", "4", "--n-val", "2"]
+TINY += ["--val-crop", "40", "--quiet", "--threads", "1"]
+
+
+def parse(*argv: str | Path) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    return p.parse_args([str(a) for a in argv])
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        elif isinstance(a[k], dict):
+            assert_same_state(a[k], b[k])
+        elif isinstance(a[k], (list, tuple)):
+            assert len(a[k]) == len(b[k])
+            for x, y in zip(a[k], b[k], strict=True):
+                assert_same_state({"v": x}, {"v": y})
+        else:
+            assert a[k] == b[k], k
+
+
+# ---------------------------------------------------------------------------------------------
+# resume
+
+
+@pytest.mark.parametrize("loss", ["pixel", pytest.param("perceptual", marks=needs_vgg)])
+def test_resume_is_bit_exact(tmp_path: Path, data_dir: Path, loss: str) -> None:
+    common = [*TINY, "--data", data_dir, "--loss", loss, "--iterations", "6", "--lr-decay-at", "0.5"]
+    common += ["--val-every", "2", "--checkpoint-every", "2", "--degradation", "blur_range:0.5:1.5"]
+    if loss == "perceptual":
+        common += ["--tv-weight", "1e3"]
+    full = train.main(parse(*common, "--out", tmp_path / "full", "--workers", "0"))
+    part = train.main(parse(*common, "--out", tmp_path / "split", "--workers", "0", "--stop-at", "3"))
+    assert part["iteration"] == 3 and part["stopped_early"]
+    assert train.load_checkpoint(tmp_path / "split" / "checkpoint.pt")["iteration"] == 3
+    # The resumed half uses data workers: batches do not depend on them.
+    rest = train.main(parse(*common, "--out", tmp_path / "split", "--workers", "2", "--resume"))
+    assert full["iteration"] == rest["iteration"] == 6 and not rest["stopped_early"]
+
+    a = train.load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = train.load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    assert_same_state(a["model"], b["model"])
+    assert_same_state(a["optimizer"], b["optimizer"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert a["best"] == b["best"] and a["best"]["metric"] == ("psnr" if loss == "pixel" else "relu2_2")
+    # The model really trained (weights moved), and the loss logs agree iteration by iteration.
+    assert float(a["model"]["tail.weight"].abs().sum()) > 0
+    la = {r["it"]: r["loss"] for r in read_log(tmp_path / "full") if "loss" in r}
+    lb = {r["it"]: r["loss"] for r in read_log(tmp_path / "split") if "loss" in r}
+    assert la == lb and sorted(la) == [1, 2, 3, 4, 5, 6]
+    vals = [r for r in read_log(tmp_path / "full") if "val_psnr" in r]
+    assert [r["it"] for r in vals] == [2, 4, 6]
+    assert all(math.isfinite(r["val_psnr"]) and 0 < r["val_ssim"] <= 1 for r in vals)
+    if HAVE_VGG:
+        assert all(r["val_relu2_2"] > 0 for r in vals)
+    assert (tmp_path / "full" / "best.safetensors").is_file()
+
+
+def test_resume_refuses_other_model_and_missing_checkpoint(tmp_path: Path, data_dir: Path) -> None:
+    args = [*TINY, "--data", data_dir, "--iterations", "2", "--out", tmp_path / "r", "--workers", "0"]
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train.main(parse(*args, "--resume"))
+    train.main(parse(*args))
+    with pytest.raises(ValueError, match="config"):
+        train.main(parse(*[a if a != "8" else "16" for a in args], "--resume", "--iterations", "3"))
+
+
+def test_legacy_checkpoint_resumes_and_exports(tmp_path: Path, data_dir: Path) -> None:
+    """A checkpoint in the first format (string args, generator state, best = {psnr, iteration})."""
+    out = tmp_path / "legacy"
+    cfg = SRConfig(scale=4, channels=8, num_blocks=1)
+    torch.manual_seed(0)
+    model = SRNet(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    old_args = {"data": str(data_dir), "scale": "4", "loss": "pixel", "iterations": "4", "batch_size": "2"}
+    old_args.update({"patch": "24", "lr": "0.001", "lr_decay_at": "[]", "degradation": "bicubic", "n_val": "2"})
+    old_args.update({"val_crop": "40", "global_skip": "True", "name": "x4-legacy", "seed": "0"})
+    gen = torch.Generator().manual_seed(0)
+    train.save_checkpoint(
+        out / "checkpoint.pt",
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "rng": {"data": gen.get_state(), "torch": torch.get_rng_state(), "python": __import__("random").getstate()},
+            "iteration": 2,
+            "elapsed": 1.5,
+            "best": {"psnr": -math.inf, "iteration": 0},
+            "config": cfg.to_dict(),
+            "args": json.dumps({k: str(v) for k, v in old_args.items()}),
+        },
+    )
+    parsed = train.checkpoint_args(train.load_checkpoint(out / "checkpoint.pt"))
+    assert parsed["scale"] == 4 and parsed["lr_decay_at"] == [] and parsed["global_skip"] is True
+    same = ["--degradation", "bicubic", "--name", "x4-legacy"]  # resumed runs take their flags anew
+    with pytest.warns(UserWarning, match="sequential sampler"):
+        s = train.main(
+            parse(*TINY, "--data", data_dir, "--iterations", 4, "--out", out, "--resume", "--workers", 0, *same)
+        )
+    assert s["iteration"] == 4 and s["best"]["iteration"] == 4  # validated at the end
+    p = argparse.ArgumentParser()
+    train.add_export_arguments(p)
+    meta = train.export_main(
+        p.parse_args(
+            [str(out), "-o", str(tmp_path / "x.safetensors"), "--which", "last", "--set5", str(tmp_path / "none")]
+        )
+    )
+    assert meta["name"] == "x4-legacy" and meta["iterations"] == 4 and meta["degradation"] == "bicubic"
+
+
+# ---------------------------------------------------------------------------------------------
+# crash safety
+
+
+def test_checkpoint_survives_sigkill_during_write(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "psr.train", *map(str, TINY), "--data", str(data_dir), "--out", str(out)]
+    cmd += ["--iterations", "100000", "--checkpoint-every", "1", "--val-every", "100000", "--workers", "0"]
+    env = dict(os.environ, PSR_TEST_CHECKPOINT_DELAY="0.5")
+    ckpt, tmp = out / "checkpoint.pt", out / "checkpoint.pt.tmp"
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists():  # first checkpoint complete
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no checkpoint written"
+            time.sleep(0.01)
+        while not tmp.exists():  # the next write has started and pauses half-way
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    st = train.load_checkpoint(ckpt)  # the previous checkpoint is intact
+    k = st["iteration"]
+    assert k >= 1
+    assert tmp.exists()
+    with pytest.raises(ValueError, match="corrupt"):
+        train.load_checkpoint(tmp)  # the torn write is not mistaken for a checkpoint
+    s = train.main(parse(*TINY, "--data", data_dir, "--out", out, "--resume", "--iterations", k + 1, "--workers", "0"))
+    assert s["iteration"] == k + 1
+    assert train.load_checkpoint(ckpt)["iteration"] == k + 1 and not tmp.exists()
+
+
+def test_load_checkpoint_rejects_garbage(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        train.load_checkpoint(bad)
+    train.save_checkpoint(tmp_path / "partial.pt", {"model": {}})
+    with pytest.raises(ValueError, match="lacks"):
+        train.load_checkpoint(tmp_path / "partial.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# DDP
+
+
+def test_ddp_two_cpu_processes_match_one(tmp_path: Path, data_dir: Path) -> None:
+    """torchrun, gloo: 2 processes x 1 sample equal 1 process x 2 samples (no BN, so no batch stats)."""
+    args = [*map(str, TINY), "--data", str(data_dir), "--iterations", "3", "--norm", "none", "--workers", "0"]
+    args += ["--val-every", "100", "--checkpoint-every", "100"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "psr.train", *args, "--out", str(tmp_path / "ddp")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    single = train.main(parse(*args, "--out", tmp_path / "one"))
+    a = train.load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
+    b = train.load_checkpoint(tmp_path / "one" / "checkpoint.pt")
+    assert a["iteration"] == b["iteration"] == single["iteration"] == 3
+    moved = 0.0
+    for k in b["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-6)
+        moved += float(
+            (b["model"][k] - SRNet(SRConfig(channels=8, num_blocks=1, norm="none")).state_dict()[k]).abs().sum()
+        )
+    assert moved > 0
+    log = read_log(tmp_path / "ddp")
+    assert log[0]["processes"] == 2 and [r["it"] for r in log if "loss" in r] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and export
+
+
+def _random_model(scale: int = 4) -> SRNet:
+    torch.manual_seed(3)
+    m = SRNet(SRConfig(scale=scale, channels=8, num_blocks=1))
+    torch.nn.init.normal_(m.tail.weight, std=0.02)
+    return m.eval()
+
+
+def _y(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.float64)
+    return 16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255
+
+
+def test_validate_initial_model_is_bicubic(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A fresh global-skip net is exactly MATLAB bicubic: validation must score bicubic's PSNR/SSIM."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    s = 4
+    imgs = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in ((36, 44), (52, 40))]
+    got = train.validate(SRNet(SRConfig(scale=s, channels=8, num_blocks=1)), imgs, s, torch.device("cpu"))
+    ps, ss = [], []
+    for hr in imgs:
+        lr = imresize(hr, 1 / s)
+        up = imresize(lr.double() / 255, float(s)).clamp(0, 1)
+        sr = torch.round(up * 255).permute(1, 2, 0).numpy()
+        ys, yh = _y(sr)[s:-s, s:-s], _y(hr.permute(1, 2, 0).numpy())[s:-s, s:-s]
+        ps.append(peak_signal_noise_ratio(yh, ys, data_range=255))
+        ss.append(
+            structural_similarity(yh, ys, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)
+        )
+    assert got["psnr"] == pytest.approx(np.mean(ps), abs=1e-3)
+    assert got["ssim"] == pytest.approx(np.mean(ss), abs=1e-4)
+
+
+@needs_vgg
+def test_validate_agrees_with_evaluate(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Training validation and psr.evaluate (through psr.upscale) give the same scores."""
+    from psr.evaluate import evaluate
+    from psr.losses import feature_distance
+
+    folder = write_images(tmp_path / "val", [(40, 48), (44, 36)], rng)
+    files = sorted(folder.glob("*.png"))
+    imgs = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1).contiguous() for f in files]
+    model = _random_model()
+    vgg = train._feature_net(None, allow_download=False)
+    got = train.validate(model, imgs, 4, torch.device("cpu"), vgg)
+    ref = evaluate(files, 4, model, match_histogram=False, device="cpu")
+    assert got["psnr"] == pytest.approx(ref["psnr"], abs=1e-3)
+    assert got["ssim"] == pytest.approx(ref["ssim"], abs=1e-4)
+    assert got["relu2_2"] == pytest.approx(ref["perceptual"], rel=1e-3)
+    # and the feature distance agrees with psr.losses' own evaluation function
+    with torch.no_grad():
+        sr = torch.round(model(imresize(imgs[0], 0.25).float()[None] / 255).clamp(0, 1) * 255)[0]
+    d = feature_distance(sr[:, 4:-4, 4:-4] / 255, imgs[0][:, 4:-4, 4:-4].float() / 255)
+    per_image = train.validate(model, imgs[:1], 4, torch.device("cpu"), vgg)["relu2_2"]
+    assert per_image == pytest.approx(d, rel=1e-6)
+
+
+def test_export_writes_shipped_format(tmp_path: Path, data_dir: Path, rng: np.random.Generator) -> None:
+    import psr
+    from psr.evaluate import evaluate
+
+    out = tmp_path / "run"
+    train.main(
+        parse(*TINY, "--data", data_dir, "--out", out, "--iterations", "4", "--val-every", "2", "--workers", "0",
+              "--degradation", "bicubic", "--name", "x4-tiny")
+    )  # fmt: skip
+    set5 = write_images(tmp_path / "set5", [(44, 40), (36, 52)], rng)
+    p = argparse.ArgumentParser()
+    train.add_export_arguments(p)
+    dst = tmp_path / "exported.safetensors"
+    meta = train.export_main(p.parse_args([str(out), "-o", str(dst), "--set5", str(set5), "--device", "cpu"]))
+    stored = psr.read_metadata(dst)
+    assert stored["match_histogram"] == meta["match_histogram"]
+    required = ["config", "scale", "loss", "degradation", "training_data", "iterations", "patch", "wall_time_s"]
+    required += ["val_psnr", "val_ssim", "set5_psnr", "set5_ssim", "match_histogram", "name"]
+    for key in required:
+        assert key in stored, key
+    assert stored["scale"] == 4 and stored["loss"] == "pixel" and stored["degradation"] == "bicubic"
+    assert stored["name"] == "x4-tiny" and stored["patch"] == 24 and stored["training_data"] == str(data_dir)
+    assert stored["iterations"] in (2, 4)  # the best validation iteration
+    # The default is the better setting on validation PSNR (pixel loss).
+    with_m, without = stored["val_with_matching"]["psnr"], stored["val_without_matching"]["psnr"]
+    assert stored["match_histogram"] == (with_m > without)
+    assert stored["val_psnr"] == pytest.approx(max(with_m, without), abs=1e-3)
+    # The exported model loads by path and reproduces its recorded Set5 score through psr.evaluate.
+    model = psr.load_model(dst)
+    r = evaluate(set5, 4, dst, device="cpu", perceptual=False)
+    assert r["match_histogram"] == stored["match_histogram"]
+    assert r["psnr"] == pytest.approx(stored["set5_psnr"], abs=1e-3)
+    assert model.scale == 4 and model.cfg.channels == 8
+    with pytest.raises(ValueError, match="safetensors"):
+        train.export_main(p.parse_args([str(out), "-o", str(tmp_path / "x.pt")]))
+    with pytest.raises(FileNotFoundError):
+        train.export_main(p.parse_args([str(tmp_path / "nope"), "-o", str(dst)]))
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--patch", "30"], "multiple"),
+        (["--lr", "0"], "--lr"),
+        (["--iterations", "0"], "--iterations"),
+        (["--lr-decay-at", "1.5"], "lr-decay-at"),
+        (["--tv-weight", "-1"], "tv-weight"),
+        (["--device", "tpu"], "--device"),
+        (["--degradation", "gauss"], "degradation"),
+        (["--workers", "-1"], "--workers"),
+    ],
+)
+def test_bad_arguments(tmp_path: Path, data_dir: Path, flags: list[str], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        train.main(parse(*TINY, "--data", data_dir, "--out", tmp_path / "bad", "--iterations", "1", *flags))
+
+
+def test_learning_rate_schedule() -> None:
+    a = parse("--lr", "0.002", "--iterations", "100", "--lr-decay-at", "0.5", "0.8", "--warmup", "4")
+    got = [train._lr_at(a, it) for it in (0, 1, 3, 10, 49, 50, 79, 80, 99)]
+    want = [0.0005, 0.001, 0.002, 0.002, 0.002, 0.0002, 0.0002, 0.00002, 0.00002]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert train._lr_at(parse("--lr", "0.001"), 0) == 0.001  # the paper's: constant, no warm-up
