@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from .api import Upscaler, upscale
+from .evaluate import evaluate
 from .models import SRConfig, SRNet
 from .resize import imresize
 from .weights import list_models, load_model, read_metadata, save_weights
@@ -23,6 +24,7 @@ __all__ = [
     "SRNet",
     "Upscaler",
     "__version__",
+    "evaluate",
     "imresize",
     "list_models",
     "load_model",

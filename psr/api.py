@@ -66,7 +66,9 @@ def resolve_model(model: str | os.PathLike | nn.Module | None, scale: int, devic
     elif isinstance(model, nn.Module):
         net = model.to(device).eval()
     else:
-        raise TypeError(f"model must be None, 'bicubic', a shipped name, a path or an nn.Module, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be None, 'bicubic', a shipped name, a path or an nn.Module, got {type(model).__name__}"
+        )
     net_scale = getattr(net, "scale", None)
     if net_scale != scale:
         raise ValueError(f"model {getattr(net, 'name', model)!r} upscales by {net_scale}, but scale={scale} was asked")
@@ -114,9 +116,7 @@ def _check_dtype(dtype: np.dtype) -> None:
         raise TypeError(f"image dtype must be an integer or floating type, got {dtype}")
 
 
-def _canonical(
-    image: Any, channel_axis: int | str | None, rgb: bool | None
-) -> tuple[np.ndarray, _Layout]:
+def _canonical(image: Any, channel_axis: int | str | None, rgb: bool | None) -> tuple[np.ndarray, _Layout]:
     """(B, H, W, C) numpy array (any dtype) plus the layout to undo it."""
     arr, kind, pil_mode = _as_array(image)
     torch_device = None
@@ -161,7 +161,9 @@ def _canonical(
             ch_axis = int(channel_axis) % arr.ndim
             is_rgb = bool(rgb)
             if arr.ndim < 3:
-                raise ValueError(f"channel_axis={channel_axis} needs an image with 3 or more dimensions, got shape {arr.shape}")
+                raise ValueError(
+                    f"channel_axis={channel_axis} needs an image with 3 or more dimensions, got shape {arr.shape}"
+                )
         else:
             raise ValueError(f"channel_axis must be 'auto', None or an integer, got {channel_axis!r}")
         if is_rgb and arr.shape[ch_axis] not in (3, 4):  # type: ignore[index]

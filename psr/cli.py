@@ -7,6 +7,7 @@ torchvision or the training stack.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -39,7 +40,9 @@ def read_image(path: Path) -> tuple[object, dict]:
                 info["resolution"] = (tags["XResolution"].value, tags["YResolution"].value)
                 unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 1
                 info["resolutionunit"] = int(unit)
-            info["photometric"] = "rgb" if (data.ndim >= 3 and data.shape[-1] in (3, 4) and page.photometric == 2) else None
+            info["photometric"] = (
+                "rgb" if (data.ndim >= 3 and data.shape[-1] in (3, 4) and page.photometric == 2) else None
+            )
         return np.asarray(data), info
     from PIL import Image
 
@@ -206,7 +209,9 @@ def _upscale_sample(args: argparse.Namespace) -> int:
     write_image(paths["compare"], Image.fromarray(strip), {"format": "pil"}, f)
     s = shave(rgb_to_y(hr), f)
     print(f"input {lr.shape[1]}x{lr.shape[0]} -> {sr.shape[1]}x{sr.shape[0]} ({model or f'x{f}-pixel'})")
-    print(f"PSNR (Y) vs original: bicubic {psnr(shave(rgb_to_y(bic), f), s):.2f} dB, psr {psnr(shave(rgb_to_y(sr), f), s):.2f} dB")
+    print(
+        f"PSNR (Y) vs original: bicubic {psnr(shave(rgb_to_y(bic), f), s):.2f} dB, psr {psnr(shave(rgb_to_y(sr), f), s):.2f} dB"
+    )
     for key, p in paths.items():
         print(f"  {key:9s} {p}")
     return 0
@@ -226,7 +231,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for name, meta in models.items():
         s5 = meta.get("set5") or {}
         score = f"Set5 {s5['psnr']:.2f} dB / {s5['ssim']:.4f}" if "psnr" in s5 else ""
-        print(f"{name:16s} x{meta.get('scale')}  loss={meta.get('loss')}  degradation={meta.get('degradation')}  {score}")
+        print(
+            f"{name:16s} x{meta.get('scale')}  loss={meta.get('loss')}  degradation={meta.get('degradation')}  {score}"
+        )
     return 0
 
 
@@ -245,8 +252,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from . import evaluate
-
+    # importlib: the package attribute ``psr.evaluate`` is the function, not the module.
+    evaluate = importlib.import_module("psr.evaluate")
     return int(evaluate.run(args) or 0)
 
 
@@ -283,10 +290,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    try:
-        from . import evaluate
-    except ImportError:  # pragma: no cover - evaluation not installed in this tree
-        return
+    evaluate = importlib.import_module("psr.evaluate")
 
     p = sub.add_parser("eval", help="evaluate models on a benchmark set", description=evaluate.__doc__)
     evaluate.add_arguments(p)

@@ -90,9 +90,7 @@ def resample_axis(
     accumulates one tap at a time instead of gathering all taps at once.
     """
     dim = dim % x.ndim
-    idx, w = resize_weights(
-        x.shape[dim], out_len, scale, a=a, antialias=antialias, padding=padding, dtype=x.dtype
-    )
+    idx, w = resize_weights(x.shape[dim], out_len, scale, a=a, antialias=antialias, padding=padding, dtype=x.dtype)
     # Drop taps whose weight is zero for every output sample (MATLAB does the same).
     keep = (w != 0).any(dim=0)
     idx, w = idx[:, keep].to(x.device), w[:, keep].to(x.device)

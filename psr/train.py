@@ -377,16 +377,10 @@ def _json_args(args: argparse.Namespace) -> str:
 
 def main(args: argparse.Namespace) -> dict:
     """Run (or resume) a training run; returns a summary dict (rank 0 prints it as JSON)."""
-    for name, default in (("channels", 64), ("blocks", 4), ("norm", "batch"), ("workers", 0), ("amp", True)):
-        if not hasattr(args, name):  # namespaces built by older callers
-            setattr(args, name, default)
-    for name, default in (
-        ("tv_weight", 0.0),
-        ("vgg_weights", None),
-        ("stop_at", 0),
-        ("small_images", "skip"),
-        ("warmup", 0),
-    ):
+    # Namespaces not built by add_arguments (older callers) get the defaults of newer options.
+    defaults = {"channels": 64, "blocks": 4, "norm": "batch", "workers": 0, "amp": True, "tv_weight": 0.0}
+    defaults.update(vgg_weights=None, stop_at=0, small_images="skip", warmup=0)
+    for name, default in defaults.items():
         if not hasattr(args, name):
             setattr(args, name, default)
     _check_args(args)
@@ -447,7 +441,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
         if SRConfig.from_dict(st["config"]) != cfg:
             raise ValueError(f"--resume: checkpoint config {st['config']} differs from this run's {cfg.to_dict()}")
         old = checkpoint_args(st)
-        for key in ("loss", "degradation", "patch", "batch_size", "seed", "tv_weight"):
+        for key in ("loss", "degradation", "patch", "batch_size", "seed", "tv_weight", "lr", "warmup"):
             if key in old and str(old[key]) != str(getattr(args, key)):
                 warnings.warn(
                     f"--resume: --{key.replace('_', '-')} was {old[key]!r}, now {getattr(args, key)!r}", stacklevel=2

@@ -51,7 +51,9 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
     shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
     if not shipped.is_file():
         names = ", ".join(sorted(list_models())) or "none"
-        raise ValueError(f"unknown model {str(name_or_path)!r}; shipped models: {names}, or give a path to a .safetensors file")
+        raise ValueError(
+            f"unknown model {str(name_or_path)!r}; shipped models: {names}, or give a path to a .safetensors file"
+        )
     return shipped
 
 
@@ -64,7 +66,7 @@ def read_metadata(name_or_path: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("psr")
     except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise ValueError(f"weights file {str(path)!r} is corrupt or not a safetensors file: {exc}") from None
+        raise ValueError(f"weights file {str(path)!r} is corrupt, truncated or not a safetensors file: {exc}") from None
     if raw is None:
         raise ValueError(f"weights file {str(path)!r} has no psr metadata; was it written by psr.save_weights?")
     try:

@@ -1,5 +1,12 @@
 from __future__ import annotations
 
+# Import triton (if torch ships it) before any napari viewer exists: importing it after a Mesa GL
+# context is created segfaults the process, and some tests import torchvision, which loads it.
+try:  # noqa: SIM105
+    import triton  # noqa: F401
+except ImportError:
+    pass
+
 import os
 from pathlib import Path
 
@@ -12,7 +19,10 @@ from psr.models import SRConfig, SRNet
 from psr.weights import save_weights
 
 SHARED = default_shared_dir()
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
 
 
 @pytest.fixture

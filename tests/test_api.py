@@ -110,8 +110,10 @@ def test_stacks_and_channel_axis(tiny_model: Path, rng: np.random.Generator) -> 
     assert psr.upscale(rng.random((2, 5, 6, 3)), 4, model=tiny_model).shape == (2, 20, 24, 3)
 
 
-@pytest.mark.parametrize("mode,shape,dtype", [("L", (9, 7), np.uint8), ("I;16", (9, 7), np.uint16),
-                                              ("RGB", (9, 7, 3), np.uint8), ("RGBA", (9, 7, 4), np.uint8)])
+@pytest.mark.parametrize(
+    "mode,shape,dtype",
+    [("L", (9, 7), np.uint8), ("I;16", (9, 7), np.uint16), ("RGB", (9, 7, 3), np.uint8), ("RGBA", (9, 7, 4), np.uint8)],
+)
 def test_pil_modes(tiny_model: Path, rng: np.random.Generator, mode: str, shape: tuple, dtype: type) -> None:
     arr = rng.integers(0, 256 if dtype == np.uint8 else 60000, shape).astype(dtype)
     im = Image.fromarray(arr)
@@ -137,7 +139,8 @@ def test_torch_tensors(tiny_model: Path, device: str, shape: tuple) -> None:
     o8 = psr.upscale(u8, 4, model=tiny_model, device=device)
     assert o8.dtype == torch.uint8
     np.testing.assert_array_equal(
-        o8[0].permute(1, 2, 0).cpu().numpy(), psr.upscale(u8[0].permute(1, 2, 0).contiguous().numpy(), 4, model=tiny_model)
+        o8[0].permute(1, 2, 0).cpu().numpy(),
+        psr.upscale(u8[0].permute(1, 2, 0).contiguous().numpy(), 4, model=tiny_model),
     )
 
 
@@ -176,7 +179,9 @@ def test_too_small_overlap_differs(tiny_model: Path, rng: np.random.Generator) -
 
 def test_progress_and_cancel(tiny_model: Path) -> None:
     calls: list[tuple[int, int]] = []
-    psr.upscale(np.zeros((2, 20, 20), np.float32) + 0.5, 4, model=tiny_model, tile=8, progress=lambda d, t: calls.append((d, t)))
+    psr.upscale(
+        np.zeros((2, 20, 20), np.float32) + 0.5, 4, model=tiny_model, tile=8, progress=lambda d, t: calls.append((d, t))
+    )
     assert calls[-1] == (18, 18) and [d for d, _ in calls] == list(range(1, 19))
 
     class Cancelled(Exception):

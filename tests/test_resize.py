@@ -39,7 +39,7 @@ def matlab_resize_1d(x: np.ndarray, scale: float, out_len: int, antialias: bool 
         w = np.array([h(u - j) for j in idx])
         w /= w.sum()
         acc = 0.0
-        for j, wj in zip(idx, w):
+        for j, wj in zip(idx, w, strict=True):
             # symmetric padding: aux = [1:n, n:-1:1]; index = aux(mod(j - 1, 2n) + 1)
             m = (j - 1) % (2 * n)
             src = m if m < n else 2 * n - 1 - m

@@ -87,6 +87,7 @@ def test_resume_is_bit_exact(tmp_path: Path, data_dir: Path, loss: str) -> None:
     # The resumed half uses data workers: batches do not depend on them.
     rest = train.main(parse(*common, "--out", tmp_path / "split", "--workers", "2", "--resume"))
     assert full["iteration"] == rest["iteration"] == 6 and not rest["stopped_early"]
+    assert full["it_per_s"] > 0 and rest["it_per_s"] > 0
 
     a = train.load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     b = train.load_checkpoint(tmp_path / "split" / "checkpoint.pt")

@@ -23,17 +23,6 @@
 #endif
 
 #include "kernels.h"
-#ifdef PSR_PROFILE
-#include <chrono>
-#include <cstdio>
-#include <time.h>
-static double psr_now() { timespec ts; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6; }
-#define TIC(n) double n = psr_now();
-#define TOC(a,b,label) std::fprintf(stderr, "%s %.2f ms\n", label, (b - a));
-#else
-#define TIC(n)
-#define TOC(a,b,label)
-#endif
 
 namespace psr::cpu {
 namespace {
@@ -92,6 +81,8 @@ std::unique_ptr<E[], FreeDeleter> uninitialized(int64_t n) {
   return std::unique_ptr<E[], FreeDeleter>(static_cast<E*>(p));
 }
 
+constexpr int kRadixBits = 11;  // 2048 buckets: measured faster here than 8 or 16 bits per pass
+
 // Stable LSD radix sort of a[0..n) by key_of (an unsigned integer), using b as scratch. Only the
 // bit range in which keys differ is sorted (image values share sign and most exponent bits), in
 // passes of at most 11 bits. Returns the buffer that holds the result.
@@ -119,7 +110,7 @@ E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of) {
   if (diff == 0) return a;
   const int lo = __builtin_ctzll(diff);
   const int span = 64 - __builtin_clzll(diff) - lo;
-  const int passes = (span + PSR_RADIX_BITS - 1) / PSR_RADIX_BITS;
+  const int passes = (span + kRadixBits - 1) / kRadixBits;
   const int width = (span + passes - 1) / passes;
   const int64_t nbuckets = int64_t(1) << width;
   const uint64_t mask = static_cast<uint64_t>(nbuckets - 1);
@@ -207,7 +198,6 @@ void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar
   TORCH_CHECK(n <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()),
               "psr::match_histograms: at most 2^32 - 1 pixels per channel in exact mode, got ", n,
               "; use bins=k");
-  TIC(t0)
   at::parallel_for(0, R, std::max<int64_t>(1, 16384 / C), [&](int64_t y0, int64_t y1) {
     std::vector<scalar_t> scratch(static_cast<size_t>(rows.scratch()));
     for (int64_t y = y0; y < y1; ++y) {
@@ -216,9 +206,7 @@ void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar
       for (int64_t j = 0; j < C; ++j) dst[j] = PT::make(KT::key(v[j]), static_cast<uint32_t>(y * C + j));
     }
   });
-  TIC(t1)
   const E* s = radix_sort(a, b, n, [](const E& e) { return PT::key(e); });
-  TIC(t2)
 
   advise_huge(out, sizeof(scalar_t) * static_cast<size_t>(n));  // the walk writes it in random order
   const double* xp = rc.xp.data();
@@ -256,8 +244,6 @@ void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar
       }
     }
   });
-  TIC(t3)
-  TOC(t0,t1,"keys") TOC(t1,t2,"sort") TOC(t2,t3,"walk")
 }
 
 // Bin of a value: floor((v - lo) * factor) clamped to [0, bins - 1], and its position within it.

@@ -1,0 +1,475 @@
+// CUDA histogram matching, per plane (sample x channel), with the CPU kernel's semantics
+// (csrc/cpu/match_histograms.cpp has the derivation).
+//
+// Reference: keys sorted with CUB, unique values and their quantiles compacted with a scan.
+// Exact mode, per plane: (key, index) pairs from the source, CUB radix sort, a scan of group
+// heads gives every element its tie group; each group's last element maps the group's upper
+// quantile through the reference, and a gather writes the result to the pixels.
+// Binned mode, all planes at once: min/max (atomics on order-preserving keys), a histogram
+// privatised in shared memory with warp-aggregated increments, a scan, the edge map, and a
+// mapping pass. Nothing here synchronises with the host; the source's values are recomputed by
+// each pass (for bicubic, from the low-resolution planes).
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cub/cub.cuh>
+
+#include <limits>
+
+#include "kernels.cuh"
+
+namespace psr::cuda_ops {
+namespace {
+
+constexpr int64_t kSmemBins = 8192;  // histograms up to this many bins live in shared memory
+
+template <typename T>
+T* as(at::Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+
+template <typename T>
+at::Tensor buffer(int64_t n, const at::Tensor& like) {
+  return at::empty({std::max<int64_t>(n, 1) * static_cast<int64_t>(sizeof(T))}, like.options().dtype(at::kByte));
+}
+
+// Scratch memory for CUB calls, grown on demand (allocations are stream-ordered by torch).
+struct CubTemp {
+  at::Tensor t;
+  const at::Tensor* like;
+  void* get(size_t bytes) {
+    if (!t.defined() || static_cast<size_t>(t.numel()) < bytes) t = buffer<uint8_t>(static_cast<int64_t>(bytes), *like);
+    return t.data_ptr();
+  }
+};
+
+int num_sms() {
+  int device = 0, n = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  return n;
+}
+
+unsigned blocks_for(int64_t n) {
+  return static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(num_sms()) * 32));
+}
+
+#define PSR_GRID_STRIDE(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(blockDim.x) * gridDim.x)
+
+// ---------------------------------------------------------------------------------------------
+// reference CDF
+
+template <typename scalar_t>
+__global__ void ref_keys_kernel(const scalar_t* ref, int64_t m, typename KeyTraits<scalar_t>::key_t* keys) {
+  PSR_GRID_STRIDE(i, m) { keys[i] = KeyTraits<scalar_t>::key(ref[i]); }
+}
+
+template <typename K>
+__global__ void tail_flags_kernel(const K* s, int64_t n, uint32_t* flags) {
+  PSR_GRID_STRIDE(i, n) { flags[i] = (i == n - 1 || s[i] != s[i + 1]) ? 1u : 0u; }
+}
+
+template <typename scalar_t>
+__global__ void ref_unique_kernel(const typename KeyTraits<scalar_t>::key_t* s, const uint32_t* pos, int64_t m,
+                                  double* uq, double* uv, int64_t* mu) {
+  PSR_GRID_STRIDE(i, m) {
+    if (i == m - 1 || s[i] != s[i + 1]) {
+      const int64_t j = pos[i];
+      uq[j] = static_cast<double>(i + 1) / static_cast<double>(m);
+      uv[j] = static_cast<double>(KeyTraits<scalar_t>::value(s[i]));
+      if (i == m - 1) *mu = j + 1;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// exact mode
+
+template <typename scalar_t, typename Src>
+__global__ void __launch_bounds__(kThreads) key_kernel(Src src, int64_t p, typename KeyTraits<scalar_t>::key_t* keys,
+                                                       uint32_t* idx) {
+  __shared__ scalar_t smem[kThreads + 4];
+  scalar_t v[kRun];
+  int64_t first;
+  int count;
+  src.values(p, blockIdx.x, smem, v, first, count);
+#pragma unroll
+  for (int r = 0; r < kRun; ++r) {
+    if (r < count) {
+      keys[first + r] = KeyTraits<scalar_t>::key(v[r]);
+      idx[first + r] = static_cast<uint32_t>(first + r);
+    }
+  }
+}
+
+template <typename K>
+__global__ void head_flags_kernel(const K* s, int64_t n, uint32_t* flags) {
+  PSR_GRID_STRIDE(i, n) { flags[i] = (i == 0 || s[i] != s[i - 1]) ? 1u : 0u; }
+}
+
+// gid[i] = 1 + tie group of sorted element i; the group's last element maps its upper quantile.
+template <typename scalar_t>
+__global__ void group_value_kernel(const typename KeyTraits<scalar_t>::key_t* s, const uint32_t* gid, int64_t n,
+                                   const double* uq, const double* uv, const int64_t* mu, scalar_t* gval) {
+  PSR_GRID_STRIDE(i, n) {
+    if (i == n - 1 || s[i] != s[i + 1]) {
+      const double q = static_cast<double>(i + 1) / static_cast<double>(n);
+      gval[gid[i] - 1] = static_cast<scalar_t>(np_interp(q, uq, uv, *mu));
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void scatter_kernel(const uint32_t* idx, const uint32_t* gid, const scalar_t* gval, int64_t n,
+                               scalar_t* out) {
+  PSR_GRID_STRIDE(i, n) { out[idx[i]] = gval[gid[i] - 1]; }
+}
+
+// ---------------------------------------------------------------------------------------------
+// binned mode
+
+template <typename K>
+__global__ void minmax_init_kernel(K* mm, int64_t P) {
+  PSR_GRID_STRIDE(i, P) {
+    mm[2 * i] = ~K(0);
+    mm[2 * i + 1] = 0;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_min(T v) {
+  for (int o = 16; o > 0; o /= 2) {
+    const T w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = w < v ? w : v;
+  }
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+  for (int o = 16; o > 0; o /= 2) {
+    const T w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = w > v ? w : v;
+  }
+  return v;
+}
+
+__device__ __forceinline__ void atomic_min_key(uint32_t* a, uint32_t v) { atomicMin(a, v); }
+__device__ __forceinline__ void atomic_max_key(uint32_t* a, uint32_t v) { atomicMax(a, v); }
+__device__ __forceinline__ void atomic_min_key(uint64_t* a, uint64_t v) {
+  atomicMin(reinterpret_cast<unsigned long long*>(a), static_cast<unsigned long long>(v));
+}
+__device__ __forceinline__ void atomic_max_key(uint64_t* a, uint64_t v) {
+  atomicMax(reinterpret_cast<unsigned long long*>(a), static_cast<unsigned long long>(v));
+}
+
+// Per-plane min and max as keys; blockIdx.y is the plane (after plane0), blocks stride over tiles.
+template <typename scalar_t, typename Src>
+__global__ void __launch_bounds__(kThreads) minmax_kernel(Src src, int64_t plane0,
+                                                          typename KeyTraits<scalar_t>::key_t* mm) {
+  using K = typename KeyTraits<scalar_t>::key_t;
+  __shared__ scalar_t smem[kThreads + 4];
+  const int64_t p = plane0 + blockIdx.y;
+  K lo = ~K(0), hi = 0;
+  for (int64_t tile = blockIdx.x; tile < src.blocks_per_plane(); tile += gridDim.x) {
+    scalar_t v[kRun];
+    int64_t first;
+    int count;
+    src.values(p, tile, smem, v, first, count);
+#pragma unroll
+    for (int r = 0; r < kRun; ++r) {
+      if (r < count) {
+        const K k = KeyTraits<scalar_t>::key(v[r]);
+        lo = k < lo ? k : lo;
+        hi = k > hi ? k : hi;
+      }
+    }
+  }
+  lo = warp_min(lo);
+  hi = warp_max(hi);
+  if ((threadIdx.x & 31) == 0) {
+    atomic_min_key(mm + 2 * p, lo);
+    atomic_max_key(mm + 2 * p + 1, hi);
+  }
+}
+
+// The bin of a value, exactly as the CPU kernel and psr/_reference.py compute it.
+struct Binner {
+  double lo, factor;
+  int64_t bins;
+  __device__ __forceinline__ int64_t bin(double pos) const {
+    if (pos >= 0.0 && pos < static_cast<double>(bins)) return static_cast<int64_t>(pos);
+    return pos >= static_cast<double>(bins) ? bins - 1 : 0;
+  }
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ bool plane_binner(const typename KeyTraits<scalar_t>::key_t* mm, int64_t p, int64_t bins,
+                                             Binner& b) {
+  const double lo = static_cast<double>(KeyTraits<scalar_t>::value(mm[2 * p]));
+  const double hi = static_cast<double>(KeyTraits<scalar_t>::value(mm[2 * p + 1]));
+  b = Binner{lo, static_cast<double>(bins) / (hi - lo), bins};
+  return lo != hi;
+}
+
+template <typename scalar_t, typename Src>
+__global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
+                                                        const typename KeyTraits<scalar_t>::key_t* mm, int64_t bins,
+                                                        unsigned long long* hist, bool shared_hist) {
+  __shared__ scalar_t smem[kThreads + 4];
+  extern __shared__ unsigned int sh[];
+  const int64_t p = plane0 + blockIdx.y;
+  Binner bn;
+  if (!plane_binner<scalar_t>(mm, p, bins, bn)) return;  // constant plane: no histogram needed
+  unsigned long long* gh = hist + p * bins;
+  if (shared_hist) {
+    for (int64_t k = threadIdx.x; k < bins; k += blockDim.x) sh[k] = 0;
+    __syncthreads();
+  }
+  const unsigned lane = threadIdx.x & 31;
+  for (int64_t tile = blockIdx.x; tile < src.blocks_per_plane(); tile += gridDim.x) {
+    scalar_t v[kRun];
+    int64_t first;
+    int count;
+    src.values(p, tile, smem, v, first, count);
+    const int run = src.run();
+#pragma unroll
+    for (int r = 0; r < kRun; ++r) {
+      if (r < run) {  // block-uniform: every lane reaches the vote below
+        const unsigned b =
+            r < count ? static_cast<unsigned>(bn.bin((static_cast<double>(v[r]) - bn.lo) * bn.factor)) : 0xffffffffu;
+        // Neighbouring pixels mostly share a bin: one atomic per distinct bin in the warp.
+        const unsigned peers = __match_any_sync(0xffffffffu, b);
+        if (b != 0xffffffffu && lane == static_cast<unsigned>(__ffs(peers) - 1)) {
+          if (shared_hist) {
+            atomicAdd(sh + b, static_cast<unsigned>(__popc(peers)));
+          } else {
+            atomicAdd(gh + b, static_cast<unsigned long long>(__popc(peers)));
+          }
+        }
+      }
+    }
+  }
+  if (shared_hist) {
+    __syncthreads();
+    for (int64_t k = threadIdx.x; k < bins; k += blockDim.x) {
+      if (sh[k] != 0) atomicAdd(gh + k, static_cast<unsigned long long>(sh[k]));
+    }
+  }
+}
+
+// em[p][k]: the exact map of edge k's quantile (fraction of values in bins below k).
+__global__ void edge_kernel(const unsigned long long* cum, int64_t P, int64_t bins, int64_t n, const double* uq,
+                            const double* uv, const int64_t* mu, int64_t m, double* em) {
+  PSR_GRID_STRIDE(i, P * (bins + 1)) {
+    const int64_t p = i / (bins + 1), k = i % (bins + 1);
+    const unsigned long long c = k == 0 ? 0ull : cum[p * bins + k - 1];
+    const double q = static_cast<double>(c) / static_cast<double>(n);
+    em[i] = np_interp(q, uq + p * m, uv + p * m, mu[p]);
+  }
+}
+
+template <typename scalar_t, typename Src>
+__global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
+                                                       const typename KeyTraits<scalar_t>::key_t* mm, int64_t bins,
+                                                       const double* em, const double* uv, const int64_t* mu,
+                                                       int64_t m, scalar_t* out) {
+  __shared__ scalar_t smem[kThreads + 4];
+  const int64_t bpp = src.blocks_per_plane();
+  const int64_t p = plane0 + blockIdx.x / bpp;
+  scalar_t v[kRun];
+  int64_t first;
+  int count;
+  src.values(p, blockIdx.x % bpp, smem, v, first, count);
+  if (count == 0) return;
+  Binner bn;
+  const double* e = em + p * (bins + 1);
+  if (plane_binner<scalar_t>(mm, p, bins, bn)) {
+#pragma unroll
+    for (int r = 0; r < kRun; ++r) {
+      if (r < count) {
+        const double pos = (static_cast<double>(v[r]) - bn.lo) * bn.factor;
+        const int64_t k = bn.bin(pos);
+        double t = pos - static_cast<double>(k);
+        t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
+        const double e0 = __ldg(e + k), e1 = __ldg(e + k + 1);
+        v[r] = static_cast<scalar_t>(e0 + t * (e1 - e0));
+      }
+    }
+  } else {  // a constant plane is one tie group at quantile 1: the reference's maximum
+    const scalar_t top = static_cast<scalar_t>(uv[p * m + mu[p] - 1]);
+#pragma unroll
+    for (int r = 0; r < kRun; ++r) v[r] = top;
+  }
+  scalar_t* dst = out + p * src.numel() + first;
+  if (Src::kVectorStore) {
+    store_run(dst, v, count);
+  } else {
+#pragma unroll
+    for (int r = 0; r < kRun; ++r) {
+      if (r < count) dst[r] = v[r];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// driver
+
+template <typename scalar_t, typename Src>
+void match_planes(const Src& src, int64_t P, const at::Tensor& ref, std::optional<int64_t> bins, at::Tensor& out) {
+  using K = typename KeyTraits<scalar_t>::key_t;
+  const cudaStream_t stream = current_stream();
+  const int64_t n = src.numel();
+  const int64_t m = ref.size(2) * ref.size(3);
+  TORCH_CHECK(n < std::numeric_limits<int>::max() && m < std::numeric_limits<int>::max(),
+              "psr::match_histograms: at most 2^31 - 1 pixels per channel on CUDA, got ", n, " and ", m);
+  CubTemp temp{at::Tensor(), &out};
+  size_t bytes = 0;
+
+  // Reference CDF of every plane: uq, uv (P, m) doubles, mu (P) counts.
+  at::Tensor uq = buffer<double>(P * m, out), uv = buffer<double>(P * m, out), mu = buffer<int64_t>(P, out);
+  {
+    at::Tensor k_in = buffer<K>(m, out), k_out = buffer<K>(m, out), flags = buffer<uint32_t>(m, out),
+               pos = buffer<uint32_t>(m, out);
+    const scalar_t* r = ref.const_data_ptr<scalar_t>();
+    for (int64_t p = 0; p < P; ++p) {
+      ref_keys_kernel<scalar_t><<<blocks_for(m), kThreads, 0, stream>>>(r + p * m, m, as<K>(k_in));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, bytes, as<K>(k_in), as<K>(k_out), static_cast<int>(m), 0,
+                                                   KeyTraits<scalar_t>::bits, stream));
+      C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.get(bytes), bytes, as<K>(k_in), as<K>(k_out),
+                                                   static_cast<int>(m), 0, KeyTraits<scalar_t>::bits, stream));
+      tail_flags_kernel<K><<<blocks_for(m), kThreads, 0, stream>>>(as<K>(k_out), m, as<uint32_t>(flags));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      C10_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, as<uint32_t>(flags), as<uint32_t>(pos),
+                                                  static_cast<int>(m), stream));
+      C10_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.get(bytes), bytes, as<uint32_t>(flags), as<uint32_t>(pos),
+                                                  static_cast<int>(m), stream));
+      ref_unique_kernel<scalar_t><<<blocks_for(m), kThreads, 0, stream>>>(
+          as<K>(k_out), as<uint32_t>(pos), m, as<double>(uq) + p * m, as<double>(uv) + p * m,
+          as<int64_t>(mu) + p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  }
+
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const int64_t bpp = src.blocks_per_plane();
+  if (!bins.has_value()) {
+    at::Tensor k_in = buffer<K>(n, out), k_out = buffer<K>(n, out), i_in = buffer<uint32_t>(n, out),
+               i_out = buffer<uint32_t>(n, out), flags = buffer<uint32_t>(n, out), gid = buffer<uint32_t>(n, out),
+               gval = buffer<scalar_t>(n, out);
+    for (int64_t p = 0; p < P; ++p) {
+      key_kernel<scalar_t, Src><<<static_cast<unsigned>(bpp), kThreads, 0, stream>>>(src, p, as<K>(k_in),
+                                                                                       as<uint32_t>(i_in));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, as<K>(k_in), as<K>(k_out), as<uint32_t>(i_in),
+                                                    as<uint32_t>(i_out), static_cast<int>(n), 0,
+                                                    KeyTraits<scalar_t>::bits, stream));
+      C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.get(bytes), bytes, as<K>(k_in), as<K>(k_out),
+                                                    as<uint32_t>(i_in), as<uint32_t>(i_out), static_cast<int>(n), 0,
+                                                    KeyTraits<scalar_t>::bits, stream));
+      head_flags_kernel<K><<<blocks_for(n), kThreads, 0, stream>>>(as<K>(k_out), n, as<uint32_t>(flags));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, bytes, as<uint32_t>(flags), as<uint32_t>(gid),
+                                                  static_cast<int>(n), stream));
+      C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp.get(bytes), bytes, as<uint32_t>(flags), as<uint32_t>(gid),
+                                                  static_cast<int>(n), stream));
+      group_value_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          as<K>(k_out), as<uint32_t>(gid), n, as<double>(uq) + p * m, as<double>(uv) + p * m,
+          as<int64_t>(mu) + p, as<scalar_t>(gval));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      scatter_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(as<uint32_t>(i_out), as<uint32_t>(gid),
+                                                                       as<scalar_t>(gval), n, o + p * n);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return;
+  }
+
+  const int64_t nbins = *bins;
+  at::Tensor mm = buffer<K>(2 * P, out);
+  at::Tensor hist = at::zeros({P * nbins}, out.options().dtype(at::kLong));  // read as unsigned long long
+  at::Tensor cum = buffer<unsigned long long>(P * nbins, out);
+  at::Tensor em = buffer<double>(P * (nbins + 1), out);
+  minmax_init_kernel<K><<<blocks_for(P), kThreads, 0, stream>>>(as<K>(mm), P);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const bool shared_hist = nbins <= kSmemBins;
+  const size_t smem = shared_hist ? static_cast<size_t>(nbins) * sizeof(unsigned int) : 0;
+  for (int64_t p0 = 0; p0 < P; p0 += 65535) {  // gridDim.y is at most 65535
+    const int64_t np = std::min<int64_t>(65535, P - p0);
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(bpp, std::max<int64_t>(1, num_sms() * 8 / np))),
+                    static_cast<unsigned>(np));
+    minmax_kernel<scalar_t, Src><<<grid, kThreads, 0, stream>>>(src, p0, as<K>(mm));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    hist_kernel<scalar_t, Src><<<grid, kThreads, smem, stream>>>(
+        src, p0, as<K>(mm), nbins, reinterpret_cast<unsigned long long*>(hist.data_ptr()), shared_hist);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  for (int64_t p = 0; p < P; ++p) {
+    auto* h = reinterpret_cast<unsigned long long*>(hist.data_ptr()) + p * nbins;
+    auto* c = as<unsigned long long>(cum) + p * nbins;
+    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, bytes, h, c, static_cast<int>(nbins), stream));
+    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp.get(bytes), bytes, h, c, static_cast<int>(nbins), stream));
+  }
+  edge_kernel<<<blocks_for(P * (nbins + 1)), kThreads, 0, stream>>>(
+      as<unsigned long long>(cum), P, nbins, n, as<double>(uq), as<double>(uv), as<int64_t>(mu), m, as<double>(em));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t max_planes = std::max<int64_t>(1, (int64_t(1) << 31) / bpp - 1);
+  for (int64_t p0 = 0; p0 < P; p0 += max_planes) {
+    const int64_t np = std::min(max_planes, P - p0);
+    map_kernel<scalar_t, Src><<<static_cast<unsigned>(np * bpp), kThreads, 0, stream>>>(
+        src, p0, as<K>(mm), nbins, as<double>(em), as<double>(uv), as<int64_t>(mu), m, o);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace
+
+at::Tensor match_cuda(const at::Tensor& source, const BicubicArgs* bicubic, const at::Tensor& reference,
+                      std::optional<int64_t> bins) {
+  const at::Tensor& like = bicubic != nullptr ? bicubic->x : source;
+  const c10::cuda::CUDAGuard guard(like.device());
+  const int64_t N = like.size(0), C = like.size(1);
+  const int64_t S = bicubic != nullptr ? bicubic->scale : 1;
+  at::Tensor out = at::empty({N, C, like.size(2) * S, like.size(3) * S}, like.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor ref = reference.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "psr_match_cuda", [&] {
+    if (bicubic != nullptr) {
+      const BicubicSource<scalar_t> src{
+          bicubic->x.const_data_ptr<scalar_t>(),
+          bicubic->residual.defined() ? bicubic->residual.const_data_ptr<scalar_t>() : nullptr, like.size(2),
+          like.size(3), make_taps<scalar_t>(static_cast<int>(S), bicubic->a)};
+      match_planes<scalar_t>(src, N * C, ref, bins, out);
+    } else {
+      const PlainSource<scalar_t> src{source.const_data_ptr<scalar_t>(), source.size(2) * source.size(3)};
+      match_planes<scalar_t>(src, N * C, ref, bins, out);
+    }
+  });
+  return out;
+}
+
+static at::Tensor match_histograms_cuda(const at::Tensor& source, const at::Tensor& reference,
+                                        std::optional<int64_t> bins) {
+  TORCH_CHECK(source.dim() == 4 && reference.dim() == 4,
+              "psr::match_histograms: source and reference must be (N, C, H, W), got ", source.sizes(), " and ",
+              reference.sizes());
+  TORCH_CHECK(source.size(0) == reference.size(0) && source.size(1) == reference.size(1),
+              "psr::match_histograms: source and reference must agree in N and C, got ", source.sizes(), " and ",
+              reference.sizes());
+  TORCH_CHECK(source.scalar_type() == at::kFloat || source.scalar_type() == at::kDouble,
+              "psr::match_histograms: source must be float32 or float64, got ", source.scalar_type());
+  TORCH_CHECK(reference.scalar_type() == source.scalar_type(),
+              "psr::match_histograms: reference must have the source's dtype");
+  TORCH_CHECK(reference.device() == source.device(), "psr::match_histograms: reference must be on the source's device");
+  TORCH_CHECK(source.size(2) * source.size(3) > 0 && reference.size(2) * reference.size(3) > 0,
+              "psr::match_histograms: source and reference must have pixels, got ", source.sizes(), " and ",
+              reference.sizes());
+  TORCH_CHECK(!bins.has_value() || (*bins >= 1 && *bins <= (int64_t(1) << 24)),
+              "psr::match_histograms: bins must be in 1..2^24");
+  return match_cuda(source.contiguous(), nullptr, reference, bins);
+}
+
+TORCH_LIBRARY_IMPL(psr, CUDA, m) { m.impl("match_histograms", &match_histograms_cuda); }
+
+}  // namespace psr::cuda_ops
