@@ -36,40 +36,52 @@ def upsample_bicubic(x: torch.Tensor, scale: int, *, a: float = -0.75) -> torch.
 
 
 def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """``np.interp`` for 1-D increasing ``xp``: clamps to ``fp``'s ends outside ``xp``'s range."""
-    if xp.numel() == 1:
+    """``np.interp`` for 1-D strictly increasing ``xp``, with numpy's formula and end handling.
+
+    Below ``xp[0]`` it returns ``fp[0]``, from ``xp[-1]`` on ``fp[-1]``, at a knot exactly that knot's
+    value, and in between ``slope * (x - xp[j]) + fp[j]``, so float64 results agree with numpy's
+    to the last bit (and hence with skimage's histogram matching).
+    """
+    m = xp.numel()
+    if m == 1:
         return fp.expand_as(x).clone()
-    i = torch.searchsorted(xp, x, right=True).clamp(1, xp.numel() - 1)
-    x0, x1 = xp[i - 1], xp[i]
-    y0, y1 = fp[i - 1], fp[i]
-    t = ((x - x0) / (x1 - x0)).clamp(0, 1)
-    return y0 + t * (y1 - y0)
+    j = torch.searchsorted(xp, x, right=True) - 1  # last knot <= x; -1 below the first
+    jc = j.clamp(0, m - 2)
+    x0, x1, y0, y1 = xp[jc], xp[jc + 1], fp[jc], fp[jc + 1]
+    y = (y1 - y0) / (x1 - x0) * (x - x0) + y0
+    y = torch.where(x == x0, y0, y)
+    y = torch.where(j < 0, fp[0], y)
+    return torch.where(j >= m - 1, fp[-1], y)
+
+
+def _ref_cdf(ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique reference values and their cumulative quantiles (float64), as skimage computes them."""
+    values, counts = torch.unique(ref, sorted=True, return_counts=True)
+    return torch.cumsum(counts, 0).to(torch.float64) / ref.numel(), values.to(torch.float64)
 
 
 def _match_1d(src: torch.Tensor, ref: torch.Tensor, bins: int | None) -> torch.Tensor:
+    ref_q, ref_values = _ref_cdf(ref)
     if bins is None:
         # skimage semantics: every distinct source value maps to the reference value at its upper
         # quantile (the fraction of source values <= it), interpolated in the reference's CDF.
         values, inverse, counts = torch.unique(src, sorted=True, return_inverse=True, return_counts=True)
         src_q = torch.cumsum(counts, 0).to(torch.float64) / src.numel()
-        ref_values, ref_counts = torch.unique(ref, sorted=True, return_counts=True)
-        ref_q = torch.cumsum(ref_counts, 0).to(torch.float64) / ref.numel()
-        mapped = interp(src_q, ref_q, ref_values.to(torch.float64))
-        return mapped[inverse].to(src.dtype)
-    # Binned: the source CDF is known only at ``bins`` equal-width bin edges over [min, max]; values
-    # inside a bin take the linear interpolation between the mapped edges.
-    lo, hi = src.min(), src.max()
-    if lo == hi:
-        return torch.full_like(src, ref.max())
-    s64 = src.to(torch.float64)
-    edges = torch.linspace(float(lo), float(hi), bins + 1, dtype=torch.float64, device=src.device)
-    pos = ((s64 - float(lo)) / (float(hi) - float(lo)) * bins).clamp(0, bins)
-    hist = torch.bincount(pos.floor().long().clamp(max=bins - 1), minlength=bins)
-    cdf = torch.cat([torch.zeros(1, dtype=torch.float64, device=src.device), torch.cumsum(hist, 0) / src.numel()])
-    ref_values, ref_counts = torch.unique(ref, sorted=True, return_counts=True)
-    ref_q = torch.cumsum(ref_counts, 0).to(torch.float64) / ref.numel()
-    edge_map = interp(cdf, ref_q, ref_values.to(torch.float64))
-    return interp(s64, edges, edge_map).to(src.dtype)
+        return interp(src_q, ref_q, ref_values)[inverse].to(src.dtype)
+    # Binned: bin b = floor((v - min) * bins / (max - min)), clamped to bins - 1; the exact map is
+    # evaluated at the bins' edge quantiles (fraction of values in lower bins) and interpolated
+    # linearly inside each bin. The compiled kernels use these exact float64 operations.
+    lo, hi = float(src.min()), float(src.max())
+    if lo == hi:  # one tie group at quantile 1: the reference's maximum, as in exact mode
+        return torch.full_like(src, float(ref_values[-1]))
+    pos = (src.to(torch.float64) - lo) * (bins / (hi - lo))
+    k = pos.floor().clamp(0, bins - 1)
+    t = (pos - k).clamp(0, 1)
+    k = k.long()
+    cum = torch.zeros(bins + 1, dtype=torch.int64, device=src.device)
+    cum[1:] = torch.cumsum(torch.bincount(k, minlength=bins), 0)
+    edge_map = interp(cum.to(torch.float64) / src.numel(), ref_q, ref_values)
+    return (edge_map[k] + t * (edge_map[k + 1] - edge_map[k])).to(src.dtype)
 
 
 def match_histograms(source: torch.Tensor, reference: torch.Tensor, *, bins: int | None = None) -> torch.Tensor:
@@ -77,7 +89,8 @@ def match_histograms(source: torch.Tensor, reference: torch.Tensor, *, bins: int
 
     With ``bins=None`` this equals ``skimage.exposure.match_histograms`` per channel, ties
     included. With ``bins=k`` the source CDF is sampled at k equal-width bins; each output then lies
-    within one bin's mapped range of the exact result.
+    within its bin's mapped range of the exact result (see :func:`psr.ops.match_histograms`).
+    ``reference`` is cast to ``source``'s dtype.
     """
     if source.ndim != 4 or reference.ndim != 4:
         raise ValueError(

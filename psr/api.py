@@ -40,7 +40,7 @@ class _Bicubic(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
-        y = ops.upsample_bicubic(x, self.scale, a=-0.5)
+        y = ops.upsample_bicubic(x, self.scale, a=-0.5, check=False)
         return y.clamp(0, 1) if clamp else y
 
 
@@ -448,7 +448,7 @@ def upscale(
             if c < 3:  # gray through the RGB network: averaged back
                 y = y.mean(dim=1, keepdim=True)
             if c == 4:  # alpha is coverage, not image content: bicubic, never the network
-                y = torch.cat([y, ops.upsample_bicubic(x[:, 3:4], scale, a=-0.5)], dim=1)
+                y = torch.cat([y, ops.upsample_bicubic(x[:, 3:4], scale, a=-0.5, check=False)], dim=1)
             return y
 
         if match_histogram:
@@ -466,7 +466,7 @@ def upscale(
             _run_tiled(run, h, w, scale, tile, tile_overlap, write)
             nc = 3 if c >= 3 else 1
             ref = torch.from_numpy(inten.forward(img[..., :nc])).permute(2, 0, 1)[None].to(dev)
-            buf[:, :nc] = ops.match_histograms(buf[:, :nc], ref)
+            buf[:, :nc] = ops.match_histograms(buf[:, :nc], ref, check=False)
             out[i] = inten.backward(buf[0].permute(1, 2, 0).cpu().numpy())
         else:
             out_i = out[i]

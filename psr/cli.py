@@ -272,8 +272,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_build_ext(args: argparse.Namespace) -> int:
     from . import _build
 
-    path = _build.build(verbose=args.verbose)
-    print(f"psr extension built: {path}")
+    try:
+        path = _build.build(force=args.force, verbose=args.verbose)
+    except RuntimeError as exc:
+        print(f"psr build-ext: {exc}", file=sys.stderr)
+        return 1
+    print(f"psr extension built: {path} (CUDA kernels: {_build.extension_info()['cuda']})")
     return 0
 
 
@@ -330,6 +334,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("build-ext", help="build the C++/CUDA extension ahead of time")
+    p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date build exists")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_cmd_build_ext)
 

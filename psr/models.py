@@ -18,6 +18,9 @@ Departures from the paper, all switchable in :class:`SRConfig`:
   then 3x3 conv; Odena et al. 2016, fewer checkerboard artefacts) or ``"pixel_shuffle"``.
 
 For inference, :meth:`SRNet.fuse` folds every BatchNorm into the convolution before it.
+
+The style-transfer network (:class:`StyleNet`, the paper's Table 1 of the supplement) is defined
+at the end of this module; see its docstring.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import nn
 
 from . import _reference
 
-__all__ = ["SRConfig", "SRNet", "ResidualBlock"]
+__all__ = ["SRConfig", "SRNet", "ResidualBlock", "StyleConfig", "StyleNet"]
 
 
 @dataclass
@@ -110,9 +113,12 @@ class SRNet(nn.Module):
         self.upsample = nn.Sequential(*ups)
         self.tail = nn.Conv2d(c, 3, 9, padding=4)
         if cfg.global_skip:
-            # Start as plain bicubic: the residual branch begins at exactly zero.
-            nn.init.zeros_(self.tail.weight)
-            nn.init.zeros_(self.tail.bias)
+            # Start close to bicubic: a default-initialised head adds a residual of about +-0.35,
+            # 15-18 dB of noise. Not exactly zero: with a zero head every earlier layer gets a zero
+            # gradient at first, and a 500-iteration CPU run stayed at bicubic (measured).
+            with torch.no_grad():
+                self.tail.weight.mul_(0.1)
+                self.tail.bias.zero_()
 
     @property
     def scale(self) -> int:
@@ -184,3 +190,199 @@ class SRNet(nn.Module):
             mods[i + 1] = nn.Identity()
         fused.upsample = nn.Sequential(*mods)
         return fused
+
+
+# ---------------------------------------------------------------------------------------------
+# style transfer
+
+
+@dataclass
+class StyleConfig:
+    channels: int = 32  # width of the first conv; then 2x and 4x (paper: 32, 64, 128)
+    num_blocks: int = 5  # residual blocks at 1/4 resolution (paper: 5)
+    norm: str = "instance"  # "instance" (Ulyanov et al. 2016) | "batch" (paper)
+    upsample: str = "resize_conv"  # "resize_conv" (nearest x2 + 3x3 conv) | "deconv" (paper)
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("instance", "batch"):
+            raise ValueError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
+        if self.upsample not in ("deconv", "resize_conv"):
+            raise ValueError(f"upsample must be 'deconv' or 'resize_conv', got {self.upsample!r}")
+        if self.channels < 1 or self.num_blocks < 0:
+            raise ValueError("channels must be >= 1 and num_blocks >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StyleConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown StyleConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+class _InstanceNorm(nn.Module):
+    """Instance normalisation with an affine map, whose statistics can be fixed from outside.
+
+    ``fixed`` (set by :meth:`StyleNet.forward` with ``stats=``) replaces the per-image mean and
+    variance, so that tiles of an image are normalised with the whole image's statistics.
+    ``record`` (a list) receives the statistics this layer computed.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.record: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fixed is not None:
+            mean, var = (t.to(x.dtype) for t in self.fixed)
+        else:
+            # Statistics in float32 at least: bf16 sums over H*W pixels lose too much.
+            xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            var, mean = torch.var_mean(xf, dim=(2, 3), keepdim=True, correction=0)
+            if self.record is not None:
+                self.record.append((mean.detach(), var.detach()))
+            mean, var = mean.to(x.dtype), var.to(x.dtype)
+        scale = self.weight.to(x.dtype).reshape(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+        return (x - mean) * scale + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+
+
+def _style_norm(cfg: StyleConfig, channels: int) -> nn.Module:
+    return _InstanceNorm(channels) if cfg.norm == "instance" else nn.BatchNorm2d(channels)
+
+
+class _ConvLayer(nn.Sequential):
+    """Reflection padding then a convolution (no zero padding anywhere in the style network)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, stride: int = 1) -> None:
+        super().__init__(nn.ReflectionPad2d(k // 2), nn.Conv2d(c_in, c_out, k, stride=stride))
+
+
+class _StyleBlock(nn.Module):
+    """3x3 conv, norm, ReLU, 3x3 conv, norm, plus the identity (reflection padded)."""
+
+    def __init__(self, cfg: StyleConfig, c: int) -> None:
+        super().__init__()
+        self.conv1 = _ConvLayer(c, c, 3)
+        self.norm1 = _style_norm(cfg, c)
+        self.conv2 = _ConvLayer(c, c, 3)
+        self.norm2 = _style_norm(cfg, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.norm2(self.conv2(torch.relu(self.norm1(self.conv1(x)))))
+
+
+def _style_up(cfg: StyleConfig, c_in: int, c_out: int) -> nn.Module:
+    if cfg.upsample == "deconv":
+        return nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), _ConvLayer(c_in, c_out, 3))
+
+
+class StyleNet(nn.Module):
+    """The style-transfer network of Johnson et al.: RGB [0, 1] (N, 3, H, W) to the same shape.
+
+    9x9 conv c -> 3x3 conv 2c stride 2 -> 3x3 conv 4c stride 2 -> ``num_blocks`` residual blocks
+    -> 3x3 conv 2c stride 1/2 -> 3x3 conv c stride 1/2 -> 9x9 conv 3 -> ``(tanh + 1) / 2``, each
+    hidden conv followed by a norm and a ReLU, with reflection padding. Inputs of any size: H and
+    W are reflection-padded (bottom, right) up to multiples of 4 (at least 8) and the output is
+    cropped back.
+
+    Departures from the paper (defaults of :class:`StyleConfig`, both switchable): instance
+    normalisation instead of batch normalisation (Ulyanov et al. 2016: each image's contrast is
+    normalised away, so the network needs no capacity for it; visibly better stylisation for the
+    same training) and nearest-neighbour upsampling + conv instead of fractionally strided convs
+    (no checkerboard artefacts, Odena et al. 2016). Values are in [0, 1] instead of 0..255.
+
+    ``stats=`` (a list from :meth:`instance_stats`) fixes every instance norm's statistics, so a
+    tile normalised with the whole image's statistics matches the whole-image output.
+    """
+
+    multiple = 4  # two stride-2 convolutions
+
+    def __init__(self, cfg: StyleConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or StyleConfig()
+        c = cfg.channels
+        self.conv1, self.norm1 = _ConvLayer(3, c, 9), _style_norm(cfg, c)
+        self.conv2, self.norm2 = _ConvLayer(c, 2 * c, 3, stride=2), _style_norm(cfg, 2 * c)
+        self.conv3, self.norm3 = _ConvLayer(2 * c, 4 * c, 3, stride=2), _style_norm(cfg, 4 * c)
+        self.blocks = nn.Sequential(*[_StyleBlock(cfg, 4 * c) for _ in range(cfg.num_blocks)])
+        self.up1, self.norm4 = _style_up(cfg, 4 * c, 2 * c), _style_norm(cfg, 2 * c)
+        self.up2, self.norm5 = _style_up(cfg, 2 * c, c), _style_norm(cfg, c)
+        self.tail = _ConvLayer(c, 3, 9)
+
+    @property
+    def receptive_radius(self) -> int:
+        """Input pixels beyond a pixel that can change its output, rounded up to a multiple of 4.
+
+        Counted per layer at its resolution and scaled to input pixels: 9x9 (4), stride-2 3x3 at
+        full and half resolution (1 + 2), two 3x3 per block at 1/4 (8 each), the two upsampling
+        3x3s at 1/2 and full resolution (4 + 2, plus the nearest-neighbour footprint), 9x9 (4).
+        """
+        r = 4 + 1 + 2 + 8 * self.cfg.num_blocks + 4 + 2 + 4 + 4
+        return -(-r // 4) * 4
+
+    def _norms(self) -> list[_InstanceNorm]:
+        return [m for m in self.modules() if isinstance(m, _InstanceNorm)]
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.norm1(self.conv1(x)))
+        y = torch.relu(self.norm2(self.conv2(y)))
+        y = torch.relu(self.norm3(self.conv3(y)))
+        y = self.blocks(y)
+        y = torch.relu(self.norm4(self.up1(y)))
+        y = torch.relu(self.norm5(self.up2(y)))
+        return self.tail(y)
+
+    @staticmethod
+    def _pad(x: torch.Tensor) -> torch.Tensor:
+        # Up to a multiple of 4, and at least 8: the 9x9 reflection pad needs 5 pixels, the 3x3s at
+        # 1/4 resolution need 2.
+        h, w = x.shape[-2:]
+        ph, pw = max(8 - h, -h % StyleNet.multiple), max(8 - w, -w % StyleNet.multiple)
+        if ph or pw:
+            # Reflection needs pad < size; replicate covers 1- to 3-pixel-wide inputs.
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+        return x
+
+    def forward(self, x: torch.Tensor, *, stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"x must be RGB (N, 3, H, W), got shape {tuple(x.shape)}")
+        norms = self._norms()
+        if stats is not None:
+            if len(stats) != len(norms):
+                raise ValueError(f"stats must hold {len(norms)} (mean, var) pairs, got {len(stats)}")
+            for m, st in zip(norms, stats, strict=True):
+                m.fixed = st
+        try:
+            h, w = x.shape[-2:]
+            out = (torch.tanh(self._body(self._pad(x))) + 1) * 0.5
+            return out[..., :h, :w]
+        finally:
+            for m in norms:
+                m.fixed = None
+
+    @torch.no_grad()
+    def instance_stats(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every instance norm's (mean, var), each (N, C, 1, 1), for the whole (padded) image ``x``.
+
+        Empty for ``norm="batch"``, whose statistics are fixed after training anyway.
+        """
+        norms = self._norms()
+        rec: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for m in norms:
+            m.record = rec
+        try:
+            if norms:
+                self._body(self._pad(x))
+        finally:
+            for m in norms:
+                m.record = None
+        return rec

@@ -1,11 +1,301 @@
-"""Public ops for the last stage of an upscale; currently always the pure-torch reference."""
+"""Public ops for the last stage of an upscale: bicubic upsampling and histogram matching.
+
+Each op runs the compiled extension (``torch.ops.psr``, built from ``csrc/`` on first use, see
+:mod:`psr._build`) when it can, and the pure-torch reference (:mod:`psr._reference`) otherwise:
+without a compiler, with ``PSR_FORCE_REFERENCE=1``, on devices other than CPU and CUDA, and when
+an input requires grad (the reference is differentiable; the compiled ops are not). Both
+backends give the same results to floating-point rounding; :func:`backend` says which one runs.
+
+The wrappers validate their arguments and refuse NaN/Inf (``check=False`` skips that test, which
+costs one host synchronisation on CUDA). Half and bfloat16 inputs are computed in float32 and
+cast back.
+"""
 
 from __future__ import annotations
 
-from ._reference import match_histograms, upsample_bicubic, upsample_match
+import math
+import numbers
+import operator
+
+import torch
+
+from . import _build, _reference
 
 __all__ = ["backend", "upsample_bicubic", "match_histograms", "upsample_match"]
 
+MAX_BINS = 1 << 24
+_fakes_registered = False
 
-def backend() -> str:
+
+def backend(device: str | torch.device = "cpu") -> str:
+    """Which implementation the ops use for tensors on ``device``.
+
+    Returns
+    -------
+    str
+        ``"extension"`` when the compiled ops run, ``"reference"`` when the pure-torch fallback
+        runs. The first call may build the extension (about a minute, once per machine).
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return "extension" if _build.load_extension() else "reference"
+    if dev.type == "cuda":
+        return "extension" if _build.has_cuda_kernels() else "reference"
     return "reference"
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_image(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64), got {t.dtype}")
+    if t.ndim != 4:
+        raise ValueError(f"{name} must be (N, C, H, W), got shape {tuple(t.shape)}")
+    if t.shape[2] < 1 or t.shape[3] < 1:
+        raise ValueError(f"{name} must have H >= 1 and W >= 1, got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_scale(scale: object) -> int:
+    if isinstance(scale, bool):
+        raise ValueError(f"scale must be an integer in 1..8, got {scale!r}")
+    try:
+        s = operator.index(scale)  # int and numpy integers, not floats
+    except TypeError:
+        raise ValueError(f"scale must be an integer in 1..8, got {scale!r}") from None
+    if not 1 <= s <= 8:
+        raise ValueError(f"scale must be an integer in 1..8, got {scale!r}")
+    return s
+
+
+def _check_a(a: object) -> float:
+    if isinstance(a, bool) or not isinstance(a, numbers.Real):
+        raise TypeError(f"a must be a real number, got {type(a).__name__}")
+    if not math.isfinite(a):
+        raise ValueError(f"a must be finite, got {a!r}")
+    return float(a)
+
+
+def _check_bins(bins: object) -> int | None:
+    if bins is None:
+        return None
+    if isinstance(bins, bool):
+        raise ValueError(f"bins must be None or an integer in 1..{MAX_BINS}, got {bins!r}")
+    try:
+        b = operator.index(bins)
+    except TypeError:
+        raise ValueError(f"bins must be None or an integer in 1..{MAX_BINS}, got {bins!r}") from None
+    if not 1 <= b <= MAX_BINS:
+        raise ValueError(f"bins must be None or an integer in 1..{MAX_BINS}, got {bins!r}")
+    return b
+
+
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf; pass finite values (or check=False to skip this test)")
+
+
+def _same_device(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but x/source is on {like.device}")
+
+
+def _work_dtype(t: torch.Tensor) -> torch.dtype:
+    return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _use_extension(*tensors: torch.Tensor | None) -> bool:
+    ts = [t for t in tensors if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
+        return False  # the reference is differentiable
+    return backend(ts[0].device) == "extension"
+
+
+# ---------------------------------------------------------------------------------------------
+# ops
+
+
+def upsample_bicubic(x: torch.Tensor, scale: int, *, a: float = -0.75, check: bool = True) -> torch.Tensor:
+    """Bicubic upsampling of ``x`` (N, C, H, W) by an integer factor.
+
+    Parameters
+    ----------
+    x : Tensor, (N, C, H, W)
+        Floating-point images (any memory layout).
+    scale : int
+        Integer factor in 1..8.
+    a : float
+        Keys' kernel parameter. ``-0.75`` (default, clamped borders) equals
+        ``F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)``; ``-0.5``
+        (with MATLAB's symmetric padding) equals MATLAB's ``imresize(x, scale, 'bicubic')``, the
+        project's bicubic baseline. Other values use clamped borders.
+    check : bool
+        Refuse NaN/Inf in ``x`` (one host synchronisation on CUDA).
+
+    Returns
+    -------
+    Tensor, (N, C, H * scale, W * scale), contiguous, ``x``'s dtype and device.
+    """
+    _check_image("x", x)
+    s = _check_scale(scale)
+    a = _check_a(a)
+    if check:
+        _check_finite("x", x)
+    n, c, h, w = x.shape
+    if n * c == 0:
+        return x.new_empty((n, c, h * s, w * s))
+    work = x.to(_work_dtype(x))
+    if _use_extension(work):
+        y = torch.ops.psr.upsample_bicubic(work, s, a)
+    else:
+        y = _reference.upsample_bicubic(work, s, a=a)
+    return y.to(x.dtype)
+
+
+def match_histograms(
+    source: torch.Tensor, reference: torch.Tensor, *, bins: int | None = None, check: bool = True
+) -> torch.Tensor:
+    """Match the histogram of each (sample, channel) of ``source`` to ``reference``'s.
+
+    Parameters
+    ----------
+    source : Tensor, (N, C, H, W)
+        Floating-point images to transform.
+    reference : Tensor, (N, C, h, w)
+        Images whose value distribution to copy, any size, same N and C and device; cast to
+        ``source``'s dtype.
+    bins : int, optional
+        ``None`` (default): exact, equal to ``skimage.exposure.match_histograms(src, ref,
+        channel_axis=...)`` per channel to the output dtype's rounding. Every distinct source value
+        v maps to ``np.interp(q(v), ref_quantiles, ref_values)`` where ``q(v)`` is the fraction of
+        source values ``<= v``: a group of equal values takes its upper quantile, so a constant
+        source maps to the reference's maximum. The quantiles are exact integer ratios whatever
+        the image size.
+
+        ``k`` (1..2^24): binned fast mode. Value v falls in bin ``b = floor((v - min) * k / (max -
+        min))`` (clamped to k - 1); the exact map F is evaluated at the quantiles ``c_b`` (fraction
+        of values in bins below b) and interpolated linearly inside each bin. Since
+        ``c_b < q(v) <= c_{b+1}`` and F is nondecreasing, the exact and the binned result both lie
+        in ``[F(c_b), F(c_{b+1})]``, so ``|binned(v) - exact(v)| <= F(c_{b+1}) - F(c_b)``: the
+        spread of reference values over v's bin's quantile range (plus the output dtype's
+        rounding). Summed over all bins this is the reference's range; it is small where the
+        source's values spread over many bins. The binned map is continuous and nondecreasing, so
+        it keeps the order of values.
+    check : bool
+        Refuse NaN/Inf in the inputs (one host synchronisation on CUDA; with ``check=False`` the
+        binned CUDA path never synchronises).
+
+    Returns
+    -------
+    Tensor shaped like ``source``, contiguous, ``source``'s dtype and device.
+    """
+    _check_image("source", source)
+    _check_image("reference", reference)
+    if source.shape[:2] != reference.shape[:2]:
+        raise ValueError(
+            f"source and reference must agree in N and C, got {tuple(source.shape)} and {tuple(reference.shape)}"
+        )
+    _same_device("reference", reference, source)
+    b = _check_bins(bins)
+    if check:
+        _check_finite("source", source)
+        _check_finite("reference", reference)
+    if source.shape[0] * source.shape[1] == 0:
+        return torch.empty_like(source, memory_format=torch.contiguous_format)
+    dt = _work_dtype(source)
+    src, ref = source.to(dt), reference.to(dt)
+    if _use_extension(src, ref):
+        y = torch.ops.psr.match_histograms(src, ref, b)
+    else:
+        y = _reference.match_histograms(src, ref, bins=b)
+    return y.to(source.dtype)
+
+
+def upsample_match(
+    x: torch.Tensor,
+    scale: int,
+    *,
+    residual: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
+    a: float = -0.75,
+    bins: int | None = None,
+    check: bool = True,
+) -> torch.Tensor:
+    """Fused ``match_histograms(upsample_bicubic(x, scale, a=a) + residual, reference or x)``.
+
+    The compiled op never stores the upsampled image: each pass of the matching recomputes it from
+    ``x`` (exact mode keeps only the sort keys). Arguments are as for :func:`upsample_bicubic` and
+    :func:`match_histograms`; ``residual`` is (N, C, H * scale, W * scale) and ``reference``
+    (N, C, h, w), both on ``x``'s device and cast to its dtype.
+
+    Returns
+    -------
+    Tensor, (N, C, H * scale, W * scale), contiguous, ``x``'s dtype and device.
+    """
+    _check_image("x", x)
+    s = _check_scale(scale)
+    a = _check_a(a)
+    b = _check_bins(bins)
+    n, c, h, w = x.shape
+    out_shape = (n, c, h * s, w * s)
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor) or not residual.is_floating_point():
+            raise TypeError(f"residual must be a floating-point torch.Tensor, got {type(residual).__name__}")
+        if tuple(residual.shape) != out_shape:
+            raise ValueError(f"residual must have shape {out_shape}, got {tuple(residual.shape)}")
+        _same_device("residual", residual, x)
+    if reference is not None:
+        _check_image("reference", reference)
+        if reference.shape[:2] != x.shape[:2]:
+            raise ValueError(
+                f"reference must agree with x in N and C, got {tuple(reference.shape)} and {tuple(x.shape)}"
+            )
+        _same_device("reference", reference, x)
+    if check:
+        _check_finite("x", x)
+        if residual is not None:
+            _check_finite("residual", residual)
+        if reference is not None:
+            _check_finite("reference", reference)
+    if n * c == 0:
+        return x.new_empty(out_shape)
+    dt = _work_dtype(x)
+    xw = x.to(dt)
+    res = residual.to(dt) if residual is not None else None
+    ref = reference.to(dt) if reference is not None else None
+    if _use_extension(xw, res, ref):
+        y = torch.ops.psr.upsample_match(xw, s, res, ref, a, b)
+    else:
+        y = _reference.upsample_match(xw, s, residual=res, reference=ref, a=a, bins=b)
+    return y.to(x.dtype)
+
+
+def _register_fakes() -> None:
+    """Shape functions for ``torch.compile`` and meta tensors (called once the library is loaded)."""
+    global _fakes_registered
+    if _fakes_registered:
+        return
+    _fakes_registered = True
+
+    @torch.library.register_fake("psr::upsample_bicubic")
+    def _(x: torch.Tensor, scale: int, a: float) -> torch.Tensor:
+        return x.new_empty((x.shape[0], x.shape[1], x.shape[2] * scale, x.shape[3] * scale))
+
+    @torch.library.register_fake("psr::match_histograms")
+    def _(source: torch.Tensor, reference: torch.Tensor, bins: int | None) -> torch.Tensor:
+        return source.new_empty(source.shape)
+
+    @torch.library.register_fake("psr::upsample_match")
+    def _(
+        x: torch.Tensor,
+        scale: int,
+        residual: torch.Tensor | None,
+        reference: torch.Tensor | None,
+        a: float,
+        bins: int | None,
+    ) -> torch.Tensor:
+        return x.new_empty((x.shape[0], x.shape[1], x.shape[2] * scale, x.shape[3] * scale))

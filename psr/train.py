@@ -16,6 +16,13 @@ decay, the relu2_2 feature loss for ``--loss perceptual``, Gaussian-blur-then-bi
   ``torchrun --nproc-per-node N -m psr.train ...``; ``--batch-size`` is the global batch.
 * ``psr export RUN_DIR -o FILE`` picks the best weights, chooses the default histogram matching on
   the validation split, scores Set5 and writes the shipped-weights format with its metadata.
+
+Style transfer (``--task style --style IMAGE``) trains a :class:`~psr.models.StyleNet` with the same
+machinery (per-(seed, iteration, sample) data, atomic checkpoints, exact resume, validation, bf16 on
+CUDA, DDP): content images are random square crops of the training images resized to
+``--image-size``; the loss is ``content_weight * relu2_2 feature loss + style_weight * Gram loss at
+relu1_2, relu2_2, relu3_3, relu4_3 + tv_weight * TV``. ``psr export`` writes such a run as a style
+(``task: "style"``) with the Gram check of the validation images in its metadata.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from .data import (
     split_train_val,
 )
 from .metrics import psnr, rgb_to_y, shave, ssim
-from .models import SRConfig, SRNet
+from .models import SRConfig, SRNet, StyleConfig, StyleNet
 from .resize import imresize
 from .weights import save_weights
 
@@ -64,12 +71,20 @@ __all__ = [
 ]
 
 FEATURE_LAYER = "relu2_2"  # the paper's SR loss layer; also the validation feature distance
+STYLE_WEIGHT = 3e-4
+STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")  # the paper's style layers
+GRAM_CHECK_LAYERS = ("relu2_2", "relu3_3")  # where shipped styles must move Gram statistics toward the style
+# Default Gram-loss weight. With the Caffe VGG (0..255 inputs) and squared Frobenius norms, a photo's
+# Gram loss to a painting is ~1e10 and a relu2_2 feature loss ~4e4: 3e-4 puts the style term
+# ~100-200x the content term at the start, the balance of Johnson's released defaults (content 1,
+# style 5 on mean-squared Grams, i.e. 5 / C^2 per layer on the Frobenius form; 3e-4 = 5 / 128^2).
 _CHECKPOINT_DELAY_ENV = "PSR_TEST_CHECKPOINT_DELAY"  # test hook: seconds to pause mid-write
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``psr train``'s options to ``p``."""
     shared = default_shared_dir()
+    p.add_argument("--task", default="sr", choices=("sr", "style"), help="super-resolution (default) or style transfer")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, default=shared / "data" / "train", help="folder of training images")
     g.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
@@ -125,6 +140,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     g.add_argument("--name", default=None, help="model name written into the weights metadata")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    g = p.add_argument_group("style transfer (--task style; --data, --n-val, --val-crop, --tv-weight shared)")
+    g.add_argument("--style", type=Path, default=None, help="style image (e.g. ../shared/data/styles/wave.jpg)")
+    g.add_argument("--style-size", type=int, default=512, help="longer side of the style image (0: as it is)")
+    g.add_argument(
+        "--style-weight",
+        type=float,
+        default=STYLE_WEIGHT,
+        help="weight of the Gram loss (squared Frobenius norms, G = F F^T / CHW, Caffe VGG)",
+    )
+    g.add_argument("--content-weight", type=float, default=1.0, help="weight of the relu2_2 feature loss")
+    g.add_argument("--image-size", type=int, default=256, help="content crops are resized to this (paper: 256)")
+    g.add_argument("--style-channels", type=int, default=32, help="first-layer width (paper: 32)")
+    g.add_argument("--style-blocks", type=int, default=5, help="residual blocks (paper: 5)")
+    g.add_argument("--style-norm", default="instance", choices=("instance", "batch"), help="paper: batch")
+    g.add_argument("--style-upsample", default="resize_conv", choices=("resize_conv", "deconv"), help="paper: deconv")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -383,6 +414,9 @@ def main(args: argparse.Namespace) -> dict:
     for name, default in defaults.items():
         if not hasattr(args, name):
             setattr(args, name, default)
+    style = getattr(args, "task", "sr") == "style"
+    if style:
+        _check_style_args(args)
     _check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -396,7 +430,7 @@ def main(args: argparse.Namespace) -> dict:
         if args.batch_size % world:
             raise ValueError(f"--batch-size ({args.batch_size}) must be a multiple of the {world} processes")
     try:
-        return _train(args, rank, world, device)
+        return _train_style(args, rank, world, device) if style else _train(args, rank, world, device)
     finally:
         if world > 1:
             import torch.distributed as dist
@@ -633,6 +667,486 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
 
 
 # ---------------------------------------------------------------------------------------------
+# style transfer
+
+
+def _check_style_args(args: argparse.Namespace) -> None:
+    if args.style is None:
+        raise ValueError("--task style needs --style IMAGE (e.g. ../shared/data/styles/starry_night.jpg)")
+    if not Path(args.style).is_file():
+        raise FileNotFoundError(f"--style {str(args.style)!r}: no such file")
+    for name in ("style_weight", "content_weight"):
+        v = getattr(args, name)
+        if not (v >= 0 and math.isfinite(v)):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+    if args.style_weight == 0 and args.content_weight == 0:
+        raise ValueError("--style-weight and --content-weight are both 0: nothing to train for")
+    if args.image_size < 16:
+        raise ValueError(f"--image-size must be >= 16, got {args.image_size}")
+    if args.style_size < 0 or 0 < args.style_size < 16:
+        raise ValueError(f"--style-size must be 0 (as it is) or >= 16, got {args.style_size}")
+    if args.style_channels < 1 or args.style_blocks < 0:
+        raise ValueError("--style-channels must be >= 1 and --style-blocks >= 0")
+
+
+class StyleSampler(PatchSampler):
+    """Content images for style training, a pure function of (seed, iteration, sample) like SR patches.
+
+    Each sample is a random square crop, its side uniform between ``size`` and the image's shorter
+    side, resized to ``size`` x ``size`` (antialiased bilinear, rounded to 8 bits), and flipped
+    left-right with probability 1/2. The paper resized whole COCO images to 256x256; a random
+    square keeps the aspect ratio and varies the scale of the content.
+    """
+
+    def __init__(self, files: list[Path], *, size: int, small: str = "skip") -> None:
+        super().__init__(
+            files, patch=size, scale=1, degradation=Degradation.parse("bicubic"), quantize=False, small=small
+        )
+
+    def _crop(self, gen: torch.Generator) -> torch.Tensor:
+        p = self.patch
+        img = self.images[int(torch.multinomial(self.weights, 1, generator=gen))]
+        h, w = img.shape[1:]
+        side = int(torch.randint(p, min(h, w) + 1, (1,), generator=gen))
+        y = int(torch.randint(0, h - side + 1, (1,), generator=gen))
+        x = int(torch.randint(0, w - side + 1, (1,), generator=gen))
+        crop = img[:, y : y + side, x : x + side]
+        if side != p:
+            small = F.interpolate(crop[None].float(), size=(p, p), mode="bilinear", antialias=True, align_corners=False)
+            crop = small[0].round().clamp(0, 255).to(torch.uint8)
+        if int(torch.randint(0, 2, (1,), generator=gen)):
+            crop = crop.flip(-1)
+        return crop.contiguous()
+
+    def _finish(self, crops: list[torch.Tensor], sigmas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.stack(crops).float() / 255.0
+        return x, x  # (input, content target): the same image
+
+
+def load_style_image(path: str | os.PathLike, size: int = 512) -> torch.Tensor:
+    """The style image as RGB floats (1, 3, H, W) in [0, 1], its longer side resized to ``size`` (0: as is)."""
+    img = load_rgb(path).float()[None] / 255.0
+    h, w = img.shape[-2:]
+    if size and max(h, w) != size:
+        f = size / max(h, w)
+        hw = (max(1, round(h * f)), max(1, round(w * f)))
+        img = F.interpolate(img, size=hw, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return img.contiguous()
+
+
+class StyleObjective(torch.nn.Module):
+    """Unweighted loss terms of style training on one shared VGG-16 pass.
+
+    ``forward(y, x)`` returns ``{"content": relu2_2 feature MSE of y against x, "style": sum over
+    the style layers of ||G(y) - G(style)||_F^2 (batch mean), "tv": TV(y)}``; Gram matrices and
+    the style targets are :func:`psr.losses.gram_matrix` / :class:`psr.losses.StyleLoss`'s.
+    """
+
+    def __init__(self, style_image: torch.Tensor, vgg_weights: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        from .losses import StyleLoss, TVLoss, VGGFeatures
+
+        self.vgg = VGGFeatures(STYLE_LAYERS, vgg_weights)
+        self.style = StyleLoss(style_image, STYLE_LAYERS, vgg=self.vgg)
+        self.tv = TVLoss()
+
+    def gram_distances(self, feats: dict[str, torch.Tensor], layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Per-image squared Frobenius distances (N,) of the features' Grams to the style's."""
+        from .losses import gram_matrix
+
+        return {
+            name: (gram_matrix(feats[name]) - self.style.target_gram(name)).pow(2).sum(dim=(1, 2)) for name in layers
+        }
+
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        fy = self.vgg(y, STYLE_LAYERS)
+        with torch.no_grad():
+            fx = self.vgg(x, (FEATURE_LAYER,))
+        content = F.mse_loss(fy[FEATURE_LAYER].float(), fx[FEATURE_LAYER].float())
+        style = sum(d.mean() for d in self.gram_distances(fy, STYLE_LAYERS).values())
+        return {"content": content, "style": style, "tv": self.tv(y.float())}  # type: ignore[dict-item]
+
+
+def _style_total(terms: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """Weighted terms; zero-weight terms are left out."""
+    w = {"content": args.content_weight, "style": args.style_weight, "tv": args.tv_weight}
+    return {k: w[k] * v for k, v in terms.items() if w[k] > 0}
+
+
+@torch.no_grad()
+def validate_style(
+    model: torch.nn.Module,
+    images: Sequence[torch.Tensor],
+    objective: StyleObjective,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, float]:
+    """Mean content, style and TV terms and the weighted total over uint8 (3, H, W) ``images``.
+
+    Also ``gram_{layer}_ratio`` for the Gram-check layers: the stylised images' Gram distance to the
+    style divided by the inputs' (below 1: moved toward the style).
+    """
+    was_training = model.training
+    model.eval()
+    acc: dict[str, list[float]] = {}
+    for img in images:
+        x = (img.float() / 255.0)[None].to(device)
+        y = model(x).float()
+        terms = objective(y, x)
+        rec = {k: float(v) for k, v in terms.items()}
+        rec["loss"] = float(sum(_style_total(terms, args).values()))
+        d_out = objective.gram_distances(objective.vgg(y, GRAM_CHECK_LAYERS), GRAM_CHECK_LAYERS)
+        d_in = objective.gram_distances(objective.vgg(x, GRAM_CHECK_LAYERS), GRAM_CHECK_LAYERS)
+        for name in GRAM_CHECK_LAYERS:
+            rec[f"gram_{name}_ratio"] = float(d_out[name].sum() / d_in[name].sum().clamp_min(1e-30))
+        for k, v in rec.items():
+            acc.setdefault(k, []).append(v)
+    model.train(was_training)
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def _style_config(args: argparse.Namespace) -> StyleConfig:
+    return StyleConfig(
+        channels=args.style_channels, num_blocks=args.style_blocks, norm=args.style_norm, upsample=args.style_upsample
+    )
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
+    """The style-transfer twin of :func:`_train`: same checkpoints, resume, logging, DDP and bf16."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    lead = rank == 0
+    out: Path = Path(args.out)
+    ckpt_path = out / "checkpoint.pt"
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+
+    files = find_images(args.data)
+    train_files, val_files = split_train_val(files, args.n_val)
+    sampler = StyleSampler(train_files, size=args.image_size, small=args.small_images)
+    val_images = [_centre_crop(load_rgb(f), args.val_crop, 4) for f in val_files] if lead else []
+    style_image = load_style_image(args.style, args.style_size)
+
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    cfg = _style_config(args)
+    model = StyleNet(cfg).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    it, elapsed = 0, 0.0
+    best: dict = {"metric": "loss", "value": math.inf, "iteration": 0}
+    rng_to_restore = None
+    if args.resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt_path)!r}")
+        st = load_checkpoint(ckpt_path)
+        if st.get("task", "sr") != "style":
+            raise ValueError(f"--resume: {str(ckpt_path)!r} is a {st.get('task', 'sr')!r} run, not a style run")
+        if StyleConfig.from_dict(st["config"]) != cfg:
+            raise ValueError(f"--resume: checkpoint config {st['config']} differs from this run's {cfg.to_dict()}")
+        old = checkpoint_args(st)
+        keys = ("style", "style_size", "style_weight", "content_weight", "tv_weight", "image_size", "batch_size")
+        for key in (*keys, "seed", "lr", "warmup"):
+            if key in old and str(old[key]) != str(getattr(args, key)):
+                warnings.warn(
+                    f"--resume: --{key.replace('_', '-')} was {old[key]!r}, now {getattr(args, key)!r}", stacklevel=2
+                )
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        rng_to_restore = st["rng"]
+        it, elapsed = int(st["iteration"]), float(st.get("elapsed", 0.0))
+        best = dict(st.get("best") or best)
+
+    net: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    objective = StyleObjective(style_image, args.vgg_weights).to(device)
+    if cuda:
+        objective = objective.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and args.amp) else nullcontext()
+
+    meta_base = {
+        "name": args.name or Path(args.style).stem,
+        "task": "style",
+        "style_image": Path(args.style).name,
+        "style_sha256": _sha256(args.style),
+        "style_size": args.style_size,
+        "style_layers": list(STYLE_LAYERS),
+        "content_layer": FEATURE_LAYER,
+        "style_weight": args.style_weight,
+        "content_weight": args.content_weight,
+        "tv_weight": args.tv_weight,
+        "image_size": args.image_size,
+        "training_data": str(args.data),
+        "n_train_images": len(sampler.images),
+        "n_val_images": len(val_files),
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "lr_decay_at": list(args.lr_decay_at),
+        "warmup": args.warmup,
+        "seed": args.seed,
+        "processes": world,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "train_args": _json_args(args),
+    }
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "task": "style",
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": _rng_state(args.seed, device),
+                "iteration": it,
+                "elapsed": elapsed,
+                "best": best,
+                "config": cfg.to_dict(),
+                "args": _json_args(args),
+            },
+        )
+
+    stop = args.iterations if not args.stop_at else min(args.iterations, args.stop_at)
+    loader = make_loader(
+        sampler,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        start=it,
+        stop=max(it, stop),
+        workers=args.workers,
+        rank=rank,
+        world_size=world,
+        pin_memory=cuda,
+    )
+    log = open(out / "log.jsonl", "a") if lead else None
+    if log is not None:
+        log.write(json.dumps({"event": "resume" if args.resume else "start", "it": it, "processes": world}) + "\n")
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=args.iterations,
+        initial=it,
+        disable=args.quiet or not lead,
+        dynamic_ncols=True,
+        desc=f"train style {meta_base['name']}",
+        mininterval=1.0,
+    )
+    if rng_to_restore is not None:
+        _set_rng_state(rng_to_restore, device)
+    start = time.perf_counter() - elapsed
+    limit = args.max_minutes * 60 if args.max_minutes else math.inf
+    model.train()
+    stopped_early = False
+    first_done: tuple[float, int] | None = None
+    for x, _ in loader:
+        lr_now = _lr_at(args, it)
+        for grp in opt.param_groups:
+            grp["lr"] = lr_now
+        x = x.to(device, non_blocking=True)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            y = net(x)
+            terms = _style_total(objective(y, x), args)
+            loss = sum(terms.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[union-attr]
+        opt.step()
+        it += 1
+        elapsed = time.perf_counter() - start
+        if first_done is None:
+            first_done = (time.perf_counter(), it)
+        loss_value = float(loss.detach())  # type: ignore[union-attr]
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"iteration {it}: loss is {loss_value}; lower --lr or the loss weights")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.5g}", refresh=False)
+        if log is not None:
+            rec = {"it": it, "loss": loss_value, "lr": lr_now, "time": round(elapsed, 3)}
+            rec.update({k: float(v.detach()) for k, v in terms.items()})
+            log.write(json.dumps(rec) + "\n")
+        if lead and val_images and (it % args.val_every == 0 or it == args.iterations):
+            v = validate_style(model, val_images, objective, args, device)
+            assert log is not None
+            log.write(json.dumps({"it": it, **{f"val_{k}": x for k, x in v.items()}, "time": round(elapsed, 2)}) + "\n")
+            bar.write(f"iteration {it}: validation " + ", ".join(f"{k} {x:.4g}" for k, x in v.items()))
+            if math.isfinite(v["loss"]) and v["loss"] < best["value"]:
+                best = {"metric": "loss", "value": v["loss"], "iteration": it}
+                meta = dict(
+                    meta_base,
+                    iterations=it,
+                    wall_time_s=round(elapsed, 1),
+                    **{f"val_{k}": round(x, 6) for k, x in v.items()},
+                    val_crop=args.val_crop,
+                )
+                save_weights(out / "best.safetensors", model, meta)
+        if log is not None:
+            log.flush()
+        over = elapsed > limit
+        if world > 1 and math.isfinite(limit):
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(over)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            over = bool(flag.item())
+        if lead and (it % args.checkpoint_every == 0 or it == stop or over):
+            checkpoint()
+        if over and it < stop:
+            stopped_early = True
+            break
+    bar.close()
+    if log is not None:
+        log.close()
+    summary = {
+        "task": "style",
+        "iteration": it,
+        "elapsed_s": round(elapsed, 2),
+        "best": best,
+        "stopped_early": stopped_early or it < args.iterations,
+        "out": str(out),
+    }
+    if first_done is not None and it > first_done[1]:
+        summary["it_per_s"] = round((it - first_done[1]) / (time.perf_counter() - first_done[0]), 4)
+    if lead:
+        print(json.dumps(summary))
+    return summary
+
+
+def _run_task(run_dir: Path) -> str:
+    from .weights import read_metadata
+
+    best, ckpt = run_dir / "best.safetensors", run_dir / "checkpoint.pt"
+    if best.is_file():
+        return str(read_metadata(best).get("task", "sr"))
+    if ckpt.is_file():
+        return str(load_checkpoint(ckpt).get("task", "sr"))
+    return "sr"
+
+
+def gram_check(
+    model: torch.nn.Module,
+    files: Sequence[Path],
+    style_image: torch.Tensor,
+    *,
+    vgg_weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    crop: int = 256,
+) -> dict[str, Any]:
+    """Does ``model`` move Gram statistics toward the style? Per layer of ``GRAM_CHECK_LAYERS``.
+
+    For each image (centre crop of ``crop`` pixels), the squared Frobenius distance of the Gram
+    matrix of the stylised image to the style's and of the input's. Returns per layer the mean
+    distances, their ratio and the fraction of images whose distance went down, plus ``all_lower``.
+    """
+    from .losses import StyleLoss, VGGFeatures
+
+    dev = torch.device(device)
+    vgg = VGGFeatures(GRAM_CHECK_LAYERS, vgg_weights).to(dev)
+    target = StyleLoss(style_image.to(dev), GRAM_CHECK_LAYERS, vgg=vgg)
+    from .losses import gram_matrix
+
+    d_in: dict[str, list[float]] = {k: [] for k in GRAM_CHECK_LAYERS}
+    d_out: dict[str, list[float]] = {k: [] for k in GRAM_CHECK_LAYERS}
+    model = model.to(dev).eval()
+    with torch.no_grad():
+        for f in files:
+            x = (_centre_crop(load_rgb(f), crop, 4).float() / 255.0)[None].to(dev)
+            y = model(x).float()
+            for img, acc in ((x, d_in), (y, d_out)):
+                feats = vgg(img, GRAM_CHECK_LAYERS)
+                for name in GRAM_CHECK_LAYERS:
+                    acc[name].append(float((gram_matrix(feats[name]) - target.target_gram(name)).pow(2).sum()))
+    out: dict[str, Any] = {"images": len(files), "crop": crop}
+    for name in GRAM_CHECK_LAYERS:
+        a, b = np.array(d_in[name]), np.array(d_out[name])
+        out[name] = {
+            "input": float(a.mean()),
+            "output": float(b.mean()),
+            "ratio": float(b.mean() / max(a.mean(), 1e-30)),
+            "fraction_lower": float((b < a).mean()),
+        }
+    out["all_lower"] = all(out[name]["fraction_lower"] == 1.0 for name in GRAM_CHECK_LAYERS)
+    return out
+
+
+def _export_style(args: argparse.Namespace) -> dict:
+    """``psr export`` for a style run: best or last weights, the Gram check on the validation split."""
+    from .weights import load_style_model
+
+    run_dir: Path = args.run_dir
+    ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.safetensors"
+    st = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    targs = checkpoint_args(st) if st is not None else {}
+    if args.which == "best" and best_path.is_file():
+        model = load_style_model(best_path)
+        meta = dict(model.metadata)  # type: ignore[attr-defined]
+        if "train_args" in meta:
+            targs = {**json.loads(meta.pop("train_args")), **targs}
+    else:
+        if st is None:
+            raise FileNotFoundError(f"run {str(run_dir)!r} has neither best.safetensors nor checkpoint.pt")
+        if args.which == "best":
+            warnings.warn(
+                f"{str(best_path)!r} missing (no validation yet?): exporting the last checkpoint", stacklevel=2
+            )
+        model = StyleNet(StyleConfig.from_dict(st["config"]))
+        model.load_state_dict(st["model"])
+        model.eval()
+        style_path = targs.get("style")
+        meta = {
+            "name": targs.get("name") or (Path(style_path).stem if style_path else run_dir.name),
+            "task": "style",
+            "style_image": Path(style_path).name if style_path else None,
+            "style_size": targs.get("style_size"),
+            "style_layers": list(STYLE_LAYERS),
+            "content_layer": FEATURE_LAYER,
+            "style_weight": targs.get("style_weight"),
+            "content_weight": targs.get("content_weight"),
+            "tv_weight": targs.get("tv_weight"),
+            "image_size": targs.get("image_size"),
+            "training_data": str(targs.get("data")),
+            "batch_size": targs.get("batch_size"),
+            "lr": targs.get("lr"),
+            "seed": targs.get("seed"),
+            "iterations": int(st["iteration"]),
+            "wall_time_s": round(float(st.get("elapsed", 0.0)), 1),
+        }
+    style_path = Path(getattr(args, "style", None) or targs.get("style") or "")
+    if not style_path.is_file():
+        raise FileNotFoundError(f"style image {str(style_path)!r} not found; pass --style IMAGE")
+    data = args.data or Path(targs.get("data") or meta.get("training_data"))
+    _, val_files = split_train_val(find_images(data), int(targs.get("n_val", 20)))
+    if not val_files:
+        raise ValueError("the run has no validation split (--n-val 0): cannot run the Gram check")
+    style_image = load_style_image(style_path, int(targs.get("style_size", 512) or 0))
+    check = gram_check(model, val_files, style_image, vgg_weights=args.vgg_weights, device=args.device)
+    if not check["all_lower"]:
+        warnings.warn(f"Gram check: not every validation image moved toward the style: {check}", stacklevel=2)
+    meta = {k: v for k, v in meta.items() if not k.startswith("val_")}
+    meta.update(
+        name=args.name or meta.get("name") or run_dir.name,
+        style_sha256=_sha256(style_path),
+        gram_check=check,
+        exported_from=str(run_dir),
+        exported_which=args.which,
+    )
+    save_weights(args.output, model, meta)
+    print(json.dumps({k: v for k, v in meta.items() if k not in ("config", "train_args")}, indent=1, default=str))
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
 # export
 
 
@@ -660,6 +1174,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vgg-weights", type=Path, default=None, help="VGG-16 weights for the relu2_2 distance")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--style", type=Path, default=None, help="style runs: the style image, if moved since training")
 
 
 def _load_run(run_dir: Path, which: str) -> tuple[SRNet, dict, dict]:
@@ -713,6 +1228,8 @@ def export_main(args: argparse.Namespace) -> dict:
         raise FileNotFoundError(f"run_dir {str(run_dir)!r} is not a folder")
     if args.output.suffix != ".safetensors":
         raise ValueError(f"--output must end in .safetensors, got {str(args.output)!r}")
+    if _run_task(run_dir) == "style":
+        return _export_style(args)
     model, meta, targs = _load_run(run_dir, args.which)
     scale = model.scale
     fused = model.fuse()

@@ -4,6 +4,10 @@ A weights file holds the model's (unfused) state dict and, in the safetensors he
 ``"psr"`` with a JSON object: ``format``, ``task``, ``config`` (:class:`~psr.models.SRConfig` fields),
 ``scale``, ``loss``, ``degradation``, training data, iterations, patch size, wall time, validation
 and Set5 scores and ``match_histogram`` (the default post-processing, chosen on validation).
+
+Style-transfer weights (``task: "style"``, :class:`~psr.models.StyleNet`) use the same format with
+``config`` holding :class:`~psr.models.StyleConfig` fields, no ``scale``, and the style image, loss
+weights and Gram check in the metadata; :func:`load_style_model` loads them.
 """
 
 from __future__ import annotations
@@ -15,23 +19,27 @@ from typing import Any
 
 import torch
 
-from .models import SRConfig, SRNet
+from .models import SRConfig, SRNet, StyleConfig, StyleNet
 
-__all__ = ["WEIGHTS_DIR", "FORMAT", "save_weights", "read_metadata", "load_model", "list_models"]
+__all__ = ["WEIGHTS_DIR", "FORMAT", "save_weights", "read_metadata", "load_model", "load_style_model", "list_models"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FORMAT = "psr-weights-1"
 
 
-def save_weights(path: str | os.PathLike, model: SRNet, metadata: dict[str, Any]) -> None:
+def save_weights(path: str | os.PathLike, model: SRNet | StyleNet, metadata: dict[str, Any]) -> None:
     """Write ``model``'s state dict and ``metadata`` atomically (temp file, fsync, rename)."""
     from safetensors.torch import save_file
 
     meta = dict(metadata)
-    meta.setdefault("task", "sr")
     meta["format"] = FORMAT
     meta["config"] = model.cfg.to_dict()
-    meta["scale"] = model.cfg.scale
+    if isinstance(model, StyleNet):
+        meta["task"] = "style"
+        meta.pop("scale", None)
+    else:
+        meta.setdefault("task", "sr")
+        meta["scale"] = model.cfg.scale
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -42,7 +50,7 @@ def save_weights(path: str | os.PathLike, model: SRNet, metadata: dict[str, Any]
     os.replace(tmp, path)
 
 
-def _resolve(name_or_path: str | os.PathLike) -> Path:
+def _resolve(name_or_path: str | os.PathLike, task: str = "sr") -> Path:
     p = Path(name_or_path)
     if p.suffix == ".safetensors" or p.exists() or os.sep in str(name_or_path):
         if not p.is_file():
@@ -50,9 +58,10 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
         return p
     shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
     if not shipped.is_file():
-        names = ", ".join(sorted(list_models())) or "none"
+        names = ", ".join(sorted(list_models(task=task))) or "none"
+        what = "style" if task == "style" else "model"
         raise ValueError(
-            f"unknown model {str(name_or_path)!r}; shipped models: {names}, or give a path to a .safetensors file"
+            f"unknown {what} {str(name_or_path)!r}; shipped {what}s: {names}, or give a path to a .safetensors file"
         )
     return shipped
 
@@ -112,9 +121,53 @@ def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = 
     return model.to(device)
 
 
-def list_models() -> dict[str, dict[str, Any]]:
-    """Shipped models by name, each with its metadata."""
+def load_style_model(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> StyleNet:
+    """Load a shipped style (see ``list_models(task="style")``) by name or a style weights file by path.
+
+    Returns an eval-mode :class:`~psr.models.StyleNet` with ``.metadata`` and ``.name``. Corrupt,
+    truncated or mismatched files, and files of another task, raise ValueError.
+    """
+    from safetensors.torch import load_file
+
+    path = _resolve(name_or_path, task="style")
+    meta = read_metadata(path)
+    if meta.get("task", "sr") != "style":
+        raise ValueError(f"weights file {str(path)!r} holds a {meta.get('task', 'sr')!r} model, not a style model")
+    try:
+        cfg = StyleConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"weights file {str(path)!r} has an invalid style config: {exc}") from None
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise ValueError(f"weights file {str(path)!r} is corrupt or truncated: {exc}") from None
+    model = StyleNet(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights file {str(path)!r} does not match its config: {exc}") from None
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"weights file {str(path)!r} has non-finite values in {k!r}")
+    model.eval()
+    model.metadata = meta  # type: ignore[attr-defined]
+    model.name = meta.get("name", path.stem)  # type: ignore[attr-defined]
+    return model.to(device)
+
+
+def list_models(task: str | None = "sr") -> dict[str, dict[str, Any]]:
+    """Shipped models by name, each with its metadata.
+
+    Parameters
+    ----------
+    task : {"sr", "style"} or None
+        Only super-resolution models (the default), only style-transfer models, or all.
+    """
+    if task not in ("sr", "style", None):
+        raise ValueError(f"task must be 'sr', 'style' or None, got {task!r}")
     out = {}
     for p in sorted(WEIGHTS_DIR.glob("*.safetensors")):
-        out[p.stem] = read_metadata(p)
+        meta = read_metadata(p)
+        if task is None or meta.get("task", "sr") == task:
+            out[p.stem] = meta
     return out

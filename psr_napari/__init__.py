@@ -1,7 +1,8 @@
 """napari plugin for psr: upscale image layers, keeping their physical geometry.
 
 ``upscale_layer(layer, scale=4, ...)`` returns a new Image layer that overlays the input exactly;
-the "Upscale (psr)" dock widget (see ``napari.yaml``) runs it in a worker thread. The plugin never
+the "Upscale (psr)" dock widget (see ``napari.yaml``) runs it in a worker thread.
+``stylize_layer(layer, style, ...)`` and the "Stylize (psr)" widget do the same for style transfer. The plugin never
 imports torchvision, triton or ``torch._dynamo``: in a process that shows a Mesa GL canvas, loading
 triton's LLVM segfaults napari.
 """
@@ -11,8 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 from ._layer import MAX_DISPLAY_SIZE, plan_upscale, upscale_layer, upscaled_geometry
+from ._style import plan_stylize, stylize_layer
 
-__all__ = ["MAX_DISPLAY_SIZE", "UpscaleWidget", "plan_upscale", "upscale_layer", "upscaled_geometry"]
+__all__ = [
+    "MAX_DISPLAY_SIZE",
+    "StylizeWidget",
+    "UpscaleWidget",
+    "plan_stylize",
+    "plan_upscale",
+    "stylize_layer",
+    "upscale_layer",
+    "upscaled_geometry",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +32,8 @@ def __getattr__(name: str) -> Any:
         from ._widget import UpscaleWidget
 
         return UpscaleWidget
+    if name == "StylizeWidget":
+        from ._style_widget import StylizeWidget
+
+        return StylizeWidget
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

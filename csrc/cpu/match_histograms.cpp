@@ -13,14 +13,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <vector>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "kernels.h"
 
@@ -61,24 +56,10 @@ struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
 
-// An uninitialised array of n trivially copyable elements. Large ones are aligned to 2 MiB and
-// marked for transparent huge pages: the radix scatter writes all over them, and with 4 KiB pages
-// TLB misses and first-touch page faults cost as much as the sort itself.
+// An uninitialised array of n trivially copyable elements (huge pages when large).
 template <typename E>
 std::unique_ptr<E[], FreeDeleter> uninitialized(int64_t n) {
-  const size_t bytes = sizeof(E) * static_cast<size_t>(std::max<int64_t>(n, 1));
-  constexpr size_t kHuge = size_t(1) << 21;
-  void* p = nullptr;
-  if (bytes >= 2 * kHuge) {
-    if (posix_memalign(&p, kHuge, (bytes + kHuge - 1) / kHuge * kHuge) != 0) p = nullptr;
-#ifdef MADV_HUGEPAGE
-    if (p != nullptr) madvise(p, (bytes + kHuge - 1) / kHuge * kHuge, MADV_HUGEPAGE);
-#endif
-  } else {
-    p = std::malloc(bytes);
-  }
-  TORCH_CHECK(p != nullptr, "psr: out of memory allocating ", bytes, " bytes");
-  return std::unique_ptr<E[], FreeDeleter>(static_cast<E*>(p));
+  return std::unique_ptr<E[], FreeDeleter>(static_cast<E*>(huge_alloc(sizeof(E) * static_cast<size_t>(n))));
 }
 
 constexpr int kRadixBits = 11;  // 2048 buckets: measured faster here than 8 or 16 bits per pass
@@ -175,19 +156,6 @@ RefCdf reference_cdf(const scalar_t* ref, int64_t m) {
   return c;
 }
 
-// Ask for huge pages on the 2 MiB-aligned interior of an existing buffer (a hint; see above).
-void advise_huge(void* p, size_t bytes) {
-#if defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
-  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
-
 template <typename scalar_t, typename Rows>
 void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar_t* out,
                        typename Pair<scalar_t>::type* a, typename Pair<scalar_t>::type* b) {
@@ -208,7 +176,6 @@ void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar
   });
   const E* s = radix_sort(a, b, n, [](const E& e) { return PT::key(e); });
 
-  advise_huge(out, sizeof(scalar_t) * static_cast<size_t>(n));  // the walk writes it in random order
   const double* xp = rc.xp.data();
   const double* fp = rc.fp.data();
   const int64_t m = static_cast<int64_t>(rc.xp.size());
@@ -328,6 +295,7 @@ void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_
   using E = typename Pair<scalar_t>::type;
   // Planes p0 .. p1 in turn, reusing one pair of sort buffers (fresh pages cost a fault each).
   auto do_planes = [&](int64_t p0, int64_t p1) {
+    if (p0 >= p1) return;
     std::unique_ptr<E[], FreeDeleter> a, b;
     if (!bins.has_value()) {
       a = uninitialized<E>(n);
@@ -342,15 +310,18 @@ void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_
       }
     }
   };
-  // Planes in parallel when they share the threads evenly or are small; otherwise one plane at a
-  // time with every thread inside it (3 colour planes on 2 cores would leave one core idle).
+  // Whole planes per thread where there are enough of them: one parallel region in all, whereas
+  // splitting a plane across threads synchronises them about ten times (each radix pass), which
+  // costs dearly when other processes hold the cores. The P % T planes left over (all of them
+  // when P < T, e.g. one gray plane) are then split across the threads one at a time. Small jobs
+  // stay on the calling thread: waking the pool costs more than they do.
   const int64_t T = at::get_num_threads();
-  const bool outer = P > 1 && T > 1 && (P % T == 0 || P >= 4 * T || n < (int64_t(1) << 18));
-  if (outer && !at::in_parallel_region()) {
-    at::parallel_for(0, P, 1, do_planes);
-  } else {
-    do_planes(0, P);
+  const bool parallel = T > 1 && P * n >= 32768 && !at::in_parallel_region();
+  const int64_t whole = parallel ? P - P % T : 0;
+  if (whole > 0) {
+    at::parallel_for(0, whole, 1, do_planes);
   }
+  do_planes(whole, P);
 }
 
 template void match_planes<float, PlainRows<float>>(const PlainRows<float>&, int64_t, const float*, int64_t,

@@ -1,0 +1,272 @@
+"""``psr.stylize``: real-time style transfer (Johnson et al. 2016) with the same input rules as ``psr.upscale``.
+
+One forward pass of a :class:`~psr.models.StyleNet` trained for one style (``psr train --task
+style``). Inputs and outputs follow :func:`psr.upscale` (numpy, PIL or torch in, the same kind,
+dtype and layout out; percentile normalisation; tiles; progress callback), at scale 1.
+
+Tiles are seamless: instance normalisation would otherwise normalise each tile by its own
+statistics, so they are computed once over the whole image first (one no-grad pass) and every tile
+is normalised with them; tile borders are aligned to the network's stride of 4 and overlap by its
+receptive radius, so the tiled result equals the whole-image one up to float rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .api import _canonical, _count_tiles, _intensity, _resolve_device, _restore, _run_tiled
+from .models import StyleNet
+from .weights import WEIGHTS_DIR, list_models, load_style_model
+
+__all__ = ["stylize", "Stylizer", "resolve_style", "luminance", "add_arguments", "run"]
+
+# ITU-R BT.601 luma: adding the same amount to R, G and B changes Y by that amount and leaves Cb, Cr
+# unchanged (their coefficients sum to 0), so "swap Y" is "add the luma difference to each channel".
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma of RGB (N, 3, H, W), as (N, 1, H, W)."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"x must be RGB (N, 3, H, W), got shape {tuple(x.shape)}")
+    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_style(name: str, device: str) -> StyleNet:
+    return load_style_model(name, device=device)
+
+
+def resolve_style(style: str | os.PathLike | nn.Module, device: torch.device) -> nn.Module:
+    """The network for ``style``: a shipped style name, a style weights file, or a module.
+
+    Raises
+    ------
+    ValueError
+        An unknown name (the message lists the shipped styles), no shipped style at all, or a
+        weights file of another task.
+    """
+    if isinstance(style, nn.Module):
+        return style.to(device).eval()
+    if not isinstance(style, (str, os.PathLike)):
+        raise TypeError(
+            f"style must be a shipped style name, a weights file or an nn.Module, got {type(style).__name__}"
+        )
+    p = Path(style)
+    is_path = p.suffix == ".safetensors" or os.sep in str(style) or p.exists()
+    if not is_path and not (WEIGHTS_DIR / f"{style}.safetensors").is_file():
+        shipped = sorted(list_models(task="style"))
+        if not shipped:
+            raise ValueError(
+                f"style={str(style)!r}: no style models are shipped yet; train one with "
+                "`psr train --task style --style IMAGE --out RUN`, export it with `psr export RUN -o FILE`, "
+                "and pass style=FILE"
+            )
+        raise ValueError(f"style={str(style)!r} is unknown; shipped styles: {', '.join(shipped)}, or a weights file")
+    return _cached_style(str(style), str(device))
+
+
+def _check_unit(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in [0, 1], got {type(value).__name__}")
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return v
+
+
+@torch.no_grad()
+def stylize(
+    image: Any,
+    style: str | os.PathLike | nn.Module = "starry_night",
+    *,
+    strength: float = 1.0,
+    preserve_color: bool = False,
+    channel_axis: int | str | None = "auto",
+    rgb: bool | None = None,
+    normalize: tuple[float, float] | None = (0.1, 99.9),
+    tile: int | None = 512,
+    tile_overlap: int | None = None,
+    device: str | torch.device = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Stylise an image with a feed-forward style network in one pass.
+
+    Parameters
+    ----------
+    image : ndarray, PIL.Image or Tensor
+        As for :func:`psr.upscale`: numpy (H, W) gray or (..., H, W, 3|4) RGB(A) with
+        ``channel_axis="auto"`` (or any layout with an explicit ``channel_axis``); PIL modes L,
+        I;16, RGB, RGBA; torch (H, W), (C, H, W) or (N, C, H, W) with C in {1, 3, 4}.
+    style : str, path or nn.Module
+        A shipped style (``psr.list_models(task="style")``), a style weights file, or a module
+        mapping RGB [0, 1] (N, 3, H, W) to the same shape.
+    strength : float
+        In [0, 1]: ``input + strength * (stylised - input)``; 0 returns the input (up to rounding).
+    preserve_color : bool
+        Transfer luminance only: the stylised image's BT.601 luma with the input's chroma.
+    channel_axis, rgb, normalize
+        As for :func:`psr.upscale`.
+    tile : int or None
+        Tile size in pixels (rounded up to a multiple of 4); ``None`` processes each image whole.
+        Tiles use the whole image's instance-norm statistics, so they join without seams.
+    tile_overlap : int, optional
+        Overlap in pixels (rounded up to a multiple of 4); default the network's receptive radius.
+    device : "auto", str or torch.device
+        "auto": the input tensor's device, else CUDA when available, else the CPU.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each tile; raise from it to cancel.
+
+    Returns
+    -------
+    The same kind, shape, dtype and layout as ``image``. Gray images go through the RGB network
+    (replicated to three channels) and come back as the mean of its output; alpha is kept as is.
+    """
+    strength = _check_unit(strength, "strength")
+    if not isinstance(preserve_color, (bool, np.bool_)):
+        raise TypeError(f"preserve_color must be a bool, got {type(preserve_color).__name__}")
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 8):
+        raise ValueError(f"tile must be None or an integer >= 8, got {tile!r}")
+    dev = _resolve_device(device, image)
+    net = resolve_style(style, dev)
+    if tile_overlap is None:
+        tile_overlap = int(getattr(net, "receptive_radius", 64))
+    elif isinstance(tile_overlap, bool) or not isinstance(tile_overlap, (int, np.integer)) or tile_overlap < 0:
+        raise ValueError(f"tile_overlap must be a non-negative integer, got {tile_overlap!r}")
+    if isinstance(net, StyleNet):
+        # Tile origins on multiples of 4 keep both stride-2 grids aligned with the whole image's.
+        m = StyleNet.multiple
+        tile = None if tile is None else -(-int(tile) // m) * m
+        tile_overlap = -(-int(tile_overlap) // m) * m
+
+    canon, layout = _canonical(image, channel_axis, rgb)
+    b, h, w, c = canon.shape
+    inten = _intensity(canon, layout.rgb, normalize)
+    out = np.empty_like(canon)
+    total = b * _count_tiles(h, w, tile)
+    done = 0
+    param = next(net.parameters(), None)
+    net_dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+    for i in range(b):
+        x_all = torch.from_numpy(inten.forward(canon[i])).permute(2, 0, 1)[None].to(dev)
+        colour_all = x_all[:, :3] if c >= 3 else x_all.expand(1, 3, h, w)
+        colour_all = colour_all.to(net_dtype).contiguous()
+        stats = None
+        if isinstance(net, StyleNet) and _count_tiles(h, w, tile) > 1:
+            stats = net.instance_stats(colour_all) or None
+
+        def run(
+            y0: int, y1: int, x0: int, x1: int, colour_all: torch.Tensor = colour_all, stats: Any = stats
+        ) -> torch.Tensor:
+            x = colour_all[..., y0:y1, x0:x1].contiguous()
+            y = net(x, stats=stats) if isinstance(net, StyleNet) else net(x)
+            if y.shape != x.shape:
+                raise ValueError(f"the style network returned shape {tuple(y.shape)} for input {tuple(x.shape)}")
+            y, x = y.float(), x.float()
+            if preserve_color:
+                y = x + (luminance(y) - luminance(x))
+            return x + strength * (y - x)
+
+        out_i = out[i]
+
+        def write(ys: slice, xs: slice, block: torch.Tensor, out_i: np.ndarray = out_i, i: int = i) -> None:
+            nonlocal done
+            rgb_block = block[0].permute(1, 2, 0).cpu().numpy()
+            if c < 3:
+                res = rgb_block.mean(axis=-1, keepdims=True)
+            elif c == 4:  # alpha is coverage, not content: passed through unchanged
+                res = np.concatenate([rgb_block, inten.forward(canon[i, ys, xs, 3:4])], axis=-1)
+            else:
+                res = rgb_block
+            out_i[ys, xs] = inten.backward(res)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        _run_tiled(run, h, w, 1, tile, tile_overlap, write)
+    return _restore(out, layout, 1)
+
+
+class Stylizer(nn.Module):
+    """A thin module over :func:`stylize` for RGB float tensors (N, 3, H, W) in [0, 1]."""
+
+    def __init__(self, style: str | os.PathLike | nn.Module = "starry_night", **kwargs: Any) -> None:
+        super().__init__()
+        self.style = style
+        self.kwargs = {"normalize": None, **kwargs}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stylize(x, self.style, **self.kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line: ``psr stylize``
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``psr stylize``'s options to ``p``."""
+    p.add_argument("inputs", nargs="*", help="image files or folders (PNG, JPEG, TIFF)")
+    p.add_argument("-o", "--output", default="stylized", help="output file (one input) or folder")
+    p.add_argument("--style", default="starry_night", help="shipped style name or style weights file")
+    p.add_argument("--strength", type=float, default=1.0, help="blend with the input, 0..1")
+    p.add_argument("--preserve-color", action="store_true", help="transfer luminance only, keep the input's colours")
+    p.add_argument("--tile", type=int, default=512, help="tile size in pixels (0: whole image)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--list", action="store_true", help="list the shipped styles and exit")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``psr stylize``; returns the exit status."""
+    from tqdm import tqdm
+
+    from .cli import _SUFFIXES, _collect_inputs, read_image, write_image
+
+    if args.list:
+        styles = list_models(task="style")
+        if not styles:
+            print("no shipped styles")
+        for name, meta in styles.items():
+            print(f"{name:20s} style image {meta.get('style_image')}  iterations {meta.get('iterations')}")
+        return 0
+    if not args.inputs:
+        raise SystemExit("psr stylize: give INPUT files or folders")
+    files = _collect_inputs(args.inputs)
+    out = Path(args.output)
+    single_file = len(files) == 1 and out.suffix.lower() in _SUFFIXES
+    tag = Path(str(args.style)).stem
+    try:
+        dev = _resolve_device(args.device, None)
+        resolve_style(args.style, dev)  # fail before any work on an unknown style
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise SystemExit(f"psr stylize: {exc}") from None
+    with tqdm(total=len(files), unit="image", disable=args.quiet, desc="stylize") as bar:
+        for f in files:
+            image, info = read_image(f)
+            target = out if single_file else out / f"{f.stem}_{tag}{f.suffix.lower()}"
+            if target.exists() and not args.overwrite:
+                raise SystemExit(f"psr stylize: {target} exists; pass --overwrite to replace it")
+            result = stylize(
+                image,
+                args.style,
+                strength=args.strength,
+                preserve_color=args.preserve_color,
+                tile=args.tile or None,
+                device=dev,
+            )
+            write_image(target, result, info, 1)
+            bar.set_postfix_str(str(target))
+            bar.update(1)
+    return 0

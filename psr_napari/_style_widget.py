@@ -1,0 +1,293 @@
+"""The "Stylize (psr)" dock widget: real-time style transfer of an image layer in a worker thread.
+
+Built like the "Upscale" widget (:mod:`psr_napari._widget`): a magicgui ``Container`` usable on a
+plain :class:`napari.components.ViewerModel`; the work runs in napari's ``thread_worker``; progress
+goes to a bar here and to napari's activity dock, either of which can cancel; errors become viewer
+notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from superqt.utils import ensure_main_thread
+
+from ._style import StylizeJob, plan_stylize
+from ._widget import _Cancelled, _devices
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["StylizeWidget"]
+
+_log = logging.getLogger(__name__)
+FROM_FILE = "weights file..."
+
+
+def _shipped_styles() -> dict[str, dict[str, Any]]:
+    import psr
+
+    try:
+        return psr.list_models(task="style")
+    except (OSError, ValueError) as exc:  # a broken weights file must not take the widget down
+        _log.warning("psr: cannot list shipped styles: %s", exc)
+        return {}
+
+
+class StylizeWidget(Container):
+    """Dock widget: stylise an image layer with a psr style network and add the result to the viewer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer or napari.components.ViewerModel
+        The viewer whose image layers are offered and which receives the result.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.ViewerModel) -> None:
+        self._viewer = napari_viewer
+        self._styles = _shipped_styles()
+        self._layer = ComboBox(label="image", choices=self._layer_choices, nullable=True)
+        self._style = ComboBox(label="style", choices=self._style_choices)
+        self._file = FileEdit(label="weights file", mode="r", filter="*.safetensors", visible=False)
+        self._strength = FloatSlider(label="strength", min=0.0, max=1.0, step=0.05, value=1.0)
+        self._preserve = CheckBox(text="preserve colours (luminance only)", value=False)
+        self._tile = SpinBox(label="tile size", min=64, max=4096, step=64, value=512)
+        self._device = ComboBox(label="device", choices=_devices(), value="auto")
+        self._note = Label(label="")
+        self._progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self._run = PushButton(text="Stylize")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._status = Label(label="", value="")
+        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
+        super().__init__(
+            widgets=[
+                self._layer,
+                self._style,
+                self._file,
+                self._strength,
+                self._preserve,
+                self._tile,
+                self._device,
+                self._note,
+                self._progress,
+                buttons,
+                self._status,
+            ]
+        )
+        for lab in (self._note, self._status):
+            if hasattr(lab.native, "setWordWrap"):
+                lab.native.setWordWrap(True)
+        self._worker: Any = None
+        self._job: StylizeJob | None = None
+        self._pbar: Any = None
+        self._cancel_event = threading.Event()
+        self._started = 0.0
+        self._select_active_layer()
+        for w in (self._layer, self._style, self._file, self._tile):
+            w.changed.connect(self._update_note)
+        layer_events = self._viewer.layers.events
+        for name in ("inserted", "removed", "reordered", "renamed"):
+            emitter = getattr(layer_events, name, None)
+            if emitter is not None:
+                emitter.connect(self.reset_choices)
+        self._run.changed.connect(self._on_run)
+        self._cancel.changed.connect(self._on_cancel)
+        self._update_note()
+
+    # ------------------------------------------------------------------ choices
+
+    def _layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _style_choices(self, _widget: Any = None) -> list[str]:
+        styles = getattr(self, "_styles", {})
+        return [*styles, FROM_FILE]
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh the layer and style lists (napari calls this when layers change)."""
+        self._styles = _shipped_styles()
+        super().reset_choices()
+        self._update_note()
+
+    def _select_active_layer(self) -> None:
+        from napari.layers import Image
+
+        active = self._viewer.layers.selection.active
+        images = [layer for _, layer in self._layer_choices()]
+        if isinstance(active, Image):
+            self._layer.value = active
+        elif images:
+            self._layer.value = images[-1]
+
+    def _chosen_style(self) -> str | Path:
+        if self._style.value == FROM_FILE:
+            path = Path(self._file.value)
+            if not path.is_file():
+                hint = "" if self._styles else " (no styles are shipped yet: train one with `psr train --task style`)"
+                raise ValueError(f"choose a style weights file (.safetensors){hint}")
+            return path
+        return str(self._style.value)
+
+    # ------------------------------------------------------------------ state
+
+    def _plan(self) -> StylizeJob:
+        layer = self._layer.value
+        if layer is None:
+            raise ValueError("no image layer: open or add an image first")
+        return plan_stylize(
+            layer,
+            self._chosen_style(),
+            strength=float(self._strength.value),
+            preserve_color=bool(self._preserve.value),
+            tile=int(self._tile.value),
+            device=self._device.value,
+        )
+
+    def _update_note(self, *_: Any) -> None:
+        self._file.visible = self._style.value == FROM_FILE
+        try:
+            job = self._plan()
+        except (TypeError, ValueError) as exc:
+            self._note.value = str(exc)
+            return
+        h, w = job.plane
+        self._note.value = f"output: {h} x {w} px" + (f", {job.planes} planes" if job.planes > 1 else "")
+
+    def _set_running(self, running: bool) -> None:
+        widgets = (self._layer, self._style, self._file, self._strength, self._preserve, self._tile, self._device)
+        for w in (*widgets, self._run):
+            w.enabled = not running
+        self._cancel.enabled = running
+
+    # ------------------------------------------------------------------ actions
+
+    def _on_run(self, *_: Any) -> None:
+        from napari.utils import cancelable_progress
+        from napari.utils.notifications import show_error
+
+        if self._worker is not None:
+            return
+        try:
+            job = self._plan()
+        except (TypeError, ValueError) as exc:
+            self._status.value = str(exc)
+            show_error(f"psr: {exc}")
+            return
+        self._job = job
+        self._cancel_event = threading.Event()
+        self._pbar = cancelable_progress(total=job.steps, desc=f"psr stylize: {job.source_name}")
+        self._progress.max = max(1, job.steps)
+        self._progress.value = 0
+        self._status.value = f"stylising {job.source_name!r}..."
+        self._set_running(True)
+        self._started = time.perf_counter()
+        self._start_worker(job)
+
+    def _start_worker(self, job: StylizeJob) -> None:
+        from napari.qt.threading import create_worker
+
+        cancel, pbar = self._cancel_event, self._pbar
+        report = self._show_progress
+        worker_ref: list[Any] = []
+
+        def work() -> tuple[str, Any, Any]:
+            def progress(done: int, total: int) -> None:
+                report(pbar, done, total)
+                if cancel.is_set() or pbar.is_canceled or (worker_ref and worker_ref[0].abort_requested):
+                    raise _Cancelled
+
+            try:
+                out, info = job.run(progress)
+            except _Cancelled:
+                return "cancelled", None, None
+            except MemoryError:
+                return "error", "not enough memory for this layer; try a smaller tile or layer", None
+            except (TypeError, ValueError, FileNotFoundError, RuntimeError) as exc:
+                return "error", str(exc), None
+            except Exception as exc:  # a bug, but it must not take the viewer down
+                _log.exception("psr: stylising failed")
+                return "error", f"{type(exc).__name__}: {exc}", None
+            return "ok", out, info
+
+        self._worker = create_worker(work, _start_thread=False)
+        worker_ref.append(self._worker)
+        self._worker.returned.connect(self._on_returned)
+        self._worker.finished.connect(self._on_finished)
+        self._worker.start()
+
+    def _on_cancel(self, *_: Any) -> None:
+        if self._worker is not None:
+            self._cancel_event.set()
+            self._status.value = "cancelling after the current tile..."
+
+    @ensure_main_thread
+    def _show_progress(self, pbar: Any, done: int, total: int) -> None:
+        if pbar is not self._pbar or pbar is None:
+            return
+        self._progress.max = max(1, total)
+        self._progress.value = min(done, total)
+        if pbar.total != total:
+            pbar.total = total
+        pbar.update(done - pbar.n)
+
+    def _on_returned(self, result: tuple[str, Any, Any]) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        status, out, info = result
+        job = self._job
+        if status == "ok" and job is not None:
+            try:
+                layer = job.make_layer(out, info)
+                self._viewer.add_layer(layer)
+            except Exception as exc:
+                _log.exception("psr: adding the result layer failed")
+                self._status.value = f"error: {exc}"
+                show_error(f"psr: could not add the result layer: {exc}")
+                return
+            self._status.value = f"added {layer.name!r} in {time.perf_counter() - self._started:.1f} s"
+            show_info(f"psr: {self._status.value}")
+        elif status == "cancelled":
+            self._status.value = "cancelled"
+            show_info("psr: stylising cancelled")
+        else:
+            self._status.value = f"error: {out}"
+            show_error(f"psr: {out}")
+
+    def _on_finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+        self._pbar = None
+        self._worker = None
+        self._job = None
+        self._set_running(False)
+        status = self._status.value
+        self._update_note()
+        self._status.value = status
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Block (processing Qt events) until the running job ends; for scripts and tests."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while self._worker is not None:
+            if time.monotonic() > end:
+                raise TimeoutError(f"psr: stylising still running after {timeout} s")
+            QApplication.processEvents()
+            time.sleep(0.01)

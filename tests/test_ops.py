@@ -1,0 +1,623 @@
+"""The compiled ops (torch.ops.psr via psr.ops) against independent references, on CPU and CUDA.
+
+References: F.interpolate (a=-0.75), psr.resize.imresize (MATLAB, a=-0.5), skimage's
+match_histograms, float64 computations, and numpy for the binned mode's error bound. The
+extension is built once per machine (about a minute on first use; cached under the torch
+extensions dir). Also: the build machinery (fallback, forced reference, concurrent builds), the
+fake kernels (torch.library.opcheck) and a compile-only check of the CUDA sources with nvcc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from psr import _build, _reference, ops
+from psr.resize import imresize
+
+from .test_reference import binned_interval, sk_match
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+DTYPES = [torch.float32, torch.float64]
+ATOL = {torch.float32: 2e-6, torch.float64: 1e-12}  # for values of order 1
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extension() -> None:
+    """Build/load the extension once; without a C++ compiler these tests cannot run."""
+    if _build.force_reference():
+        pytest.skip("PSR_FORCE_REFERENCE is set")
+    if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler")
+    _build.build_extension()
+
+
+def rand(rng: np.random.Generator, shape: tuple, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return torch.from_numpy(rng.random(shape)).to(dtype=dtype, device=device)
+
+
+def test_backend_is_extension() -> None:
+    assert ops.backend() == "extension"
+    assert ops.backend("cpu") == "extension"
+    assert ops.backend("meta") == "reference"
+    if torch.cuda.is_available():
+        assert ops.backend("cuda") == "extension"
+
+
+# ------------------------------------------------------------------------ upsample_bicubic
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [2, 3, 4, 5, 8])
+def test_upsample_is_interpolate(rng: np.random.Generator, device: str, dtype: torch.dtype, scale: int) -> None:
+    x = rand(rng, (2, 3, 9, 7), dtype, device)
+    want = F.interpolate(x.cpu().double(), scale_factor=scale, mode="bicubic", align_corners=False)
+    got = ops.upsample_bicubic(x, scale)
+    assert got.shape == (2, 3, 9 * scale, 7 * scale) and got.dtype == dtype and got.device == x.device
+    torch.testing.assert_close(got.cpu().double(), want, rtol=0, atol=ATOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [2, 3, 4, 6, 8])
+def test_upsample_a05_is_matlab_imresize(rng: np.random.Generator, device: str, dtype: torch.dtype, scale: int) -> None:
+    x = rand(rng, (1, 2, 11, 6), dtype, device)
+    want = imresize(x.cpu().double(), scale)
+    torch.testing.assert_close(ops.upsample_bicubic(x, scale, a=-0.5).cpu().double(), want, rtol=0, atol=ATOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 1), (3, 2)])
+@pytest.mark.parametrize("scale", [2, 7, 8])
+def test_upsample_tiny_images(rng: np.random.Generator, device: str, shape: tuple, scale: int) -> None:
+    """Symmetric padding wraps several times around 1- and 2-pixel axes."""
+    x = rand(rng, (2, 1, *shape), torch.float64, device)
+    torch.testing.assert_close(
+        ops.upsample_bicubic(x, scale, a=-0.5).cpu(), imresize(x.cpu(), scale), rtol=0, atol=1e-12
+    )
+    want = F.interpolate(x.cpu(), scale_factor=scale, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(ops.upsample_bicubic(x, scale).cpu(), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_upsample_other_a_is_reference(rng: np.random.Generator, device: str) -> None:
+    x = rand(rng, (1, 3, 8, 13), torch.float64, device)
+    want = _reference.upsample_bicubic(x.cpu(), 3, a=-0.6)
+    torch.testing.assert_close(ops.upsample_bicubic(x, 3, a=-0.6).cpu(), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_upsample_layouts(rng: np.random.Generator, device: str) -> None:
+    base = rand(rng, (2, 3, 10, 14), torch.float32, device)
+    want = ops.upsample_bicubic(base.contiguous(), 4)
+    cl = base.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ops.upsample_bicubic(cl, 4), want, rtol=0, atol=0)
+    t = base.transpose(2, 3).contiguous().transpose(2, 3)  # same values, transposed strides
+    torch.testing.assert_close(ops.upsample_bicubic(t, 4), want, rtol=0, atol=0)
+    big = rand(rng, (2, 3, 21, 29), torch.float32, device)
+    sl = big[:, :, 1::2, ::2]  # non-contiguous view
+    torch.testing.assert_close(ops.upsample_bicubic(sl, 4), ops.upsample_bicubic(sl.contiguous(), 4), rtol=0, atol=0)
+
+
+def test_upsample_half_precision_and_empty(rng: np.random.Generator) -> None:
+    x = rand(rng, (1, 3, 5, 6), torch.float32, "cpu")
+    for dt in (torch.float16, torch.bfloat16):
+        y = ops.upsample_bicubic(x.to(dt), 2)
+        assert y.dtype == dt
+        torch.testing.assert_close(y.float(), ops.upsample_bicubic(x.to(dt).float(), 2).to(dt).float())
+    assert ops.upsample_bicubic(torch.empty(0, 3, 4, 5), 2).shape == (0, 3, 8, 10)
+
+
+def test_upsample_requires_grad_uses_differentiable_reference(rng: np.random.Generator) -> None:
+    x = rand(rng, (1, 2, 5, 4), torch.float64, "cpu").requires_grad_(True)
+    ops.upsample_bicubic(x, 3).square().sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    F.interpolate(x2, scale_factor=3, mode="bicubic", align_corners=False).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------ match_histograms
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ref_shape", [(5, 3), (17, 19), (61, 40)])
+def test_match_exact_is_skimage(rng: np.random.Generator, device: str, dtype: torch.dtype, ref_shape: tuple) -> None:
+    src = rand(rng, (2, 3, 23, 17), dtype, device)
+    ref = torch.from_numpy(rng.normal(size=(2, 3, *ref_shape))).to(dtype=dtype, device=device)
+    got = ops.match_histograms(src, ref)
+    assert got.shape == src.shape and got.dtype == dtype and got.device == src.device
+    # Same quantiles, same np.interp formula in float64: equal to the last bit.
+    torch.testing.assert_close(got.cpu(), sk_match(src.cpu(), ref.cpu()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_match_exact_ties(rng: np.random.Generator, device: str, dtype: torch.dtype) -> None:
+    src = torch.from_numpy(rng.integers(0, 5, (2, 2, 31, 27)) / 4.0).to(dtype=dtype, device=device)  # many ties
+    src[0, 0, :10] = -0.0  # -0.0 and +0.0 are one value, as np.unique has it
+    src[1, 1] = 0.25  # constant plane: maps to the reference's maximum
+    ref = torch.from_numpy(rng.integers(0, 7, (2, 2, 9, 13)) / 6.0).to(dtype=dtype, device=device)
+    ref[1, 0] = 0.5  # constant reference
+    got = ops.match_histograms(src, ref)
+    torch.testing.assert_close(got.cpu(), sk_match(src.cpu(), ref.cpu()), rtol=0, atol=0)
+    assert torch.all(got[1, 1] == ref[1, 1].max())
+    assert torch.all(got[1, 0] == 0.5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_match_layouts_and_dtypes(rng: np.random.Generator, device: str) -> None:
+    src = rand(rng, (2, 3, 12, 9), torch.float32, device)
+    ref = rand(rng, (2, 3, 6, 5), torch.float64, device)  # cast to the source's dtype
+    want = ops.match_histograms(src, ref.float())
+    torch.testing.assert_close(ops.match_histograms(src, ref), want, rtol=0, atol=0)
+    cl = src.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ops.match_histograms(cl, ref.float()), want, rtol=0, atol=0)
+    # The reference's layout does not matter either (only its values do).
+    torch.testing.assert_close(ops.match_histograms(src, ref.float().transpose(2, 3)), want, rtol=0, atol=0)
+    nc = rand(rng, (2, 3, 24, 9), torch.float32, device)[:, :, ::2]
+    torch.testing.assert_close(
+        ops.match_histograms(nc, ref.float()), ops.match_histograms(nc.contiguous(), ref.float())
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bins", [1, 5, 256, 9000])
+def test_match_binned_bound(rng: np.random.Generator, device: str, dtype: torch.dtype, bins: int) -> None:
+    """|binned - exact| <= F(c_b+1) - F(c_b), computed independently in numpy (see ops.match_histograms)."""
+    src = torch.from_numpy(rng.normal(size=(2, 2, 37, 41))).to(dtype=dtype, device=device)
+    ref = torch.from_numpy(rng.random((2, 2, 19, 23)) ** 3).to(dtype=dtype, device=device)
+    got = ops.match_histograms(src, ref, bins=bins).cpu().double()
+    exact = ops.match_histograms(src, ref).cpu().double()
+    tol = 4 * torch.finfo(dtype).eps
+    for n in range(2):
+        for c in range(2):
+            s = src[n, c].cpu().double().numpy().ravel()
+            lo, hi = binned_interval(s, ref[n, c].cpu().double().numpy().ravel(), bins)
+            g, e = got[n, c].numpy().ravel(), exact[n, c].numpy().ravel()
+            assert np.all((lo - tol <= g) & (g <= hi + tol))
+            assert np.all(np.abs(g - e) <= hi - lo + tol)
+    if bins == 256:  # smooth data: the bound is tight on average
+        assert float((got - exact).abs().mean()) < 0.01
+    # And the reference implements the same binning: equal to rounding.
+    torch.testing.assert_close(
+        got, _reference.match_histograms(src.cpu(), ref.cpu(), bins=bins).double(), rtol=0, atol=tol
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_match_binned_constant_and_monotone(rng: np.random.Generator, device: str) -> None:
+    ref = rand(rng, (1, 2, 7, 8), torch.float32, device)
+    src = torch.full((1, 2, 9, 9), 3.0, device=device)
+    got = ops.match_histograms(src, ref, bins=16)
+    assert torch.all(got[0, 0] == ref[0, 0].max()) and torch.all(got[0, 1] == ref[0, 1].max())
+    src = rand(rng, (1, 1, 30, 30), torch.float32, device)
+    out = ops.match_histograms(src, ref[:, :1], bins=32).flatten()
+    order = torch.argsort(src.flatten())
+    assert torch.all(out[order].diff() >= 0)  # keeps the order of values
+
+
+# ------------------------------------------------------------------------ upsample_match
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bins", [None, 64])
+@pytest.mark.parametrize(("scale", "a"), [(4, -0.75), (3, -0.5), (2, -0.5)])
+def test_upsample_match_is_composition(
+    rng: np.random.Generator, device: str, dtype: torch.dtype, bins: int | None, scale: int, a: float
+) -> None:
+    x = rand(rng, (2, 3, 11, 8), dtype, device)
+    res = torch.from_numpy(rng.normal(size=(2, 3, 11 * scale, 8 * scale)) * 0.05).to(dtype=dtype, device=device)
+    ref = rand(rng, (2, 3, 7, 9), dtype, device)
+    for residual, reference in [(None, None), (res, None), (None, ref), (res, ref)]:
+        got = ops.upsample_match(x, scale, residual=residual, reference=reference, a=a, bins=bins)
+        up = ops.upsample_bicubic(x, scale, a=a)
+        src = up if residual is None else up + residual
+        # The fused kernel recomputes the same bicubic values: equal to the composed ops.
+        want = ops.match_histograms(src, x if reference is None else reference, bins=bins)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    if bins is None:  # and to skimage on a float64 bicubic
+        up64 = _reference.upsample_bicubic(x.cpu().double(), scale, a=a) + res.cpu().double()
+        want = sk_match(up64, ref.cpu().double())
+        got = ops.upsample_match(x, scale, residual=res, reference=ref, a=a).cpu().double()
+        if dtype == torch.float64:
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+        else:
+            # float32 rounding of the bicubic values can swap (or merge into a tie) the ranks of
+            # near-equal pixels, which moves their outputs by one quantile step: the sorted outputs
+            # and the pixels agree almost everywhere.
+            sorted_diff = got.flatten(2).sort().values - want.flatten(2).sort().values
+            assert float((sorted_diff.abs() > 1e-5).double().mean()) < 0.01
+            assert float(((got - want).abs() > 1e-5).double().mean()) < 0.01
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_upsample_match_constant_and_layouts(rng: np.random.Generator, device: str) -> None:
+    x = torch.full((1, 3, 5, 6), 0.7, device=device)
+    for bins in (None, 8):
+        got = ops.upsample_match(x, 4, bins=bins)
+        assert got.shape == (1, 3, 20, 24)
+        # bicubic of a constant is constant up to rounding; matching to x itself gives 0.7
+        torch.testing.assert_close(got, torch.full_like(got, 0.7), rtol=0, atol=1e-6)
+    x = rand(rng, (2, 3, 9, 10), torch.float32, device)
+    want = ops.upsample_match(x, 2)
+    torch.testing.assert_close(
+        ops.upsample_match(x.contiguous(memory_format=torch.channels_last), 2), want, rtol=0, atol=0
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_no_host_sync_with_check_false(rng: np.random.Generator) -> None:
+    """With check=False nothing synchronises with the host (torch raises on a synchronising call)."""
+    x = rand(rng, (1, 3, 33, 40), torch.float32, "cuda")
+    ref = rand(rng, (1, 3, 9, 9), torch.float32, "cuda")
+    ops.upsample_match(x, 4, bins=64, check=False)  # warm-up: lazy init may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for bins in (64, 9000, None):
+            ops.upsample_match(x, 4, reference=ref, bins=bins, check=False)
+            ops.match_histograms(x, ref, bins=bins, check=False)
+        ops.upsample_bicubic(x, 3, check=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("op", ["upsample_bicubic", "match_histograms", "upsample_match"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_refused(op: str, bad: float) -> None:
+    x = torch.rand(1, 2, 5, 5)
+    x[0, 1, 2, 3] = bad
+    ok = torch.rand(1, 2, 5, 5)
+    calls = {
+        "upsample_bicubic": [lambda: ops.upsample_bicubic(x, 2)],
+        "match_histograms": [lambda: ops.match_histograms(x, ok), lambda: ops.match_histograms(ok, x)],
+        "upsample_match": [
+            lambda: ops.upsample_match(x, 2),
+            lambda: ops.upsample_match(ok, 2, reference=x),
+            lambda: ops.upsample_match(ok, 2, residual=F.interpolate(x, scale_factor=2)),
+        ],
+    }[op]
+    for call in calls:
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            call()
+
+
+def test_check_false_skips_the_test() -> None:
+    x = torch.rand(1, 1, 4, 4)
+    x[0, 0, 0, 0] = float("nan")
+    assert ops.upsample_bicubic(x, 2, check=False).shape == (1, 1, 8, 8)
+    for bins in (None, 4):  # garbage in, garbage out, but no crash
+        assert ops.match_histograms(x, torch.rand(1, 1, 3, 3), bins=bins, check=False).shape == x.shape
+        assert ops.upsample_match(x, 2, bins=bins, check=False).shape == (1, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: ops.upsample_bicubic(np.zeros((1, 1, 4, 4)), 2), TypeError, "x must be a torch.Tensor"),
+        (lambda: ops.upsample_bicubic(torch.zeros(1, 1, 4, 4, dtype=torch.int32), 2), TypeError, "floating"),
+        (lambda: ops.upsample_bicubic(torch.zeros(1, 4, 4), 2), ValueError, r"\(N, C, H, W\)"),
+        (lambda: ops.upsample_bicubic(torch.zeros(1, 1, 0, 4), 2), ValueError, "H >= 1"),
+        (lambda: ops.upsample_bicubic(torch.zeros(1, 1, 4, 4), 9), ValueError, "scale"),
+        (lambda: ops.upsample_bicubic(torch.zeros(1, 1, 4, 4), 0), ValueError, "scale"),
+        (lambda: ops.upsample_bicubic(torch.zeros(1, 1, 4, 4), 2.0), ValueError, "scale"),
+        (lambda: ops.upsample_bicubic(torch.zeros(1, 1, 4, 4), True), ValueError, "scale"),
+        (lambda: ops.upsample_bicubic(torch.zeros(1, 1, 4, 4), 2, a="x"), TypeError, "a must be"),
+        (lambda: ops.upsample_bicubic(torch.zeros(1, 1, 4, 4), 2, a=float("nan")), ValueError, "a must be"),
+        (lambda: ops.match_histograms(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4)), ValueError, "N and C"),
+        (lambda: ops.match_histograms(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 0)), ValueError, "reference"),
+        (lambda: ops.match_histograms(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), bins=0), ValueError, "bins"),
+        (lambda: ops.match_histograms(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), bins=2.5), ValueError, "bins"),
+        (
+            lambda: ops.match_histograms(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), bins=2**25),
+            ValueError,
+            "bins",
+        ),
+        (
+            lambda: ops.match_histograms(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4, device="meta")),
+            ValueError,
+            "meta",
+        ),
+        (
+            lambda: ops.upsample_match(torch.zeros(1, 1, 4, 4), 2, residual=torch.zeros(1, 1, 8, 9)),
+            ValueError,
+            "residual",
+        ),
+        (
+            lambda: ops.upsample_match(torch.zeros(1, 1, 4, 4), 2, reference=torch.zeros(2, 1, 4, 4)),
+            ValueError,
+            "N and C",
+        ),
+    ],
+)
+def test_bad_arguments(call: object, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        call()  # type: ignore[operator]
+
+
+def test_kernels_check_their_inputs_too() -> None:
+    with pytest.raises(RuntimeError, match="scale"):
+        torch.ops.psr.upsample_bicubic(torch.zeros(1, 1, 3, 3), 9, -0.75)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        torch.ops.psr.match_histograms(torch.zeros(1, 1, 3, 3, dtype=torch.float16), torch.zeros(1, 1, 3, 3), None)
+
+
+# ------------------------------------------------------------------------ opcheck, fuzzing
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(rng: np.random.Generator, device: str) -> None:
+    x = rand(rng, (2, 3, 5, 7), torch.float32, device)
+    ref = rand(rng, (2, 3, 4, 3), torch.float32, device)
+    res = rand(rng, (2, 3, 10, 14), torch.float32, device)
+    cases = [
+        (torch.ops.psr.upsample_bicubic.default, (x, 2, -0.75)),
+        (torch.ops.psr.upsample_bicubic.default, (x.double(), 3, -0.5)),
+        (torch.ops.psr.match_histograms.default, (x, ref, None)),
+        (torch.ops.psr.match_histograms.default, (x, ref, 16)),
+        (torch.ops.psr.upsample_match.default, (x, 2, res, ref, -0.75, None)),
+        (torch.ops.psr.upsample_match.default, (x, 2, None, None, -0.5, 8)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_small_shapes(data: st.DataObject) -> None:
+    n, c = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    h, w = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    scale = data.draw(st.integers(1, 8))
+    a = data.draw(st.sampled_from([-0.5, -0.75, -0.6]))
+    levels = data.draw(st.sampled_from([0, 3, 50]))  # 0: continuous values, else quantised (ties)
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    g = np.random.default_rng(seed)
+    x = g.random((n, c, h, w))
+    if levels:
+        x = np.round(x * levels) / levels
+    xt = torch.from_numpy(x)
+    up = ops.upsample_bicubic(xt, scale, a=a)
+    torch.testing.assert_close(up, _reference.upsample_bicubic(xt, scale, a=a), rtol=0, atol=1e-12)
+    ref = torch.from_numpy(g.random((n, c, data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5)))))
+    torch.testing.assert_close(ops.match_histograms(up, ref), sk_match(up, ref), rtol=0, atol=0)
+    bins = data.draw(st.sampled_from([None, 1, 3, 100]))
+    torch.testing.assert_close(
+        ops.upsample_match(xt, scale, reference=ref, a=a, bins=bins), ops.match_histograms(up, ref, bins=bins)
+    )
+    torch.testing.assert_close(
+        ops.match_histograms(up, ref, bins=bins), _reference.match_histograms(up, ref, bins=bins), rtol=0, atol=1e-12
+    )
+
+
+def test_large_plane_parallel_paths(rng: np.random.Generator) -> None:
+    """Planes big enough for the blocked radix sort and walk (> 2^18 values), 1 and 3 planes."""
+    for c in (1, 3):
+        x = torch.from_numpy(rng.random((1, c, 130, 140)).astype(np.float32))
+        x[0, 0, :20] = 0.5  # a tie group spanning sort blocks
+        got = ops.upsample_match(x, 4)
+        up = ops.upsample_bicubic(x, 4)
+        torch.testing.assert_close(got, sk_match(up, x), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------ build machinery
+
+
+def _run(code: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    full = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=timeout, cwd=ROOT
+    )
+
+
+_PROBE = (
+    "import warnings, torch\n"
+    "warnings.simplefilter('always')\n"
+    "from psr import ops\n"
+    "x = torch.rand(1, 1, 5, 5)\n"
+    "ops.upsample_bicubic(x, 2); ops.match_histograms(x, x); ops.upsample_match(x, 2, bins=4)\n"
+    "print('BACKEND', ops.backend())\n"
+)
+
+
+def test_force_reference_env() -> None:
+    out = _run(_PROBE, {"PSR_FORCE_REFERENCE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "BACKEND reference" in out.stdout
+    assert "ExtensionFallbackWarning" not in out.stderr  # asked for: nothing to warn about
+
+
+def test_no_compiler_falls_back_once(tmp_path: Path) -> None:
+    env = {"PATH": str(tmp_path / "empty"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "CXX": "c++"}
+    out = _run(_PROBE, env)
+    assert out.returncode == 0, out.stderr
+    assert "BACKEND reference" in out.stdout
+    assert out.stderr.count("ExtensionFallbackWarning") == 1 and "no C++ compiler" in out.stderr
+
+
+def test_failed_build_is_remembered(tmp_path: Path) -> None:
+    env = {"TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "CXX": str(tmp_path / "no-such-compiler")}
+    first = _run(_PROBE, env)
+    assert first.returncode == 0, first.stderr
+    assert "BACKEND reference" in first.stdout and first.stderr.count("ExtensionFallbackWarning") == 1
+    assert list((tmp_path / "ext").glob("*/failed.txt"))
+    t0 = time.monotonic()
+    second = _run(_PROBE, env)
+    assert "BACKEND reference" in second.stdout and "earlier build failed" in second.stderr
+    assert time.monotonic() - t0 < 60  # no second compile attempt
+
+
+def test_concurrent_loads_wait_for_the_builder(tmp_path: Path) -> None:
+    """Two processes needing a build while a third holds the build lock both wait, then load it.
+
+    The up-to-date build directory is copied without its completion stamp (ninja then only
+    checks timestamps), with a stale lock file of torch's left behind by a 'crashed' builder.
+    """
+    src = Path(str(_build._state["path"])).parent
+    root = tmp_path / "ext"
+    dst = root / src.name
+    shutil.copytree(src, dst, symlinks=True)
+    (dst / "ok").unlink()
+    (dst / "lock").write_text("")
+    env = {"TORCH_EXTENSIONS_DIR": str(root)}
+    code = _PROBE + "from psr import _build; print('PATH', _build._state['path'])\n"
+    with _build._file_lock(root / f"{src.name}.lock"):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **env},
+                cwd=ROOT,
+            )
+            for _ in range(2)
+        ]
+        time.sleep(4)
+        assert all(p.poll() is None for p in procs)  # blocked on the lock
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, stderr
+        assert "BACKEND extension" in stdout and f"PATH {dst / 'psr_ops.so'}" in stdout
+    assert (dst / "ok").is_file()  # and the stale lock file (torch < 2.12 waits on its mere existence) held no one up
+
+
+def test_build_dir_tracks_sources(tmp_path: Path) -> None:
+    """The build directory's name changes with any source byte (so edits rebuild)."""
+    copy = tmp_path / "csrc"
+    shutil.copytree(_build.source_dir(), copy)
+    flags = ["-O3"]
+    before = _build._fingerprint(copy, False, flags)
+    with open(copy / "cpu" / "upsample_bicubic.cpp", "a") as f:
+        f.write("\n// edit\n")
+    assert _build._fingerprint(copy, False, flags) != before
+    assert _build._fingerprint(copy, False, ["-O2"]) != _build._fingerprint(copy, False, flags)
+
+
+def test_info_and_sources_shipped() -> None:
+    info = _build.extension_info()
+    assert info["loaded"] and info["built"] and Path(str(info["path"])).is_file()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for f in sorted(_build.source_dir().rglob("*")):
+        if f.suffix in (".cpp", ".h", ".cu", ".cuh"):
+            rel = f.relative_to(_build.source_dir())
+            pattern = f"_csrc/{rel.parent.as_posix() + '/' if rel.parent != Path('.') else ''}*{f.suffix}"
+            assert pattern in pyproject, f"{rel} would not ship in the wheel (add {pattern!r} to package-data)"
+    assert (ROOT / "psr" / "_csrc" / "psr.cpp").is_file()
+
+
+# ------------------------------------------------------------------------ CUDA sources compile
+
+
+def _nvcc() -> str | None:
+    home = _build.cuda_home()
+    return str(Path(home) / "bin" / "nvcc") if home else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc (CUDA toolkit) not found")
+def test_cuda_sources_compile(tmp_path: Path) -> None:
+    """Compile every csrc/cuda/*.cu for sm_90 (SASS + PTX) with torch's headers, so CUDA code
+    cannot rot where no GPU runs the tests. Results are cached by a hash of the sources, flags
+    and toolchain (like ccache): an unchanged tree is not recompiled."""
+    nvcc = _nvcc()
+    assert nvcc is not None
+    src = _build.source_dir()
+    flags = _build.cuda_nvcc_flags(("90",))
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    cache = Path(os.environ.get("PSR_CUDA_CHECK_CACHE", Path.home() / ".cache" / "psr" / "cuda-compile-check"))
+    jobs = []
+    for cu in sorted((src / "cuda").glob("*.cu")):
+        h = hashlib.sha256(version.encode() + " ".join(flags).encode() + torch.__version__.encode())
+        for p in [cu, *sorted(src.glob("*.h")), *sorted((src / "cuda").glob("*.cuh"))]:  # what .cu files include
+            h.update(p.read_bytes())
+        stamp = cache / f"{cu.stem}-{h.hexdigest()[:20]}.ok"
+        if stamp.is_file():
+            continue
+        cmd = [nvcc, "-c", str(cu), "-o", str(tmp_path / f"{cu.stem}.o"), *flags]
+        jobs.append((cu, stamp, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    failures = []
+    for cu, stamp, proc in jobs:
+        out, _ = proc.communicate(timeout=1200)
+        if proc.returncode != 0:
+            failures.append(f"{cu.name}:\n{out}")
+            continue
+        assert (tmp_path / f"{cu.stem}.o").stat().st_size > 0
+        cuobjdump = Path(nvcc).parent / "cuobjdump"
+        if cuobjdump.is_file():  # both the sm_90 cubin and the compute_90 PTX are embedded
+            listing = subprocess.run(
+                [str(cuobjdump), "--list-elf", "--list-ptx", str(tmp_path / f"{cu.stem}.o")],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert "sm_90" in listing and "ptx" in listing.lower(), listing
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(out)
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.slow
+def test_wheel_ships_sources(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools")
+    pytest.importorskip("wheel")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    import zipfile
+
+    (whl,) = tmp_path.glob("psr-*.whl")
+    names = set(zipfile.ZipFile(whl).namelist())
+    for f in (
+        "psr.cpp",
+        "psr_common.h",
+        "cpu/kernels.h",
+        "cpu/match_histograms.cpp",
+        "cuda/kernels.cuh",
+        "cuda/match_histograms.cu",
+    ):
+        assert f"psr/_csrc/{f}" in names
+
+
+def test_no_warning_when_loaded() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _build.load_extension()

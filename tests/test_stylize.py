@@ -1,0 +1,310 @@
+"""``psr.stylize``: input kinds and dtypes, strength, preserve_color, seamless tiles, errors, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import psr.stylize as S
+import psr.weights
+from psr.models import StyleConfig, StyleNet, _InstanceNorm
+from psr.stylize import Stylizer, stylize
+from psr.weights import save_weights
+
+from .conftest import make_tiny_model
+
+
+def _net(cfg: StyleConfig, seed: int = 0) -> StyleNet:
+    torch.manual_seed(seed)
+    net = StyleNet(cfg)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (_InstanceNorm, torch.nn.BatchNorm2d)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def net() -> StyleNet:
+    return _net(StyleConfig(channels=4, num_blocks=2))
+
+
+@pytest.fixture(scope="module")
+def style_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("styles") / "tiny_style.safetensors"
+    save_weights(path, _net(StyleConfig(channels=4, num_blocks=1), seed=3), {"name": "tiny_style"})
+    return path
+
+
+def ref(net: StyleNet, rgb01: np.ndarray) -> np.ndarray:
+    """The network on a float (H, W, 3) image in [0, 1], in float64 numpy."""
+    with torch.no_grad():
+        y = net(torch.from_numpy(rgb01.astype(np.float32)).permute(2, 0, 1)[None])
+    return y[0].permute(1, 2, 0).double().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# input kinds and dtypes
+
+
+def test_float_and_uint8_numpy_match_the_network(net: StyleNet, rng: np.random.Generator) -> None:
+    x = rng.random((23, 31, 3)).astype(np.float32)
+    out = stylize(x, net, normalize=None, tile=None)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out, ref(net, x), atol=1e-6)
+    u8 = rng.integers(0, 256, (19, 26, 3), dtype=np.uint8)
+    out8 = stylize(u8, net)
+    expect = np.rint(np.clip(ref(net, u8 / 255.0) * 255, 0, 255)).astype(np.uint8)
+    assert out8.dtype == np.uint8 and np.abs(out8.astype(int) - expect).max() <= 1
+
+
+def test_pil_modes_gray_and_alpha(net: StyleNet, rng: np.random.Generator) -> None:
+    rgba = rng.integers(0, 256, (21, 18, 4), dtype=np.uint8)
+    out = stylize(Image.fromarray(rgba, "RGBA"), net)
+    assert isinstance(out, Image.Image) and out.mode == "RGBA" and out.size == (18, 21)
+    arr = np.asarray(out)
+    assert np.array_equal(arr[..., 3], rgba[..., 3])  # alpha untouched
+    expect = np.rint(ref(net, rgba[..., :3] / 255.0) * 255)
+    assert np.abs(arr[..., :3].astype(int) - expect).max() <= 1
+    gray = rng.integers(0, 256, (17, 20), dtype=np.uint8)
+    g = stylize(Image.fromarray(gray, "L"), net)
+    assert g.mode == "L"
+    expect_g = np.rint(ref(net, np.repeat(gray[..., None] / 255.0, 3, -1)).mean(-1) * 255)
+    assert np.abs(np.asarray(g).astype(int) - expect_g).max() <= 1
+    g16 = rng.integers(0, 65536, (12, 13), dtype=np.uint16)
+    im16 = Image.fromarray(g16)
+    assert im16.mode == "I;16"
+    o16 = stylize(im16, net)
+    assert o16.mode == "I;16" and o16.size == (13, 12)
+
+
+def test_torch_tensors_keep_dtype_shape_and_batch(net: StyleNet) -> None:
+    x = torch.rand(2, 3, 15, 22)
+    out = stylize(x, net, normalize=None)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(out, net(x), atol=1e-6, rtol=0)
+    b = stylize(x[0].to(torch.bfloat16), net, normalize=None)
+    assert b.dtype == torch.bfloat16 and b.shape == (3, 15, 22)
+    torch.testing.assert_close(Stylizer(net)(x), out, atol=0, rtol=0)
+
+
+def test_stack_and_percentile_normalisation(net: StyleNet, rng: np.random.Generator) -> None:
+    stack = rng.random((2, 14, 17, 3)) * 1000 - 200  # float64, outside [0, 1]
+    out = stylize(stack, net)
+    assert out.shape == stack.shape and out.dtype == np.float64
+    lo, hi = np.percentile(stack, [0.1, 99.9])  # once over the whole input, as psr.upscale
+    for i in range(2):
+        expect = np.clip(ref(net, (stack[i] - lo) / (hi - lo)) * (hi - lo) + lo, stack.min(), stack.max())
+        np.testing.assert_allclose(out[i], expect, rtol=1e-5, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# strength, preserve_color
+
+
+def test_strength_blends_linearly(net: StyleNet, rng: np.random.Generator) -> None:
+    x = rng.random((18, 21, 3)).astype(np.float32)
+    full = stylize(x, net, normalize=None)
+    np.testing.assert_allclose(stylize(x, net, normalize=None, strength=0.0), x, atol=1e-7)
+    half = stylize(x, net, normalize=None, strength=0.5)
+    np.testing.assert_allclose(half, 0.5 * x + 0.5 * full, atol=1e-6)
+    u8 = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    assert np.array_equal(stylize(u8, net, strength=0), u8)
+
+
+def test_preserve_color_keeps_chroma_and_takes_luma(net: StyleNet, rng: np.random.Generator) -> None:
+    x = (0.25 + 0.5 * rng.random((20, 23, 3))).astype(np.float32)  # mid-range: little clipping
+    styled = stylize(x, net, normalize=None).astype(np.float64)
+    out = stylize(x, net, normalize=None, preserve_color=True).astype(np.float64)
+
+    # JPEG's full-range YCbCr (ITU-T T.871), written out independently of psr's implementation.
+    def ycc(a: np.ndarray) -> np.ndarray:
+        m = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+        return a @ m.T
+
+    inside = ((out > 1e-6) & (out < 1 - 1e-6)).all(-1)  # pixels not clipped to [0, 1]
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(ycc(out)[inside][:, 1:], ycc(x.astype(np.float64))[inside][:, 1:], atol=2e-5)
+    np.testing.assert_allclose(ycc(out)[inside][:, 0], ycc(styled)[inside][:, 0], atol=2e-5)
+    assert np.abs(out - styled).max() > 0.05  # the colours really differ from the plain stylisation
+
+
+# ---------------------------------------------------------------------------------------------
+# tiles
+
+
+@pytest.mark.parametrize("cfg", [StyleConfig(channels=4, num_blocks=2), StyleConfig(channels=4, norm="batch")])
+def test_tiles_equal_the_whole_image(cfg: StyleConfig, rng: np.random.Generator) -> None:
+    model = _net(cfg, seed=5)
+    x = rng.random((101, 83, 3)).astype(np.float32)
+    whole = stylize(x, model, normalize=None, tile=None)
+    calls: list[tuple[int, int]] = []
+    tiled = stylize(x, model, normalize=None, tile=30, progress=lambda d, t: calls.append((d, t)))  # 30 -> 32
+    np.testing.assert_allclose(tiled, whole, atol=2e-5)
+    assert calls[-1] == (len(calls), 4 * 3) and [d for d, _ in calls] == list(range(1, 13))
+    if cfg.norm == "instance":
+        # Without the whole-image statistics every tile would be normalised by its own: visible seams.
+        own = np.empty_like(x)
+
+        def run(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+            with torch.no_grad():
+                return model(torch.from_numpy(x[y0:y1, x0:x1]).permute(2, 0, 1)[None])
+
+        def write(ys: slice, xs: slice, block: torch.Tensor) -> None:
+            own[ys, xs] = block[0].permute(1, 2, 0).numpy()
+
+        S._run_tiled(run, 101, 83, 1, 32, model.receptive_radius, write)
+        assert np.abs(own - whole).max() > 1e-3
+
+
+def test_progress_can_cancel(net: StyleNet, rng: np.random.Generator) -> None:
+    def stop(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stylize(rng.random((70, 70, 3)), net, tile=32, progress=stop)
+
+
+# ---------------------------------------------------------------------------------------------
+# style resolution and errors
+
+
+def test_styles_by_name_and_clear_errors(
+    style_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    x = rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    monkeypatch.setattr(psr.weights, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(S, "WEIGHTS_DIR", tmp_path)
+    S._cached_style.cache_clear()
+    with pytest.raises(ValueError, match="no style models are shipped yet"):
+        stylize(x, "starry_night")
+    (tmp_path / "tiny_style.safetensors").write_bytes(style_file.read_bytes())
+    make_tiny_model(tmp_path / "x4-tiny.safetensors")
+    with pytest.raises(ValueError, match=r"unknown; shipped styles: tiny_style\b"):
+        stylize(x, "starry_night")
+    by_name, by_path = stylize(x, "tiny_style"), stylize(x, style_file)
+    assert np.array_equal(by_name, by_path) and not np.array_equal(by_name, x)
+    with pytest.raises(ValueError, match="not a style model"):
+        stylize(x, "x4-tiny")
+    S._cached_style.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"strength": 1.5}, ValueError, "strength must lie in"),
+        ({"strength": -0.1}, ValueError, "strength must lie in"),
+        ({"strength": True}, TypeError, "strength must be a number"),
+        ({"strength": "1"}, TypeError, "strength must be a number"),
+        ({"preserve_color": "yes"}, TypeError, "preserve_color must be a bool"),
+        ({"tile": 4}, ValueError, "tile must be"),
+        ({"tile_overlap": -1}, ValueError, "tile_overlap"),
+        ({"device": "tpu:x"}, ValueError, "device"),
+    ],
+)
+def test_bad_arguments(net: StyleNet, kwargs: dict, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        stylize(np.zeros((8, 8, 3), np.uint8), net, **kwargs)
+
+
+def test_bad_inputs(net: StyleNet) -> None:
+    with pytest.raises(TypeError, match="image must be"):
+        stylize([[1, 2], [3, 4]], net)
+    with pytest.raises(TypeError, match="style must be"):
+        stylize(np.zeros((8, 8, 3), np.uint8), 3)
+    with pytest.raises(ValueError, match="NaN"):
+        stylize(np.full((8, 8, 3), np.nan), net)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line and import hygiene
+
+
+def test_cli_run_writes_files(style_file: Path, tmp_path: Path, rng: np.random.Generator) -> None:
+    src = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(src)
+    p = argparse.ArgumentParser()
+    S.add_arguments(p)
+    out = tmp_path / "out"
+    assert S.run(p.parse_args([str(src), "-o", str(out), "--style", str(style_file), "--quiet"])) == 0
+    written = out / "photo_tiny_style.png"
+    got = np.asarray(Image.open(written))
+    assert np.array_equal(got, stylize(np.asarray(Image.open(src)), style_file))
+    with pytest.raises(SystemExit, match="exists"):
+        S.run(p.parse_args([str(src), "-o", str(out), "--style", str(style_file), "--quiet"]))
+    with pytest.raises(SystemExit, match="unknown|no style models"):
+        S.run(p.parse_args([str(src), "-o", str(out), "--style", "nope", "--quiet"]))
+
+
+def test_import_does_not_load_torchvision_or_triton() -> None:
+    code = (
+        "import sys, numpy as np, psr.stylize as S\n"
+        "from psr.models import StyleNet\n"
+        "S.stylize(np.zeros((9, 9, 3), np.uint8), StyleNet())\n"
+        "bad = [m for m in ('torchvision', 'triton', 'torch._dynamo') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# napari: stylize_layer and the "Stylize" widget (on a ViewerModel: Qt widgets, no GL canvas)
+
+if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def test_stylize_layer_keeps_geometry(net: StyleNet, rng: np.random.Generator) -> None:
+    layers = pytest.importorskip("napari.layers")
+    from psr_napari import stylize_layer
+
+    gray = layers.Image(rng.random((2, 30, 41)).astype(np.float32), scale=(2.0, 0.5, 0.25), translate=(1, 2, 3))
+    out = stylize_layer(gray, net, tile=16, strength=0.7)
+    np.testing.assert_array_equal(out.data, stylize(gray.data, net, channel_axis=None, tile=16, strength=0.7))
+    np.testing.assert_allclose(out.scale, gray.scale)
+    np.testing.assert_allclose(out.translate, gray.translate)
+    assert out.metadata["psr"]["strength"] == 0.7 and not out.rgb
+    rgb = layers.Image(rng.integers(0, 256, (25, 33, 3), dtype=np.uint8), rgb=True, name="photo")
+    out_rgb = stylize_layer(rgb, net, preserve_color=True)
+    assert out_rgb.rgb and out_rgb.name == "photo (StyleNet)" and out_rgb.data.dtype == np.uint8
+    np.testing.assert_array_equal(out_rgb.data, stylize(rgb.data, net, preserve_color=True))
+    with pytest.raises(ValueError, match="strength"):
+        stylize_layer(rgb, net, strength=2)
+
+
+def test_stylize_widget_runs_in_thread(qtbot, style_file: Path, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("napari")
+    pytest.importorskip("magicgui")
+    from napari.components import ViewerModel
+
+    from psr_napari._style_widget import FROM_FILE, StylizeWidget
+
+    viewer = ViewerModel()
+    data = rng.integers(0, 256, (40, 45, 3), dtype=np.uint8)
+    viewer.add_image(data, name="photo", rgb=True)
+    w = StylizeWidget(viewer)
+    qtbot.addWidget(w.native)
+    assert w._layer.value is viewer.layers["photo"]
+    w._style.value = FROM_FILE
+    assert "choose a style weights file" in w._note.value
+    w._file.value = style_file
+    w._strength.value = 0.5
+    assert "output: 40 x 45 px" in w._note.value
+    w._run.native.click()
+    qtbot.waitUntil(lambda: w._worker is None and len(viewer.layers) == 2, timeout=60_000)
+    out = viewer.layers["photo (tiny_style)"]
+    np.testing.assert_array_equal(out.data, stylize(data, style_file, strength=0.5))
+    assert "added 'photo (tiny_style)'" in w._status.value and w._run.enabled
