@@ -12,6 +12,7 @@ from .api import Upscaler, upscale
 from .evaluate import evaluate
 from .models import SRConfig, SRNet
 from .resize import imresize
+from .stylize import Stylizer, stylize
 from .weights import list_models, load_model, read_metadata, save_weights
 
 try:
@@ -22,6 +23,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree
 __all__ = [
     "SRConfig",
     "SRNet",
+    "Stylizer",
     "Upscaler",
     "__version__",
     "evaluate",
@@ -30,5 +32,6 @@ __all__ = [
     "load_model",
     "read_metadata",
     "save_weights",
+    "stylize",
     "upscale",
 ]

@@ -237,6 +237,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stylize(args: argparse.Namespace) -> int:
+    # importlib: the package attribute ``psr.stylize`` is the function, not the module.
+    return int(importlib.import_module("psr.stylize").run(args) or 0)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import train
 
@@ -323,6 +328,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sample", choices=_SAMPLES, help="demo: downscale a bundled photo and upscale it back")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_upscale)
+
+    p = sub.add_parser("stylize", help="stylise image files (real-time style transfer)")
+    importlib.import_module("psr.stylize").add_arguments(p)
+    p.set_defaults(func=_cmd_stylize)
 
     p = sub.add_parser("models", help="list shipped models")
     p.add_argument("--json", action="store_true")

@@ -7,7 +7,9 @@ dtype and layout out; percentile normalisation; tiles; progress callback), at sc
 Tiles are seamless: instance normalisation would otherwise normalise each tile by its own
 statistics, so they are computed once over the whole image first (one no-grad pass) and every tile
 is normalised with them; tile borders are aligned to the network's stride of 4 and overlap by its
-receptive radius, so the tiled result equals the whole-image one up to float rounding.
+receptive radius, so the tiled result equals the whole-image one up to float rounding. The
+statistics pass holds a few full-resolution 32-channel activations at once (about 0.5 KB per pixel in
+float32), so tiles bound the memory of the stylisation itself, not of that pass.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .api import _canonical, _count_tiles, _intensity, _resolve_device, _restore
 from .models import StyleNet
 from .weights import WEIGHTS_DIR, list_models, load_style_model
 
-__all__ = ["stylize", "Stylizer", "resolve_style", "luminance", "add_arguments", "run"]
+__all__ = ["stylize", "Stylizer", "resolve_style", "luminance", "style_grid", "add_arguments", "run"]
 
 # ITU-R BT.601 luma: adding the same amount to R, G and B changes Y by that amount and leaves Cb, Cr
 # unchanged (their coefficients sum to 0), so "swap Y" is "add the luma difference to each channel".
@@ -210,6 +212,38 @@ class Stylizer(nn.Module):
         return stylize(x, self.style, **self.kwargs)
 
 
+def style_grid(
+    image: Any,
+    styles: list[str | os.PathLike | nn.Module] | None = None,
+    *,
+    size: int = 384,
+    device: str | torch.device = "auto",
+) -> np.ndarray:
+    """A uint8 RGB row: ``image`` then its stylisation by each style, each ``size`` pixels high.
+
+    ``styles`` defaults to every shipped style (ValueError if there is none). For the README grid.
+    """
+    from PIL import Image
+
+    if styles is None:
+        styles = list(list_models(task="style"))
+        if not styles:
+            raise ValueError("styles=None: no style models are shipped yet")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
+        raise ValueError(f"size must be an integer >= 16, got {size!r}")
+    arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"image must be RGB uint8 (H, W, 3) or a PIL image, got {arr.dtype} {arr.shape}")
+    h, w = arr.shape[:2]
+    small = np.asarray(Image.fromarray(arr).resize((max(1, round(w * size / h)), size), Image.LANCZOS))
+    tiles = [small] + [stylize(small, s, device=device) for s in styles]
+    gap = np.full((size, 4, 3), 255, np.uint8)
+    parts: list[np.ndarray] = []
+    for t in tiles:
+        parts += [t, gap]
+    return np.concatenate(parts[:-1], axis=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # command line: ``psr stylize``
 
@@ -218,13 +252,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``psr stylize``'s options to ``p``."""
     p.add_argument("inputs", nargs="*", help="image files or folders (PNG, JPEG, TIFF)")
     p.add_argument("-o", "--output", default="stylized", help="output file (one input) or folder")
-    p.add_argument("--style", default="starry_night", help="shipped style name or style weights file")
+    p.add_argument(
+        "--style", default=None, help="shipped style name or style weights file (default starry_night; --grid: all)"
+    )
     p.add_argument("--strength", type=float, default=1.0, help="blend with the input, 0..1")
     p.add_argument("--preserve-color", action="store_true", help="transfer luminance only, keep the input's colours")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels (0: whole image)")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--list", action="store_true", help="list the shipped styles and exit")
+    p.add_argument(
+        "--grid",
+        type=Path,
+        default=None,
+        help="write INPUT then INPUT in every shipped style side by side to this file",
+    )
     p.add_argument("--quiet", action="store_true")
 
 
@@ -243,13 +285,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.inputs:
         raise SystemExit("psr stylize: give INPUT files or folders")
+    if args.grid is not None:
+        from PIL import Image
+
+        if len(args.inputs) != 1:
+            raise SystemExit("psr stylize --grid: give exactly one INPUT image")
+        styles = None if args.style is None else [args.style]
+        try:
+            grid = style_grid(Image.open(args.inputs[0]), styles, device=args.device)
+        except ValueError as exc:
+            raise SystemExit(f"psr stylize --grid: {exc}") from None
+        args.grid.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(args.grid)
+        return 0
+    style = args.style or "starry_night"
     files = _collect_inputs(args.inputs)
     out = Path(args.output)
     single_file = len(files) == 1 and out.suffix.lower() in _SUFFIXES
-    tag = Path(str(args.style)).stem
+    tag = Path(str(style)).stem
     try:
         dev = _resolve_device(args.device, None)
-        resolve_style(args.style, dev)  # fail before any work on an unknown style
+        resolve_style(style, dev)  # fail before any work on an unknown style
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise SystemExit(f"psr stylize: {exc}") from None
     with tqdm(total=len(files), unit="image", disable=args.quiet, desc="stylize") as bar:
@@ -260,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit(f"psr stylize: {target} exists; pass --overwrite to replace it")
             result = stylize(
                 image,
-                args.style,
+                style,
                 strength=args.strength,
                 preserve_color=args.preserve_color,
                 tile=args.tile or None,

@@ -87,27 +87,23 @@ def read_metadata(name_or_path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu", fuse: bool = True) -> SRNet:
-    """Load a shipped model by name (see :func:`list_models`) or a weights file by path.
-
-    Returns an eval-mode :class:`~psr.models.SRNet` (BatchNorm folded when ``fuse``) with
-    ``.metadata`` and ``.name`` attributes. Corrupt, truncated or mismatched files raise ValueError.
-    """
+def _load_checked(path: Path, task: str, config_cls: type, net_cls: type) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build ``net_cls`` from a weights file of ``task``, refusing anything damaged or mismatched."""
     from safetensors.torch import load_file
 
-    path = _resolve(name_or_path)
     meta = read_metadata(path)
-    if meta.get("task", "sr") != "sr":
-        raise ValueError(f"weights file {str(path)!r} holds a {meta.get('task')!r} model, not a super-resolution model")
+    if meta.get("task", "sr") != task:
+        kind = "super-resolution" if task == "sr" else task
+        raise ValueError(f"weights file {str(path)!r} holds a {meta.get('task', 'sr')!r} model, not a {kind} model")
     try:
-        cfg = SRConfig.from_dict(meta["config"])
+        cfg = config_cls.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"weights file {str(path)!r} has an invalid model config: {exc}") from None
     try:
         state = load_file(str(path))
     except Exception as exc:
         raise ValueError(f"weights file {str(path)!r} is corrupt or truncated: {exc}") from None
-    model = SRNet(cfg)
+    model = net_cls(cfg)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -115,10 +111,24 @@ def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = 
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ValueError(f"weights file {str(path)!r} has non-finite values in {k!r}")
-    model = model.fuse() if fuse else model.eval()
-    model.metadata = meta  # type: ignore[attr-defined]
-    model.name = meta.get("name", path.stem)  # type: ignore[attr-defined]
-    return model.to(device)
+    model.metadata = meta
+    model.name = meta.get("name", path.stem)
+    return model, meta
+
+
+def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu", fuse: bool = True) -> SRNet:
+    """Load a shipped model by name (see :func:`list_models`) or a weights file by path.
+
+    Returns an eval-mode :class:`~psr.models.SRNet` (BatchNorm folded when ``fuse``) with
+    ``.metadata`` and ``.name`` attributes. Corrupt, truncated or mismatched files raise ValueError.
+    """
+    model, meta = _load_checked(_resolve(name_or_path), "sr", SRConfig, SRNet)
+    assert isinstance(model, SRNet)
+    if fuse:
+        name = model.name
+        model = model.fuse()  # a copy: carry the attributes over
+        model.metadata, model.name = meta, name  # type: ignore[attr-defined]
+    return model.eval().to(device)
 
 
 def load_style_model(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> StyleNet:
@@ -127,32 +137,9 @@ def load_style_model(name_or_path: str | os.PathLike, *, device: str | torch.dev
     Returns an eval-mode :class:`~psr.models.StyleNet` with ``.metadata`` and ``.name``. Corrupt,
     truncated or mismatched files, and files of another task, raise ValueError.
     """
-    from safetensors.torch import load_file
-
-    path = _resolve(name_or_path, task="style")
-    meta = read_metadata(path)
-    if meta.get("task", "sr") != "style":
-        raise ValueError(f"weights file {str(path)!r} holds a {meta.get('task', 'sr')!r} model, not a style model")
-    try:
-        cfg = StyleConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"weights file {str(path)!r} has an invalid style config: {exc}") from None
-    try:
-        state = load_file(str(path))
-    except Exception as exc:
-        raise ValueError(f"weights file {str(path)!r} is corrupt or truncated: {exc}") from None
-    model = StyleNet(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"weights file {str(path)!r} does not match its config: {exc}") from None
-    for k, v in state.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise ValueError(f"weights file {str(path)!r} has non-finite values in {k!r}")
-    model.eval()
-    model.metadata = meta  # type: ignore[attr-defined]
-    model.name = meta.get("name", path.stem)  # type: ignore[attr-defined]
-    return model.to(device)
+    model, _ = _load_checked(_resolve(name_or_path, task="style"), "style", StyleConfig, StyleNet)
+    assert isinstance(model, StyleNet)
+    return model.eval().to(device)
 
 
 def list_models(task: str | None = "sr") -> dict[str, dict[str, Any]]:

@@ -253,7 +253,7 @@ def test_manifest_valid() -> None:
 
     mf = PluginManifest.from_file(MANIFEST)
     mf.validate_imports()
-    assert [w.display_name for w in mf.contributions.widgets] == ["Upscale"]
+    assert [w.display_name for w in mf.contributions.widgets] == ["Upscale", "Stylize"]
     assert {s.key for s in mf.contributions.sample_data} == {"nuclei", "chelsea"}
     # Installed: the distribution's napari.manifest entry point resolves to this manifest.
     assert PluginManifest.from_distribution("psr").name == "psr"

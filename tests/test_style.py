@@ -221,12 +221,13 @@ def test_cli_style_training_lowers_style_loss_resumes_and_exports(
 
     data, style = style_setup
     a, b = tmp_path / "a", tmp_path / "b"
-    common = ["--content-weight", "0.05", "--iterations", "24", "--val-every", "8", "--checkpoint-every", "8"]
+    common = ["--content-weight", "0.01", "--iterations", "24", "--val-every", "4", "--checkpoint-every", "8"]
     assert main(_flags(data, style, a, *common)) == 0
     vals = _val(a)
-    assert [r["it"] for r in vals] == [8, 16, 24]
+    assert [r["it"] for r in vals] == [4, 8, 12, 16, 20, 24]
     styles = [r["val_style"] for r in vals]
-    assert styles[2] < styles[1] < styles[0] and styles[2] < 0.8 * styles[0], styles
+    # Small noisy batches: compare the mean of the last two validations with the first two.
+    assert np.mean(styles[-2:]) < 0.7 * np.mean(styles[:2]), styles
     # Stop at 8, resume to 24: bit-exact on the CPU.
     assert main(_flags(data, style, b, *common, "--stop-at", "8")) == 0
     assert main(_flags(data, style, b, *common, "--resume")) == 0

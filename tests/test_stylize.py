@@ -249,6 +249,31 @@ def test_cli_run_writes_files(style_file: Path, tmp_path: Path, rng: np.random.G
         S.run(p.parse_args([str(src), "-o", str(out), "--style", "nope", "--quiet"]))
 
 
+def test_style_grid_and_cli_grid(
+    style_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    photo = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    grid = S.style_grid(photo, [style_file, style_file], size=20)
+    assert grid.shape == (20, 3 * 30 + 2 * 4, 3) and grid.dtype == np.uint8
+    small = np.asarray(Image.fromarray(photo).resize((30, 20), Image.LANCZOS))
+    assert np.array_equal(grid[:, :30], small) and np.array_equal(grid[:, 34:64], stylize(small, style_file))
+    assert (grid[:, 30:34] == 255).all()
+    monkeypatch.setattr(psr.weights, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(S, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(ValueError, match="no style models are shipped"):
+        S.style_grid(photo)
+    (tmp_path / "tiny_style.safetensors").write_bytes(style_file.read_bytes())
+    src = tmp_path / "photo.png"
+    Image.fromarray(photo).save(src)
+    p = argparse.ArgumentParser()
+    S.add_arguments(p)
+    assert S.run(p.parse_args([str(src), "--grid", str(tmp_path / "g.png"), "--quiet"])) == 0
+    assert np.asarray(Image.open(tmp_path / "g.png")).shape == (384, 2 * 576 + 4, 3)
+    assert S.run(p.parse_args(["--list"])) == 0
+    assert "tiny_style" in capsys.readouterr().out
+    S._cached_style.cache_clear()
+
+
 def test_import_does_not_load_torchvision_or_triton() -> None:
     code = (
         "import sys, numpy as np, psr.stylize as S\n"
