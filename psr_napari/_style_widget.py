@@ -25,10 +25,9 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from superqt.utils import ensure_main_thread
 
 from ._style import StylizeJob, plan_stylize
-from ._widget import _Cancelled, _devices
+from ._widget import _devices, _JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -49,7 +48,7 @@ def _shipped_styles() -> dict[str, dict[str, Any]]:
         return {}
 
 
-class StylizeWidget(Container):
+class StylizeWidget(_JobRunner, Container):
     """Dock widget: stylise an image layer with a psr style network and add the result to the viewer.
 
     Parameters
@@ -57,6 +56,9 @@ class StylizeWidget(Container):
     napari_viewer : napari.viewer.Viewer or napari.components.ViewerModel
         The viewer whose image layers are offered and which receives the result.
     """
+
+    _VERB = "stylising"
+    _MEMORY_HINT = "not enough memory for this layer; try a smaller tile or layer"
 
     def __init__(self, napari_viewer: napari.viewer.ViewerModel) -> None:
         self._viewer = napari_viewer
@@ -200,94 +202,5 @@ class StylizeWidget(Container):
         self._started = time.perf_counter()
         self._start_worker(job)
 
-    def _start_worker(self, job: StylizeJob) -> None:
-        from napari.qt.threading import create_worker
-
-        cancel, pbar = self._cancel_event, self._pbar
-        report = self._show_progress
-        worker_ref: list[Any] = []
-
-        def work() -> tuple[str, Any, Any]:
-            def progress(done: int, total: int) -> None:
-                report(pbar, done, total)
-                if cancel.is_set() or pbar.is_canceled or (worker_ref and worker_ref[0].abort_requested):
-                    raise _Cancelled
-
-            try:
-                out, info = job.run(progress)
-            except _Cancelled:
-                return "cancelled", None, None
-            except MemoryError:
-                return "error", "not enough memory for this layer; try a smaller tile or layer", None
-            except (TypeError, ValueError, FileNotFoundError, RuntimeError) as exc:
-                return "error", str(exc), None
-            except Exception as exc:  # a bug, but it must not take the viewer down
-                _log.exception("psr: stylising failed")
-                return "error", f"{type(exc).__name__}: {exc}", None
-            return "ok", out, info
-
-        self._worker = create_worker(work, _start_thread=False)
-        worker_ref.append(self._worker)
-        self._worker.returned.connect(self._on_returned)
-        self._worker.finished.connect(self._on_finished)
-        self._worker.start()
-
-    def _on_cancel(self, *_: Any) -> None:
-        if self._worker is not None:
-            self._cancel_event.set()
-            self._status.value = "cancelling after the current tile..."
-
-    @ensure_main_thread
-    def _show_progress(self, pbar: Any, done: int, total: int) -> None:
-        if pbar is not self._pbar or pbar is None:
-            return
-        self._progress.max = max(1, total)
-        self._progress.value = min(done, total)
-        if pbar.total != total:
-            pbar.total = total
-        pbar.update(done - pbar.n)
-
-    def _on_returned(self, result: tuple[str, Any, Any]) -> None:
-        from napari.utils.notifications import show_error, show_info
-
-        status, out, info = result
-        job = self._job
-        if status == "ok" and job is not None:
-            try:
-                layer = job.make_layer(out, info)
-                self._viewer.add_layer(layer)
-            except Exception as exc:
-                _log.exception("psr: adding the result layer failed")
-                self._status.value = f"error: {exc}"
-                show_error(f"psr: could not add the result layer: {exc}")
-                return
-            self._status.value = f"added {layer.name!r} in {time.perf_counter() - self._started:.1f} s"
-            show_info(f"psr: {self._status.value}")
-        elif status == "cancelled":
-            self._status.value = "cancelled"
-            show_info("psr: stylising cancelled")
-        else:
-            self._status.value = f"error: {out}"
-            show_error(f"psr: {out}")
-
-    def _on_finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-        self._pbar = None
-        self._worker = None
-        self._job = None
-        self._set_running(False)
-        status = self._status.value
-        self._update_note()
-        self._status.value = status
-
-    def wait(self, timeout: float = 60.0) -> None:
-        """Block (processing Qt events) until the running job ends; for scripts and tests."""
-        from qtpy.QtWidgets import QApplication
-
-        end = time.monotonic() + timeout
-        while self._worker is not None:
-            if time.monotonic() > end:
-                raise TimeoutError(f"psr: stylising still running after {timeout} s")
-            QApplication.processEvents()
-            time.sleep(0.01)
+    def _added_message(self, layer: Any, job: StylizeJob, seconds: float) -> str:
+        return f"added {layer.name!r} in {seconds:.1f} s"

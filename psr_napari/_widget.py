@@ -54,7 +54,118 @@ def _devices() -> list[str]:
     return out
 
 
-class UpscaleWidget(Container):
+class _JobRunner:
+    """Worker-thread plumbing shared by the psr dock widgets (upscale, stylize).
+
+    The widget provides ``_viewer``, ``_status``, ``_progress``, ``_set_running``, ``_update_note``
+    and ``_added_message``, sets ``_job``, ``_cancel_event``, ``_pbar`` and ``_started`` before
+    calling :meth:`_start_worker`, and names its work in ``_VERB`` and ``_MEMORY_HINT``.
+    """
+
+    _VERB = "upscaling"
+    _MEMORY_HINT = "not enough memory for this output; try a smaller scale or layer"
+
+    def _start_worker(self, job: Any) -> None:
+        from napari.qt.threading import create_worker
+
+        cancel, pbar = self._cancel_event, self._pbar
+        report = self._show_progress
+        verb, memory_hint = self._VERB, self._MEMORY_HINT
+        worker_ref: list[Any] = []
+
+        def work() -> tuple[str, Any, Any]:
+            def progress(done: int, total: int) -> None:
+                report(pbar, done, total)
+                # Our Cancel button, the activity dock's, or napari quitting the worker on close.
+                if cancel.is_set() or pbar.is_canceled or (worker_ref and worker_ref[0].abort_requested):
+                    raise _Cancelled
+
+            try:
+                out, info = job.run(progress)
+            except _Cancelled:
+                return "cancelled", None, None
+            except MemoryError:
+                return "error", memory_hint, None
+            except (TypeError, ValueError, FileNotFoundError, RuntimeError) as exc:
+                return "error", str(exc), None
+            except Exception as exc:  # anything else is a bug, but must not take the viewer down
+                _log.exception("psr: %s failed", verb)
+                return "error", f"{type(exc).__name__}: {exc}", None
+            return "ok", out, info
+
+        self._worker = create_worker(work, _start_thread=False)
+        worker_ref.append(self._worker)
+        self._worker.returned.connect(self._on_returned)
+        self._worker.finished.connect(self._on_finished)
+        self._worker.start()
+
+    def _on_cancel(self, *_: Any) -> None:
+        if self._worker is not None:
+            self._cancel_event.set()
+            self._status.value = "cancelling after the current tile..."
+
+    # Called from the worker thread; Qt widgets may only be touched from the main thread, so the
+    # call is queued there.
+    @ensure_main_thread
+    def _show_progress(self, pbar: Any, done: int, total: int) -> None:
+        if pbar is not self._pbar or pbar is None:  # a late report from a finished run
+            return
+        self._progress.max = max(1, total)
+        self._progress.value = min(done, total)
+        if pbar.total != total:
+            pbar.total = total
+        pbar.update(done - pbar.n)
+
+    def _on_returned(self, result: tuple[str, Any, Any]) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        status, out, info = result
+        job = self._job
+        if status == "ok" and job is not None:
+            try:
+                layer = job.make_layer(out, info)
+                self._viewer.add_layer(layer)
+            except Exception as exc:  # e.g. napari refusing the data
+                _log.exception("psr: adding the result layer failed")
+                self._status.value = f"error: {exc}"
+                show_error(f"psr: could not add the result layer: {exc}")
+                return
+            self._status.value = self._added_message(layer, job, time.perf_counter() - self._started)
+            show_info(f"psr: {self._status.value}")
+        elif status == "cancelled":
+            self._status.value = "cancelled"
+            show_info(f"psr: {self._VERB} cancelled")
+        else:
+            self._status.value = f"error: {out}"
+            show_error(f"psr: {out}")
+
+    def _on_finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+        self._pbar = None
+        self._worker = None
+        self._job = None
+        self._set_running(False)
+        self._update_note_keep_status()
+
+    def _update_note_keep_status(self) -> None:
+        status = self._status.value
+        self._update_note()
+        self._status.value = status
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Block (processing Qt events) until the running job ends; for scripts and tests."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while self._worker is not None:
+            if time.monotonic() > end:
+                raise TimeoutError(f"psr: {self._VERB} still running after {timeout} s")
+            QApplication.processEvents()
+            time.sleep(0.01)
+
+
+class UpscaleWidget(_JobRunner, Container):
     """Dock widget: upscale an image layer with psr and add the result to the viewer.
 
     Parameters
@@ -238,102 +349,6 @@ class UpscaleWidget(Container):
         self._started = time.perf_counter()
         self._start_worker(job)
 
-    def _start_worker(self, job: UpscaleJob) -> None:
-        from napari.qt.threading import create_worker
-
-        cancel, pbar = self._cancel_event, self._pbar
-        report = self._show_progress
-        worker_ref: list[Any] = []
-
-        def work() -> tuple[str, Any, Any]:
-            def progress(done: int, total: int) -> None:
-                report(pbar, done, total)
-                # Our Cancel button, the activity dock's, or napari quitting the worker on close.
-                if cancel.is_set() or pbar.is_canceled or (worker_ref and worker_ref[0].abort_requested):
-                    raise _Cancelled
-
-            try:
-                out, info = job.run(progress)
-            except _Cancelled:
-                return "cancelled", None, None
-            except MemoryError:
-                return "error", "not enough memory for this output; try a smaller scale or layer", None
-            except (TypeError, ValueError, FileNotFoundError, RuntimeError) as exc:
-                return "error", str(exc), None
-            except Exception as exc:  # anything else is a bug, but must not take the viewer down
-                _log.exception("psr: upscaling failed")
-                return "error", f"{type(exc).__name__}: {exc}", None
-            return "ok", out, info
-
-        self._worker = create_worker(work, _start_thread=False)
-        worker_ref.append(self._worker)
-        self._worker.returned.connect(self._on_returned)
-        self._worker.finished.connect(self._on_finished)
-        self._worker.start()
-
-    def _on_cancel(self, *_: Any) -> None:
-        if self._worker is not None:
-            self._cancel_event.set()
-            self._status.value = "cancelling after the current tile..."
-
-    # Called from the worker thread; Qt widgets may only be touched from the main thread, so the
-    # call is queued there.
-    @ensure_main_thread
-    def _show_progress(self, pbar: Any, done: int, total: int) -> None:
-        if pbar is not self._pbar or pbar is None:  # a late report from a finished run
-            return
-        self._progress.max = max(1, total)
-        self._progress.value = min(done, total)
-        if pbar.total != total:
-            pbar.total = total
-        pbar.update(done - pbar.n)
-
-    def _on_returned(self, result: tuple[str, Any, Any]) -> None:
-        from napari.utils.notifications import show_error, show_info
-
-        status, out, info = result
-        job = self._job
-        if status == "ok" and job is not None:
-            try:
-                layer = job.make_layer(out, info)
-                self._viewer.add_layer(layer)
-            except Exception as exc:  # e.g. napari refusing the data
-                _log.exception("psr: adding the result layer failed")
-                self._status.value = f"error: {exc}"
-                show_error(f"psr: could not add the result layer: {exc}")
-                return
-            dt = time.perf_counter() - self._started
-            h, w = job.output_plane
-            self._status.value = f"added {layer.name!r} ({h} x {w} px) in {dt:.1f} s"
-            show_info(f"psr: {self._status.value}")
-        elif status == "cancelled":
-            self._status.value = "cancelled"
-            show_info("psr: upscaling cancelled")
-        else:
-            self._status.value = f"error: {out}"
-            show_error(f"psr: {out}")
-
-    def _on_finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-        self._pbar = None
-        self._worker = None
-        self._job = None
-        self._set_running(False)
-        self._update_note_keep_status()
-
-    def _update_note_keep_status(self) -> None:
-        status = self._status.value
-        self._update_note()
-        self._status.value = status
-
-    def wait(self, timeout: float = 60.0) -> None:
-        """Block (processing Qt events) until the running job ends; for scripts and tests."""
-        from qtpy.QtWidgets import QApplication
-
-        end = time.monotonic() + timeout
-        while self._worker is not None:
-            if time.monotonic() > end:
-                raise TimeoutError(f"psr: upscaling still running after {timeout} s")
-            QApplication.processEvents()
-            time.sleep(0.01)
+    def _added_message(self, layer: Any, job: UpscaleJob, seconds: float) -> str:
+        h, w = job.output_plane
+        return f"added {layer.name!r} ({h} x {w} px) in {seconds:.1f} s"
