@@ -233,8 +233,12 @@ def test_ddp_two_cpu_processes_match_one(tmp_path: Path, data_dir: Path) -> None
     assert a["iteration"] == b["iteration"] == single["iteration"] == 3
     init = initial_state(SRConfig(scale=4, channels=8, num_blocks=1, norm="none"))
     moved = 0.0
+    # DDP averages per-process gradients, one process averages the batch: the same sum in another
+    # order. Where the two samples' gradients nearly cancel, that rounding is a large part of the
+    # tiny gradient, and Adam (each step ~lr whatever the gradient's size) carries it into the
+    # weights: seen up to 2.1e-6 after 3 steps at lr 1e-3. Allow 1% of one step, not more.
     for k in b["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5)
         moved += float((b["model"][k] - init[k]).abs().sum())
     assert moved > 1e-3
     log = read_log(tmp_path / "ddp")
