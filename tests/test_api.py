@@ -203,9 +203,16 @@ def test_histogram_matching_matches_skimage(tiny_model: Path, rng: np.random.Gen
     matched = psr.upscale(img, 4, model=tiny_model, match_histogram=True, normalize=None)
     ref = match_histograms(unclipped, img, channel_axis=-1)
     np.testing.assert_allclose(matched, ref, atol=1e-6)
-    # The output now has the LR input's distribution: its quantiles are the input's.
+    # The output now has the LR input's distribution: each output quantile lies
+    # between neighbouring order statistics of the input (120 samples per channel,
+    # so a fixed atol on the quantiles would be flaky where the samples are sparse).
     q = np.linspace(0.05, 0.95, 7)
-    np.testing.assert_allclose(np.quantile(matched, q, axis=(0, 1)), np.quantile(img, q, axis=(0, 1)), atol=0.03)
+    n = img.shape[0] * img.shape[1]
+    got = np.quantile(matched, q, axis=(0, 1))
+    srt = np.sort(img.reshape(n, 3), axis=0)
+    lo = srt[np.maximum(np.floor(q * n).astype(int) - 2, 0)]
+    hi = srt[np.minimum(np.ceil(q * n).astype(int) + 1, n - 1)]
+    assert np.all((got >= lo - 1e-6) & (got <= hi + 1e-6)), (got, lo, hi)
     assert not np.allclose(raw, matched)
 
 
