@@ -157,6 +157,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
                 match_histogram=args.match_histogram,
                 tile=args.tile or None,
                 device=args.device,
+                precision=args.precision,
                 progress=progress,
             )
             tile_bar.close()
@@ -188,7 +189,9 @@ def _upscale_sample(args: argparse.Namespace) -> int:
     hr = hr[: hr.shape[0] - hr.shape[0] % args.scale, : hr.shape[1] - hr.shape[1] % args.scale]
     lr = np.moveaxis(imresize(np.moveaxis(hr, -1, 0), 1 / args.scale), 0, -1)  # MATLAB bicubic, uint8
     model = "bicubic" if args.bicubic else args.model
-    sr = upscale(lr, args.scale, model=model, match_histogram=args.match_histogram, device=args.device)
+    sr = upscale(
+        lr, args.scale, model=model, match_histogram=args.match_histogram, device=args.device, precision=args.precision
+    )
     bic = upscale(lr, args.scale, model="bicubic")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -324,6 +327,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     hm.add_argument("--no-match-histogram", dest="match_histogram", action="store_false")
     p.add_argument("--tile", type=int, default=256, help="tile size in input pixels (0: whole image)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--precision",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="network arithmetic: bfloat16 is 3-4x faster on bf16-capable CPUs and GPUs (about -0.001 dB)",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--sample", choices=_SAMPLES, help="demo: downscale a bundled photo and upscale it back")
     p.add_argument("--quiet", action="store_true")

@@ -133,6 +133,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=500)
     g.add_argument("--val-every", type=int, default=500)
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument(
+        "--init-from",
+        default=None,
+        help="start from these weights (a shipped name, a .safetensors file or a run's checkpoint.pt) with a "
+        "fresh optimiser at iteration 0, e.g. a perceptual run fine-tuned from a pixel model; same config needed",
+    )
     g.add_argument("--stop-at", type=int, default=0, help="stop (resumably) after this iteration; 0: run to the end")
     g.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long; 0: no limit")
     g.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
@@ -240,6 +246,29 @@ def checkpoint_args(st: dict) -> dict[str, Any]:
                 v = {"True": True, "False": False, "None": None}.get(v, v)
         out[k] = v
     return out
+
+
+def _init_weights(model: torch.nn.Module, source: str, task: str) -> str:
+    """Load ``source`` (shipped name, weights file or checkpoint) into ``model``; returns a description.
+
+    The configs must be equal: fine-tuning changes the loss, not the network.
+    """
+    if str(source).endswith(".pt"):
+        st = load_checkpoint(Path(source))
+        if st.get("task", "sr") != task:
+            raise ValueError(f"--init-from: {source!r} is a {st.get('task', 'sr')!r} run, not a {task!r} run")
+        cfg, state, where = st["config"], st["model"], f"{source} (iteration {int(st['iteration'])})"
+    else:
+        from .weights import load_model, load_style_model
+
+        src = load_style_model(source) if task == "style" else load_model(source, fuse=False)
+        cfg, state = src.cfg.to_dict(), src.state_dict()
+        where = f"{source} ({src.metadata.get('iterations', '?')} iterations)"  # type: ignore[attr-defined]
+    mine = model.cfg.to_dict()  # type: ignore[attr-defined]
+    if cfg != mine:
+        raise ValueError(f"--init-from: {source!r} has config {cfg}, this run's is {mine}")
+    model.load_state_dict(state)
+    return where
 
 
 def _normalise_best(best: dict | None, loss: str) -> dict:
@@ -467,6 +496,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     it, elapsed = 0, 0.0
     best = _normalise_best(None, args.loss)
+    init_desc = args.init_from  # kept over --resume through the checkpoint args
     rng_to_restore = None
     if args.resume:
         if not ckpt_path.exists():
@@ -475,6 +505,9 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
         if SRConfig.from_dict(st["config"]) != cfg:
             raise ValueError(f"--resume: checkpoint config {st['config']} differs from this run's {cfg.to_dict()}")
         old = checkpoint_args(st)
+        if not args.init_from and old.get("init_from"):
+            args.init_from = old["init_from"]  # so the next checkpoint's args keep it too
+        init_desc = args.init_from
         for key in ("loss", "degradation", "patch", "batch_size", "seed", "tv_weight", "lr", "warmup"):
             if key in old and str(old[key]) != str(getattr(args, key)):
                 warnings.warn(
@@ -485,6 +518,8 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
         rng_to_restore = st["rng"]
         it, elapsed = int(st["iteration"]), float(st.get("elapsed", 0.0))
         best = _normalise_best(st.get("best"), args.loss)
+    elif args.init_from:
+        init_desc = _init_weights(model, args.init_from, "sr")
 
     net: torch.nn.Module = model
     if world > 1:
@@ -528,6 +563,8 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "train_args": _json_args(args),
     }
+    if init_desc:
+        meta_base["initialised_from"] = f"{init_desc}; fresh optimiser state"
 
     def checkpoint() -> None:
         save_checkpoint(
@@ -844,6 +881,7 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     it, elapsed = 0, 0.0
     best: dict = {"metric": "loss", "value": math.inf, "iteration": 0}
+    init_desc = args.init_from  # kept over --resume through the checkpoint args
     rng_to_restore = None
     if args.resume:
         if not ckpt_path.exists():
@@ -854,6 +892,9 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
         if StyleConfig.from_dict(st["config"]) != cfg:
             raise ValueError(f"--resume: checkpoint config {st['config']} differs from this run's {cfg.to_dict()}")
         old = checkpoint_args(st)
+        if not args.init_from and old.get("init_from"):
+            args.init_from = old["init_from"]  # so the next checkpoint's args keep it too
+        init_desc = args.init_from
         keys = ("style", "style_size", "style_weight", "content_weight", "tv_weight", "image_size", "batch_size")
         for key in (*keys, "seed", "lr", "warmup"):
             if key in old and str(old[key]) != str(getattr(args, key)):
@@ -865,6 +906,8 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
         rng_to_restore = st["rng"]
         it, elapsed = int(st["iteration"]), float(st.get("elapsed", 0.0))
         best = dict(st.get("best") or best)
+    elif args.init_from:
+        init_desc = _init_weights(model, args.init_from, "style")
 
     net: torch.nn.Module = model
     if world > 1:
@@ -900,6 +943,8 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "train_args": _json_args(args),
     }
+    if init_desc:
+        meta_base["initialised_from"] = f"{init_desc}; fresh optimiser state"
 
     def checkpoint() -> None:
         save_checkpoint(
@@ -1122,6 +1167,8 @@ def _export_style(args: argparse.Namespace) -> dict:
             "iterations": int(st["iteration"]),
             "wall_time_s": round(float(st.get("elapsed", 0.0)), 1),
         }
+        if targs.get("init_from"):
+            meta["initialised_from"] = f"{targs['init_from']}; fresh optimiser state"
     style_path = Path(getattr(args, "style", None) or targs.get("style") or "")
     if not style_path.is_file():
         raise FileNotFoundError(f"style image {str(style_path)!r} not found; pass --style IMAGE")
@@ -1209,6 +1256,8 @@ def _load_run(run_dir: Path, which: str) -> tuple[SRNet, dict, dict]:
         "iterations": int(st["iteration"]),
         "wall_time_s": round(float(st.get("elapsed", 0.0)), 1),
     }
+    if targs.get("init_from"):
+        meta["initialised_from"] = f"{targs['init_from']}; fresh optimiser state"
     return model, meta, targs
 
 

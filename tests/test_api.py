@@ -169,6 +169,23 @@ def test_tiled_equals_whole(tiny_model: Path, rng: np.random.Generator, tile: in
     assert np.mean(np.abs(m1 - m2) > 2e-6) < 1e-3
 
 
+def test_bfloat16_precision_close_to_float32(tiny_model: Path, rng: np.random.Generator) -> None:
+    """bf16 autocast: the independent float32 network within bf16 rounding, tiles included."""
+    img = rng.random((37, 29, 3)).astype(np.float32)
+    ref = np.clip(_net_on_float(tiny_model, img), 0, 1)
+    for tile in (None, 13):
+        got = psr.upscale(img, 4, model=tiny_model, tile=tile, normalize=None, precision="bfloat16")
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        err = np.abs(got - ref)
+        # bf16 keeps 8 significant bits: a few 1e-3 per conv layer of a residual branch at most.
+        assert err.max() < 0.02 and err.mean() < 2e-3, (err.max(), err.mean())
+        assert err.max() > 0  # it really ran in bf16
+    u8 = (img * 255).astype(np.uint8)
+    a = psr.upscale(u8, 4, model=tiny_model, precision="bf16").astype(int)
+    b = psr.upscale(u8, 4, model=tiny_model).astype(int)
+    assert np.abs(a - b).max() <= 12 and np.mean(np.abs(a - b)) < 1.0
+
+
 def test_too_small_overlap_differs(tiny_model: Path, rng: np.random.Generator) -> None:
     # The equality above is not vacuous: with no overlap, tile seams change the result.
     img = rng.random((37, 29, 3)).astype(np.float32)
@@ -261,6 +278,7 @@ def test_model_defaults_and_mismatch(tmp_path: Path) -> None:
         (np.zeros((4, 4)), {"normalize": (50, 10)}, ValueError, "percentiles"),
         (np.zeros((4, 4)), {"tile": 2}, ValueError, "tile"),
         (np.zeros((4, 4)), {"device": "tpu9"}, ValueError, "device"),
+        (np.zeros((4, 4)), {"precision": "float16"}, ValueError, "precision"),
         (torch.zeros(2, 5, 4, 4), {}, ValueError, "channels must be 1, 3 or 4"),
         (torch.zeros(1, 1, 1, 4, 4), {}, ValueError, "tensor must be"),
         (torch.zeros(4, 4, dtype=torch.complex64), {}, TypeError, "dtype"),

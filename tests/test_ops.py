@@ -413,14 +413,24 @@ def test_fuzz_small_shapes(data: st.DataObject) -> None:
     )
 
 
-def test_large_plane_parallel_paths(rng: np.random.Generator) -> None:
-    """Planes big enough for the blocked radix sort and walk (> 2^18 values), 1 and 3 planes."""
-    for c in (1, 3):
-        x = torch.from_numpy(rng.random((1, c, 130, 140)).astype(np.float32))
-        x[0, 0, :20] = 0.5  # a tie group spanning sort blocks
-        got = ops.upsample_match(x, 4)
-        up = ops.upsample_bicubic(x, 4)
-        torch.testing.assert_close(got, sk_match(up, x), rtol=0, atol=0)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_plane_parallel_paths(rng: np.random.Generator, dtype: torch.dtype, threads: int) -> None:
+    """Planes big enough for the radix sort (> 2^18 values), 1 and 3 planes: one thread per plane
+    (histograms of all passes in one read) and planes split across threads (blocked passes)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for c in (1, 3):
+            x = torch.from_numpy(rng.random((1, c, 130, 140))).to(dtype)
+            x[0, 0, :20] = 0.5  # a tie group spanning sort blocks
+            x[0, -1, 40:60] = -x[0, -1, 40:60]  # negative values: keys differ in the sign bit too
+            got = ops.upsample_match(x, 4)
+            up = ops.upsample_bicubic(x, 4)
+            torch.testing.assert_close(got, sk_match(up, x), rtol=0, atol=0)
+            torch.testing.assert_close(ops.match_histograms(up, x), got, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------ build machinery

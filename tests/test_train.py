@@ -391,3 +391,37 @@ def test_cuda_bf16_training_resumes(tmp_path: Path, data_dir: Path, loss: str) -
     SRNet(SRConfig.from_dict(st["config"])).load_state_dict(st["model"])  # plain layout, loads on the CPU
     assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
     assert math.isfinite(full["best"]["value"])
+
+
+def test_init_from_starts_from_given_weights_with_fresh_optimiser(tmp_path: Path, data_dir: Path) -> None:
+    """Fine-tuning (e.g. perceptual from pixel): the weights of another run, iteration 0, new Adam state."""
+    import psr
+
+    base = [*TINY, "--data", data_dir, "--workers", "0", "--val-every", "2", "--checkpoint-every", "2"]
+    train.main(parse(*base, "--out", tmp_path / "src", "--iterations", "2", "--degradation", "bicubic"))
+    src = train.load_checkpoint(tmp_path / "src" / "checkpoint.pt")
+    for init in (tmp_path / "src" / "checkpoint.pt", tmp_path / "src" / "best.safetensors"):
+        out = tmp_path / f"ft-{init.suffix[1:]}"
+        # --stop-at 1 with lr ~0: the weights after one step are the source's (and not the seed's).
+        r = train.main(parse(*base, "--out", out, "--iterations", "4", "--stop-at", "1", "--lr", "1e-30",
+                             "--init-from", init))  # fmt: skip
+        assert r["iteration"] == 1
+        st = train.load_checkpoint(out / "checkpoint.pt")
+        for k, v in src["model"].items():
+            if v.is_floating_point() and "running" not in k:
+                torch.testing.assert_close(st["model"][k], v, rtol=0, atol=1e-20)
+        assert not torch.equal(
+            st["model"]["head.weight"], initial_state(SRConfig(scale=4, channels=8, num_blocks=1))["head.weight"]
+        )
+        # A fresh optimiser: one step of state, not the source run's two.
+        assert all(int(s["step"]) == 1 for s in st["optimizer"]["state"].values())
+        # Resuming keeps the provenance in the exported metadata.
+        train.main(parse(*base, "--out", out, "--iterations", "2", "--resume", "--lr", "1e-30"))
+        p = argparse.ArgumentParser()
+        train.add_export_arguments(p)
+        dst = tmp_path / f"{out.name}.safetensors"
+        train.export_main(p.parse_args([str(out), "-o", str(dst), "--which", "last", "--set5", "none"]))
+        assert str(init) in psr.read_metadata(dst)["initialised_from"]
+    with pytest.raises(ValueError, match="init-from"):
+        train.main(parse(*[a if a != "8" else "16" for a in base], "--out", tmp_path / "bad", "--iterations", "1",
+                         "--init-from", tmp_path / "src" / "checkpoint.pt"))  # fmt: skip

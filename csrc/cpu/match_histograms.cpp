@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <limits>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <vector>
 
 #include "kernels.h"
@@ -67,8 +69,11 @@ constexpr int kRadixBits = 11;  // 2048 buckets: measured faster here than 8 or 
 // Stable LSD radix sort of a[0..n) by key_of (an unsigned integer), using b as scratch. Only the
 // bit range in which keys differ is sorted (image values share sign and most exponent bits), in
 // passes of at most 11 bits. Returns the buffer that holds the result.
+//
+// `diff`, when the caller knows it (it made the keys), is the OR of all keys XOR the AND of all
+// keys: the bits in which keys differ. Passing it saves a read of the array.
 template <typename E, typename KeyOf>
-E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of) {
+E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of, std::optional<uint64_t> known_diff = std::nullopt) {
   if (n < 2) return a;
   if (n <= 4096) {
     std::stable_sort(a, a + n, [&](const E& l, const E& r) { return key_of(l) < key_of(r); });
@@ -76,18 +81,22 @@ E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of) {
   }
   const int64_t nb = num_blocks(n);
   const int64_t chunk = (n + nb - 1) / nb;
-  const uint64_t first = key_of(a[0]);
-  std::vector<uint64_t> diffs(static_cast<size_t>(nb), 0);
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      uint64_t d = 0;
-      const int64_t end = std::min(n, (blk + 1) * chunk);
-      for (int64_t i = blk * chunk; i < end; ++i) d |= static_cast<uint64_t>(key_of(a[i])) ^ first;
-      diffs[blk] = d;
-    }
-  });
   uint64_t diff = 0;
-  for (uint64_t d : diffs) diff |= d;
+  if (known_diff.has_value()) {
+    diff = *known_diff;
+  } else {
+    const uint64_t first = key_of(a[0]);
+    std::vector<uint64_t> diffs(static_cast<size_t>(nb), 0);
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        uint64_t d = 0;
+        const int64_t end = std::min(n, (blk + 1) * chunk);
+        for (int64_t i = blk * chunk; i < end; ++i) d |= static_cast<uint64_t>(key_of(a[i])) ^ first;
+        diffs[blk] = d;
+      }
+    });
+    for (uint64_t d : diffs) diff |= d;
+  }
   if (diff == 0) return a;
   const int lo = __builtin_ctzll(diff);
   const int span = 64 - __builtin_clzll(diff) - lo;
@@ -95,6 +104,31 @@ E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of) {
   const int width = (span + passes - 1) / passes;
   const int64_t nbuckets = int64_t(1) << width;
   const uint64_t mask = static_cast<uint64_t>(nbuckets - 1);
+  if (nb == 1) {
+    // One thread: the digit histograms of every pass come from one read of the array (a pass
+    // permutes the elements but not the multiset of its digits).
+    std::vector<int64_t> cnt(static_cast<size_t>(passes * nbuckets), 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t k = static_cast<uint64_t>(key_of(a[i]));
+      for (int p = 0; p < passes; ++p) ++cnt[p * nbuckets + ((k >> (lo + p * width)) & mask)];
+    }
+    for (int p = 0; p < passes; ++p) {
+      const int shift = lo + p * width;
+      int64_t* o = &cnt[p * nbuckets];
+      int64_t run = 0;
+      for (int64_t d = 0; d < nbuckets; ++d) {
+        const int64_t c = o[d];
+        o[d] = run;
+        run += c;
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const E e = a[i];
+        b[o[(static_cast<uint64_t>(key_of(e)) >> shift) & mask]++] = e;
+      }
+      std::swap(a, b);
+    }
+    return a;
+  }
   std::vector<int64_t> offs(static_cast<size_t>(nb * nbuckets));
   for (int p = 0; p < passes; ++p) {
     const int shift = lo + p * width;
@@ -166,15 +200,27 @@ void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar
   TORCH_CHECK(n <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()),
               "psr::match_histograms: at most 2^32 - 1 pixels per channel in exact mode, got ", n,
               "; use bins=k");
+  // The keys are made here, so the bits in which they differ come free (saves the sort a read).
+  uint64_t all_or = 0, all_and = ~uint64_t(0);
+  std::mutex acc;
   at::parallel_for(0, R, std::max<int64_t>(1, 16384 / C), [&](int64_t y0, int64_t y1) {
     std::vector<scalar_t> scratch(static_cast<size_t>(rows.scratch()));
+    uint64_t k_or = 0, k_and = ~uint64_t(0);
     for (int64_t y = y0; y < y1; ++y) {
       const scalar_t* v = rows.get(plane, y, scratch.data());
       E* dst = a + y * C;
-      for (int64_t j = 0; j < C; ++j) dst[j] = PT::make(KT::key(v[j]), static_cast<uint32_t>(y * C + j));
+      for (int64_t j = 0; j < C; ++j) {
+        const auto k = KT::key(v[j]);
+        k_or |= k;
+        k_and &= k;
+        dst[j] = PT::make(k, static_cast<uint32_t>(y * C + j));
+      }
     }
+    const std::lock_guard<std::mutex> lock(acc);
+    all_or |= k_or;
+    all_and &= k_and;
   });
-  const E* s = radix_sort(a, b, n, [](const E& e) { return PT::key(e); });
+  const E* s = radix_sort(a, b, n, [](const E& e) { return PT::key(e); }, all_or ^ all_and);
 
   const double* xp = rc.xp.data();
   const double* fp = rc.fp.data();
