@@ -36,8 +36,9 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -459,248 +460,13 @@ def main(args: argparse.Namespace) -> dict:
         if args.batch_size % world:
             raise ValueError(f"--batch-size ({args.batch_size}) must be a multiple of the {world} processes")
     try:
-        return _train_style(args, rank, world, device) if style else _train(args, rank, world, device)
+        return _fit(args, rank, world, device, _style_job if style else _sr_job)
     finally:
         if world > 1:
             import torch.distributed as dist
 
             if dist.is_initialized():
                 dist.destroy_process_group()
-
-
-def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    lead = rank == 0
-    degradation = Degradation.parse(args.degradation)
-    out: Path = Path(args.out)
-    ckpt_path = out / "checkpoint.pt"
-    if lead:
-        out.mkdir(parents=True, exist_ok=True)
-
-    files = find_images(args.data)
-    train_files, val_files = split_train_val(files, args.n_val)
-    sampler = PatchSampler(
-        train_files, patch=args.patch, scale=args.scale, degradation=degradation, small=args.small_images
-    )
-    val_images = [_centre_crop(load_rgb(f), args.val_crop, args.scale) for f in val_files] if lead else []
-
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    cfg = _model_config(args)
-    model = SRNet(cfg).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    it, elapsed = 0, 0.0
-    best = _normalise_best(None, args.loss)
-    init_desc = args.init_from  # kept over --resume through the checkpoint args
-    rng_to_restore = None
-    if args.resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt_path)!r}")
-        st = load_checkpoint(ckpt_path)
-        if SRConfig.from_dict(st["config"]) != cfg:
-            raise ValueError(f"--resume: checkpoint config {st['config']} differs from this run's {cfg.to_dict()}")
-        old = checkpoint_args(st)
-        if not args.init_from and old.get("init_from"):
-            args.init_from = old["init_from"]  # so the next checkpoint's args keep it too
-        init_desc = args.init_from
-        for key in ("loss", "degradation", "patch", "batch_size", "seed", "tv_weight", "lr", "warmup"):
-            if key in old and str(old[key]) != str(getattr(args, key)):
-                warnings.warn(
-                    f"--resume: --{key.replace('_', '-')} was {old[key]!r}, now {getattr(args, key)!r}", stacklevel=2
-                )
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        rng_to_restore = st["rng"]
-        it, elapsed = int(st["iteration"]), float(st.get("elapsed", 0.0))
-        best = _normalise_best(st.get("best"), args.loss)
-    elif args.init_from:
-        init_desc = _init_weights(model, args.init_from, "sr")
-
-    net: torch.nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-
-    from .losses import PerceptualLoss, TVLoss
-
-    perceptual = None
-    if args.loss == "perceptual":
-        perceptual = PerceptualLoss((FEATURE_LAYER,), args.vgg_weights).to(device)
-        if cuda:
-            perceptual = perceptual.to(memory_format=torch.channels_last)
-        vgg_val = perceptual.vgg if lead else None
-    else:
-        vgg_val = _feature_net(args.vgg_weights, allow_download=False) if lead else None
-        if vgg_val is not None:
-            vgg_val = vgg_val.to(device)
-    tv = TVLoss() if args.tv_weight > 0 else None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and args.amp) else nullcontext()
-
-    meta_base = {
-        "name": args.name or f"x{args.scale}-{args.loss}",
-        "loss": args.loss,
-        "loss_layers": [FEATURE_LAYER] if args.loss == "perceptual" else [],
-        "tv_weight": args.tv_weight,
-        "degradation": degradation.name,
-        "training_data": str(args.data),
-        "n_train_images": len(sampler.images),
-        "n_val_images": len(val_files),
-        "small_images": args.small_images,
-        "n_small_images": len(sampler.skipped) + len(sampler.padded),
-        "patch": args.patch,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "lr_decay_at": list(args.lr_decay_at),
-        "warmup": args.warmup,
-        "seed": args.seed,
-        "processes": world,
-        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-        "train_args": _json_args(args),
-    }
-    if init_desc:
-        meta_base["initialised_from"] = f"{init_desc}; fresh optimiser state"
-
-    def checkpoint() -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "rng": _rng_state(args.seed, device),
-                "iteration": it,
-                "elapsed": elapsed,
-                "best": best,
-                "config": cfg.to_dict(),
-                "args": _json_args(args),
-            },
-        )
-
-    stop = args.iterations if not args.stop_at else min(args.iterations, args.stop_at)
-    loader = make_loader(
-        sampler,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        start=it,
-        stop=max(it, stop),
-        workers=args.workers,
-        rank=rank,
-        world_size=world,
-        pin_memory=cuda,
-    )
-    log = open(out / "log.jsonl", "a") if lead else None
-    if log is not None:
-        log.write(json.dumps({"event": "resume" if args.resume else "start", "it": it, "processes": world}) + "\n")
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=args.iterations,
-        initial=it,
-        disable=args.quiet or not lead,
-        dynamic_ncols=True,
-        desc=f"train {meta_base['name']}",
-        mininterval=1.0,
-    )
-    if rng_to_restore is not None:
-        # Last, after everything that draws from the global RNG at start-up (e.g. module init).
-        _set_rng_state(rng_to_restore, device)
-    start = time.perf_counter() - elapsed
-    limit = args.max_minutes * 60 if args.max_minutes else math.inf
-    model.train()
-    stopped_early = False
-    t_last, it_last = time.perf_counter(), it
-    first_done: tuple[float, int] | None = None
-    for lr_img, hr_img in loader:
-        lr_now = _lr_at(args, it)
-        for grp in opt.param_groups:
-            grp["lr"] = lr_now
-        lr_img = lr_img.to(device, non_blocking=True)
-        hr_img = hr_img.to(device, non_blocking=True)
-        if cuda:
-            lr_img = lr_img.contiguous(memory_format=torch.channels_last)
-            hr_img = hr_img.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            sr = net(lr_img, clamp=False)
-            terms = {}
-            if perceptual is not None:
-                terms["feature"] = perceptual(sr, hr_img)
-            else:
-                terms["pixel"] = F.mse_loss(sr.float(), hr_img)
-            if tv is not None:
-                terms["tv"] = args.tv_weight * tv(sr.float())
-            loss = sum(terms.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
-        opt.step()
-        it += 1
-        elapsed = time.perf_counter() - start
-        if first_done is None:  # throughput is timed from the end of the first step (warm-up excluded)
-            first_done = (time.perf_counter(), it)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"iteration {it}: loss is {loss_value}; lower --lr or check the data")
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.5g}", refresh=False)
-        if log is not None:
-            rec = {"it": it, "loss": loss_value, "lr": lr_now, "time": round(elapsed, 3)}
-            if len(terms) > 1:
-                rec.update({k: float(v.detach()) for k, v in terms.items()})
-            log.write(json.dumps(rec) + "\n")
-        if lead and (it % args.val_every == 0 or it == args.iterations):
-            v = validate(model, val_images, args.scale, device, vgg_val)
-            now = time.perf_counter()
-            rate = (it - it_last) / max(now - t_last, 1e-9)
-            t_last, it_last = now, it
-            rec = {"it": it, **{f"val_{k}": x for k, x in v.items()}, "it_per_s": round(rate, 4)}
-            assert log is not None
-            log.write(json.dumps({**rec, "time": round(elapsed, 2)}) + "\n")
-            shown = ", ".join(f"{k} {x:.4g}" for k, x in v.items())
-            bar.write(f"iteration {it}: validation {shown}")
-            if _better(best, v):
-                best = {"metric": best["metric"], "value": v[best["metric"]], "iteration": it, **v}
-                meta = dict(
-                    meta_base,
-                    iterations=it,
-                    wall_time_s=round(elapsed, 1),
-                    **{f"val_{k}": round(x, 6) for k, x in v.items()},
-                    val_crop=args.val_crop,
-                )
-                save_weights(out / "best.safetensors", model, meta)
-        if log is not None:
-            log.flush()
-        over = elapsed > limit
-        if world > 1 and math.isfinite(limit):
-            import torch.distributed as dist
-
-            flag = torch.tensor([float(over)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every process must stop at the same step
-            over = bool(flag.item())
-        if lead and (it % args.checkpoint_every == 0 or it == stop or over):
-            checkpoint()
-        if over and it < stop:
-            stopped_early = True
-            break
-    bar.close()
-    if log is not None:
-        log.close()
-    summary = {
-        "iteration": it,
-        "elapsed_s": round(elapsed, 2),
-        "best": best,
-        "stopped_early": stopped_early or it < args.iterations,
-        "out": str(out),
-    }
-    if first_done is not None and it > first_done[1]:
-        # Training steps per second in this session, validation and checkpoint time included.
-        summary["it_per_s"] = round((it - first_done[1]) / (time.perf_counter() - first_done[0]), 4)
-    if lead:
-        print(json.dumps(summary))
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -854,18 +620,105 @@ def _sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
-    """The style-transfer twin of :func:`_train`: same checkpoints, resume, logging, DDP and bf16."""
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    lead = rank == 0
-    out: Path = Path(args.out)
-    ckpt_path = out / "checkpoint.pt"
-    if lead:
-        out.mkdir(parents=True, exist_ok=True)
+@dataclass
+class _Job:
+    """What super-resolution and style training do differently; :func:`_fit` runs the rest
+    (optimiser, resume, DDP, the loop, logging, validation, checkpoints) for both."""
 
+    task: str  # "sr" or "style": checkpoints and weights metadata carry it
+    model: torch.nn.Module
+    cfg: Any  # SRConfig or StyleConfig
+    sampler: PatchSampler
+    meta_base: dict[str, Any]  # metadata of every weights file the run writes
+    resume_keys: tuple[str, ...]  # options whose change on --resume earns a warning
+    losses: Callable[[torch.nn.Module, list[torch.Tensor]], dict[str, torch.Tensor]]  # weighted terms of a batch
+    validate: Callable[[], dict[str, float]] | None  # rank 0's validation; None: no validation split
+    best: Callable[[dict | None], dict]  # a checkpoint's "best validation" record, or the initial one
+    better: Callable[[dict, dict], bool]  # (best, validation): is the validation better?
+    new_best: Callable[[dict, dict, int], dict]  # (best, validation, iteration) -> the new record
+    nan_hint: str  # what to try when the loss turns non-finite
+    desc: str  # progress-bar label
+
+
+def _seeded_model(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    net = net.to(device)
+    return net.to(memory_format=torch.channels_last) if device.type == "cuda" else net
+
+
+def _sr_job(args: argparse.Namespace, lead: bool, world: int, device: torch.device) -> _Job:
+    cuda = device.type == "cuda"
+    degradation = Degradation.parse(args.degradation)
+    files = find_images(args.data)
+    train_files, val_files = split_train_val(files, args.n_val)
+    sampler = PatchSampler(
+        train_files, patch=args.patch, scale=args.scale, degradation=degradation, small=args.small_images
+    )
+    val_images = [_centre_crop(load_rgb(f), args.val_crop, args.scale) for f in val_files] if lead else []
+
+    torch.manual_seed(args.seed)  # the initial weights are a function of --seed
+    random.seed(args.seed)
+    cfg = _model_config(args)
+    model = _seeded_model(SRNet(cfg), device)
+
+    from .losses import PerceptualLoss, TVLoss
+
+    perceptual = None
+    if args.loss == "perceptual":
+        perceptual = PerceptualLoss((FEATURE_LAYER,), args.vgg_weights).to(device)
+        if cuda:
+            perceptual = perceptual.to(memory_format=torch.channels_last)
+        vgg_val = perceptual.vgg if lead else None
+    else:
+        vgg_val = _feature_net(args.vgg_weights, allow_download=False) if lead else None
+        if vgg_val is not None:
+            vgg_val = vgg_val.to(device)
+    tv = TVLoss() if args.tv_weight > 0 else None
+
+    def losses(net: torch.nn.Module, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        lr_img, hr_img = batch
+        sr = net(lr_img, clamp=False)
+        terms = {}
+        if perceptual is not None:
+            terms["feature"] = perceptual(sr, hr_img)
+        else:
+            terms["pixel"] = F.mse_loss(sr.float(), hr_img)
+        if tv is not None:
+            terms["tv"] = args.tv_weight * tv(sr.float())
+        return terms
+
+    name = args.name or f"x{args.scale}-{args.loss}"
+    meta_base = {
+        "name": name,
+        "loss": args.loss,
+        "loss_layers": [FEATURE_LAYER] if args.loss == "perceptual" else [],
+        "tv_weight": args.tv_weight,
+        "degradation": degradation.name,
+        "training_data": str(args.data),
+        "n_train_images": len(sampler.images),
+        "n_val_images": len(val_files),
+        "small_images": args.small_images,
+        "n_small_images": len(sampler.skipped) + len(sampler.padded),
+        "patch": args.patch,
+    }
+    return _Job(
+        task="sr",
+        model=model,
+        cfg=cfg,
+        sampler=sampler,
+        meta_base=meta_base,
+        resume_keys=("loss", "degradation", "patch", "batch_size", "seed", "tv_weight", "lr", "warmup"),
+        losses=losses,
+        validate=(lambda: validate(model, val_images, args.scale, device, vgg_val)) if lead else None,
+        best=lambda b: _normalise_best(b, args.loss),
+        better=_better,
+        new_best=lambda best, v, it: {"metric": best["metric"], "value": v[best["metric"]], "iteration": it, **v},
+        nan_hint="lower --lr or check the data",
+        desc=f"train {name}",
+    )
+
+
+def _style_job(args: argparse.Namespace, lead: bool, world: int, device: torch.device) -> _Job:
+    cuda = device.type == "cuda"
     files = find_images(args.data)
     train_files, val_files = split_train_val(files, args.n_val)
     sampler = StyleSampler(train_files, size=args.image_size, small=args.small_images)
@@ -875,52 +728,18 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     cfg = _style_config(args)
-    model = StyleNet(cfg).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    it, elapsed = 0, 0.0
-    best: dict = {"metric": "loss", "value": math.inf, "iteration": 0}
-    init_desc = args.init_from  # kept over --resume through the checkpoint args
-    rng_to_restore = None
-    if args.resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt_path)!r}")
-        st = load_checkpoint(ckpt_path)
-        if st.get("task", "sr") != "style":
-            raise ValueError(f"--resume: {str(ckpt_path)!r} is a {st.get('task', 'sr')!r} run, not a style run")
-        if StyleConfig.from_dict(st["config"]) != cfg:
-            raise ValueError(f"--resume: checkpoint config {st['config']} differs from this run's {cfg.to_dict()}")
-        old = checkpoint_args(st)
-        if not args.init_from and old.get("init_from"):
-            args.init_from = old["init_from"]  # so the next checkpoint's args keep it too
-        init_desc = args.init_from
-        keys = ("style", "style_size", "style_weight", "content_weight", "tv_weight", "image_size", "batch_size")
-        for key in (*keys, "seed", "lr", "warmup"):
-            if key in old and str(old[key]) != str(getattr(args, key)):
-                warnings.warn(
-                    f"--resume: --{key.replace('_', '-')} was {old[key]!r}, now {getattr(args, key)!r}", stacklevel=2
-                )
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        rng_to_restore = st["rng"]
-        it, elapsed = int(st["iteration"]), float(st.get("elapsed", 0.0))
-        best = dict(st.get("best") or best)
-    elif args.init_from:
-        init_desc = _init_weights(model, args.init_from, "style")
-
-    net: torch.nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    model = _seeded_model(StyleNet(cfg), device)
     objective = StyleObjective(style_image, args.vgg_weights).to(device)
     if cuda:
         objective = objective.to(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and args.amp) else nullcontext()
 
+    def losses(net: torch.nn.Module, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch[0]  # the content target is the input itself
+        return _style_total(objective(net(x), x), args)
+
+    name = args.name or Path(args.style).stem
     meta_base = {
-        "name": args.name or Path(args.style).stem,
+        "name": name,
         "task": "style",
         "style_image": Path(args.style).name,
         "style_sha256": _sha256(args.style),
@@ -934,6 +753,78 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
         "training_data": str(args.data),
         "n_train_images": len(sampler.images),
         "n_val_images": len(val_files),
+    }
+    keys = ("style", "style_size", "style_weight", "content_weight", "tv_weight", "image_size", "batch_size")
+    return _Job(
+        task="style",
+        model=model,
+        cfg=cfg,
+        sampler=sampler,
+        meta_base=meta_base,
+        resume_keys=(*keys, "seed", "lr", "warmup"),
+        losses=losses,
+        validate=(lambda: validate_style(model, val_images, objective, args, device)) if val_images else None,
+        best=lambda b: dict(b or {"metric": "loss", "value": math.inf, "iteration": 0}),
+        better=lambda best, v: math.isfinite(v["loss"]) and v["loss"] < best["value"],
+        new_best=lambda best, v, it: {"metric": "loss", "value": v["loss"], "iteration": it},
+        nan_hint="lower --lr or the loss weights",
+        desc=f"train style {name}",
+    )
+
+
+def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, make_job: Callable) -> dict:
+    """Train ``make_job(args, lead, world, device)``'s model: the loop both tasks share."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    lead = rank == 0
+    out: Path = Path(args.out)
+    ckpt_path = out / "checkpoint.pt"
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+    job: _Job = make_job(args, lead, world, device)
+    model, cfg = job.model, job.cfg
+    kind = "style" if job.task == "style" else "super-resolution"
+
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    it, elapsed = 0, 0.0
+    best = job.best(None)
+    rng_to_restore = None
+    if args.resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt_path)!r}")
+        st = load_checkpoint(ckpt_path)
+        if st.get("task", "sr") != job.task:
+            raise ValueError(f"--resume: {str(ckpt_path)!r} is a {st.get('task', 'sr')!r} run, not a {kind} run")
+        if type(cfg).from_dict(st["config"]) != cfg:
+            raise ValueError(f"--resume: checkpoint config {st['config']} differs from this run's {cfg.to_dict()}")
+        old = checkpoint_args(st)
+        if not args.init_from and old.get("init_from"):
+            args.init_from = old["init_from"]  # so the next checkpoint's args keep it too
+        for key in job.resume_keys:
+            if key in old and str(old[key]) != str(getattr(args, key)):
+                warnings.warn(
+                    f"--resume: --{key.replace('_', '-')} was {old[key]!r}, now {getattr(args, key)!r}", stacklevel=3
+                )
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        rng_to_restore = st["rng"]
+        it, elapsed = int(st["iteration"]), float(st.get("elapsed", 0.0))
+        best = job.best(st.get("best"))
+        init_desc = args.init_from
+    else:
+        init_desc = _init_weights(model, args.init_from, job.task) if args.init_from else None
+
+    net: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and args.amp) else nullcontext()
+
+    meta_base = {
+        **job.meta_base,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "lr_decay_at": list(args.lr_decay_at),
@@ -950,7 +841,7 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
         save_checkpoint(
             ckpt_path,
             {
-                "task": "style",
+                "task": job.task,
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "rng": _rng_state(args.seed, device),
@@ -962,9 +853,13 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
             },
         )
 
+    def to_device(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(device, non_blocking=True)
+        return t.contiguous(memory_format=torch.channels_last) if cuda else t
+
     stop = args.iterations if not args.stop_at else min(args.iterations, args.stop_at)
     loader = make_loader(
-        sampler,
+        job.sampler,
         batch_size=args.batch_size,
         seed=args.seed,
         start=it,
@@ -984,50 +879,55 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
         initial=it,
         disable=args.quiet or not lead,
         dynamic_ncols=True,
-        desc=f"train style {meta_base['name']}",
+        desc=job.desc,
         mininterval=1.0,
     )
     if rng_to_restore is not None:
+        # Last, after everything that draws from the global RNG at start-up (e.g. module init).
         _set_rng_state(rng_to_restore, device)
     start = time.perf_counter() - elapsed
     limit = args.max_minutes * 60 if args.max_minutes else math.inf
     model.train()
     stopped_early = False
+    t_last, it_last = time.perf_counter(), it
     first_done: tuple[float, int] | None = None
-    for x, _ in loader:
+    for batch in loader:
         lr_now = _lr_at(args, it)
         for grp in opt.param_groups:
             grp["lr"] = lr_now
-        x = x.to(device, non_blocking=True)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        moved: dict[int, torch.Tensor] = {}  # a tensor given twice (style: input = target) moves once
+        batch = [moved.setdefault(id(t), to_device(t)) for t in batch]
         with autocast:
-            y = net(x)
-            terms = _style_total(objective(y, x), args)
+            terms = job.losses(net, batch)
             loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[union-attr]
         opt.step()
         it += 1
         elapsed = time.perf_counter() - start
-        if first_done is None:
+        if first_done is None:  # throughput is timed from the end of the first step (warm-up excluded)
             first_done = (time.perf_counter(), it)
         loss_value = float(loss.detach())  # type: ignore[union-attr]
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"iteration {it}: loss is {loss_value}; lower --lr or the loss weights")
+            raise FloatingPointError(f"iteration {it}: loss is {loss_value}; {job.nan_hint}")
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.5g}", refresh=False)
         if log is not None:
             rec = {"it": it, "loss": loss_value, "lr": lr_now, "time": round(elapsed, 3)}
-            rec.update({k: float(v.detach()) for k, v in terms.items()})
+            if len(terms) > 1:
+                rec.update({k: float(v.detach()) for k, v in terms.items()})
             log.write(json.dumps(rec) + "\n")
-        if lead and val_images and (it % args.val_every == 0 or it == args.iterations):
-            v = validate_style(model, val_images, objective, args, device)
+        if job.validate is not None and (it % args.val_every == 0 or it == args.iterations):
+            v = job.validate()
+            now = time.perf_counter()
+            rate = (it - it_last) / max(now - t_last, 1e-9)
+            t_last, it_last = now, it
+            rec = {"it": it, **{f"val_{k}": x for k, x in v.items()}, "it_per_s": round(rate, 4)}
             assert log is not None
-            log.write(json.dumps({"it": it, **{f"val_{k}": x for k, x in v.items()}, "time": round(elapsed, 2)}) + "\n")
+            log.write(json.dumps({**rec, "time": round(elapsed, 2)}) + "\n")
             bar.write(f"iteration {it}: validation " + ", ".join(f"{k} {x:.4g}" for k, x in v.items()))
-            if math.isfinite(v["loss"]) and v["loss"] < best["value"]:
-                best = {"metric": "loss", "value": v["loss"], "iteration": it}
+            if job.better(best, v):
+                best = job.new_best(best, v, it)
                 meta = dict(
                     meta_base,
                     iterations=it,
@@ -1043,7 +943,7 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
             import torch.distributed as dist
 
             flag = torch.tensor([float(over)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every process must stop at the same step
             over = bool(flag.item())
         if lead and (it % args.checkpoint_every == 0 or it == stop or over):
             checkpoint()
@@ -1054,7 +954,7 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
     if log is not None:
         log.close()
     summary = {
-        "task": "style",
+        "task": job.task,
         "iteration": it,
         "elapsed_s": round(elapsed, 2),
         "best": best,
@@ -1062,6 +962,7 @@ def _train_style(args: argparse.Namespace, rank: int, world: int, device: torch.
         "out": str(out),
     }
     if first_done is not None and it > first_done[1]:
+        # Training steps per second in this session, validation and checkpoint time included.
         summary["it_per_s"] = round((it - first_done[1]) / (time.perf_counter() - first_done[0]), 4)
     if lead:
         print(json.dumps(summary))

@@ -245,6 +245,14 @@ def test_cli_style_training_lowers_style_loss_resumes_and_exports(
     assert check["relu2_2"]["ratio"] == pytest.approx(check["relu2_2"]["output"] / check["relu2_2"]["input"])
     styled = stylize(np.asarray(Image.open(data / "im0.png")), out)
     assert styled.shape == (48, 60, 3) and styled.dtype == np.uint8
+    # --init-from the exported style: its weights, a fresh optimiser, provenance kept.
+    ft = tmp_path / "ft"
+    assert main(_flags(data, style, ft, "--iterations", "1", "--lr", "1e-30", "--init-from", str(out))) == 0
+    sf = train.load_checkpoint(ft / "checkpoint.pt")
+    for k, v in sa["model"].items():
+        torch.testing.assert_close(sf["model"][k], v, rtol=0, atol=1e-20)
+    assert all(int(s["step"]) == 1 for s in sf["optimizer"]["state"].values())
+    assert str(out) in read_metadata(ft / "best.safetensors")["initialised_from"]
 
 
 @needs_vgg
