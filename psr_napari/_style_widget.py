@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,26 +180,12 @@ class StylizeWidget(_JobRunner, Container):
     # ------------------------------------------------------------------ actions
 
     def _on_run(self, *_: Any) -> None:
-        from napari.utils import cancelable_progress
-        from napari.utils.notifications import show_error
-
         if self._worker is not None:
             return
-        try:
-            job = self._plan()
-        except (TypeError, ValueError) as exc:
-            self._status.value = str(exc)
-            show_error(f"psr: {exc}")
+        job = self._plan_or_report()
+        if job is None:
             return
-        self._job = job
-        self._cancel_event = threading.Event()
-        self._pbar = cancelable_progress(total=job.steps, desc=f"psr stylize: {job.source_name}")
-        self._progress.max = max(1, job.steps)
-        self._progress.value = 0
-        self._status.value = f"stylising {job.source_name!r}..."
-        self._set_running(True)
-        self._started = time.perf_counter()
-        self._start_worker(job)
+        self._start_worker(job, desc=f"psr stylize: {job.source_name}", status=f"stylising {job.source_name!r}...")
 
     def _added_message(self, layer: Any, job: StylizeJob, seconds: float) -> str:
         return f"added {layer.name!r} in {seconds:.1f} s"

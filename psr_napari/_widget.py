@@ -57,16 +57,38 @@ def _devices() -> list[str]:
 class _JobRunner:
     """Worker-thread plumbing shared by the psr dock widgets (upscale, stylize).
 
-    The widget provides ``_viewer``, ``_status``, ``_progress``, ``_set_running``, ``_update_note``
-    and ``_added_message``, sets ``_job``, ``_cancel_event``, ``_pbar`` and ``_started`` before
-    calling :meth:`_start_worker`, and names its work in ``_VERB`` and ``_MEMORY_HINT``.
+    The widget provides ``_viewer``, ``_status``, ``_progress``, ``_plan``, ``_set_running``,
+    ``_update_note`` and ``_added_message``, and names its work in ``_VERB`` and ``_MEMORY_HINT``;
+    it plans a job with :meth:`_plan_or_report` and runs it with :meth:`_start_worker`.
     """
 
     _VERB = "upscaling"
     _MEMORY_HINT = "not enough memory for this output; try a smaller scale or layer"
 
-    def _start_worker(self, job: Any) -> None:
+    def _plan_or_report(self) -> Any:
+        """The widget's job, or None after telling the user why there is none."""
+        from napari.utils.notifications import show_error
+
+        try:
+            return self._plan()
+        except (TypeError, ValueError) as exc:
+            self._status.value = str(exc)
+            show_error(f"psr: {exc}")
+            return None
+
+    def _start_worker(self, job: Any, *, desc: str, status: str) -> None:
+        """Run ``job`` in a worker thread with napari progress ``desc`` and the status line ``status``."""
         from napari.qt.threading import create_worker
+        from napari.utils import cancelable_progress
+
+        self._job = job
+        self._cancel_event = threading.Event()
+        self._pbar = cancelable_progress(total=job.steps, desc=desc)
+        self._progress.max = max(1, job.steps)
+        self._progress.value = 0
+        self._status.value = status
+        self._set_running(True)
+        self._started = time.perf_counter()
 
         cancel, pbar = self._cancel_event, self._pbar
         report = self._show_progress
@@ -316,16 +338,12 @@ class UpscaleWidget(_JobRunner, Container):
     # ------------------------------------------------------------------ actions
 
     def _on_run(self, *_: Any) -> None:
-        from napari.utils import cancelable_progress
-        from napari.utils.notifications import show_error, show_warning
+        from napari.utils.notifications import show_warning
 
         if self._worker is not None:
             return
-        try:
-            job = self._plan()
-        except (TypeError, ValueError) as exc:
-            self._status.value = str(exc)
-            show_error(f"psr: {exc}")
+        job = self._plan_or_report()
+        if job is None:
             return
         if job.too_large and not self._confirmed_large:
             h, w = job.output_plane
@@ -339,15 +357,11 @@ class UpscaleWidget(_JobRunner, Container):
             self._run.text = "Upscale anyway"
             return
 
-        self._job = job
-        self._cancel_event = threading.Event()
-        self._pbar = cancelable_progress(total=job.steps, desc=f"psr x{job.scale}: {job.source_name}")
-        self._progress.max = max(1, job.steps)
-        self._progress.value = 0
-        self._status.value = f"upscaling {job.source_name!r} x{job.scale} with {self._model.value}..."
-        self._set_running(True)
-        self._started = time.perf_counter()
-        self._start_worker(job)
+        self._start_worker(
+            job,
+            desc=f"psr x{job.scale}: {job.source_name}",
+            status=f"upscaling {job.source_name!r} x{job.scale} with {self._model.value}...",
+        )
 
     def _added_message(self, layer: Any, job: UpscaleJob, seconds: float) -> str:
         h, w = job.output_plane
