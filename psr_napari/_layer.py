@@ -148,6 +148,7 @@ class UpscaleJob:
     device: Any
     source_name: str
     layer_kwargs: dict[str, Any] = field(repr=False)
+    precision: str = "float32"  # network arithmetic, as for psr.upscale
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -216,6 +217,7 @@ class UpscaleJob:
             normalize=self.normalize,
             tile=self.tile,
             device=dev,
+            precision=self.precision,
             progress=progress,
             **kw,
         )
@@ -228,6 +230,7 @@ class UpscaleJob:
             "normalize": None if self.normalize is None else [float(v) for v in self.normalize],
             "tile": self.tile,
             "device": str(dev),
+            "precision": self.precision,
             "source_layer": self.source_name,
             "source_shape": list(self.input_shape),
             "upscaled_axes": [len(self.input_shape) - (3 if self.rgb else 2) + i for i in (0, 1)],
@@ -250,6 +253,7 @@ def plan_upscale(
     normalize: tuple[float, float] | None = (0.1, 99.9),
     tile: int | None = 256,
     device: Any = "auto",
+    precision: str = "float32",
 ) -> UpscaleJob:
     """Check the arguments and capture what :class:`UpscaleJob` needs from ``layer``.
 
@@ -264,6 +268,8 @@ def plan_upscale(
     f = _check_scale(scale)
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 8):
         raise ValueError(f"tile must be None or an integer >= 8, got {tile!r}")
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
     data = layer.data[0] if layer.multiscale else layer.data
     kwargs: dict[str, Any] = upscaled_geometry(layer, f)
     kwargs["name"] = f"{layer.name} x{f}"
@@ -286,6 +292,7 @@ def plan_upscale(
         device=device,
         source_name=layer.name,
         layer_kwargs=kwargs,
+        precision=precision,
     )
 
 
@@ -298,6 +305,7 @@ def upscale_layer(
     normalize: tuple[float, float] | None = (0.1, 99.9),
     tile: int | None = 256,
     device: Any = "auto",
+    precision: str = "float32",
     progress: Callable[[int, int], None] | None = None,
 ) -> napari.layers.Image:
     """Upscale an Image layer into a new layer that overlays it exactly.
@@ -320,6 +328,8 @@ def upscale_layer(
         Tile size in input pixels (``None``: whole planes).
     device : "auto", str or torch.device
         Where the network runs.
+    precision : {"float32", "bfloat16"}
+        The network's arithmetic, as for :func:`psr.upscale` (bfloat16: 3-4x faster, ~-0.001 dB).
     progress : callable, optional
         ``progress(done, total)`` after each tile of each plane; raise from it to cancel.
 
@@ -339,7 +349,14 @@ def upscale_layer(
         (:data:`MAX_DISPLAY_SIZE` pixels on a side).
     """
     job = plan_upscale(
-        layer, scale, model=model, match_histogram=match_histogram, normalize=normalize, tile=tile, device=device
+        layer,
+        scale,
+        model=model,
+        match_histogram=match_histogram,
+        normalize=normalize,
+        tile=tile,
+        device=device,
+        precision=precision,
     )
     if job.too_large:
         h, w = job.output_plane

@@ -205,6 +205,7 @@ class UpscaleWidget(_JobRunner, Container):
         self._histogram = ComboBox(label="match histogram", choices=list(_HISTOGRAM), value="model default")
         self._tile = SpinBox(label="tile size", min=32, max=4096, step=32, value=256)
         self._device = ComboBox(label="device", choices=_devices(), value="auto")
+        self._precision = ComboBox(label="precision", choices=["float32", "bfloat16"], value="float32")
         self._note = Label(label="")
         self._progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self._run = PushButton(text="Upscale")
@@ -219,6 +220,7 @@ class UpscaleWidget(_JobRunner, Container):
                 self._histogram,
                 self._tile,
                 self._device,
+                self._precision,
                 self._note,
                 self._progress,
                 buttons,
@@ -305,6 +307,7 @@ class UpscaleWidget(_JobRunner, Container):
             match_histogram=_HISTOGRAM[self._histogram.value],
             tile=int(self._tile.value),
             device=self._device.value,
+            precision=self._precision.value,
         )
 
     def _update_note(self, *_: Any) -> None:
@@ -331,7 +334,8 @@ class UpscaleWidget(_JobRunner, Container):
         self._note.value = "\n".join(lines)
 
     def _set_running(self, running: bool) -> None:
-        for w in (self._layer, self._scale, self._model, self._histogram, self._tile, self._device, self._run):
+        widgets = (self._layer, self._scale, self._model, self._histogram, self._tile, self._device, self._precision)
+        for w in (*widgets, self._run):
             w.enabled = not running
         self._cancel.enabled = running
 

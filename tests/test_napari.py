@@ -127,6 +127,12 @@ def test_gray_uint16_scale_translate(rng: np.random.Generator, tiny_model: Path)
     assert meta["scale"] == 4 and meta["tile"] == 16 and meta["match_histogram"] is False
     assert meta["source_layer"] == "cells" and meta["upscaled_axes"] == [0, 1]
     assert calls == [(i, 4) for i in range(1, 5)]  # 2 x 2 tiles of 16 px
+    assert meta["precision"] == "float32"
+    # bfloat16 goes through to psr.upscale (same result as calling it directly) and is recorded.
+    fast = upscale_layer(src, 4, model=tiny_model, tile=16, precision="bfloat16")
+    direct = psr.upscale(data, 4, model=tiny_model, channel_axis=None, tile=16, precision="bfloat16")
+    np.testing.assert_array_equal(fast.data, direct)
+    assert fast.metadata["psr"]["precision"] == "bfloat16" and not np.array_equal(fast.data, out.data)
 
 
 @pytest.mark.filterwarnings("ignore:Non-orthogonal slicing")  # napari's display caveat, not ours
@@ -215,6 +221,8 @@ def test_bad_input(rng: np.random.Generator, tiny_model: Path) -> None:
         upscale_layer(img, 2, model=tiny_model)
     with pytest.raises(ValueError, match="device"):
         upscale_layer(img, 2, model="bicubic", device="gpu0")
+    with pytest.raises(ValueError, match="precision"):
+        upscale_layer(img, 2, model="bicubic", precision="half")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             upscale_layer(img, 2, model="bicubic", device="cuda")
