@@ -5,6 +5,8 @@ The extension is compiled on first use with ``torch.utils.cpp_extension.load`` a
 torch's and Python's versions and the CPU, so a source change builds a fresh directory and a
 process never overwrites a library another process has loaded. Later processes load the built
 library directly (``torch.ops.load_library``) without importing ``torch.utils.cpp_extension``.
+After a build, builds of other source versions are pruned: the few most recently used are kept,
+none unused for two weeks (:func:`prune_builds`).
 
 Two processes building at once serialise on an ``fcntl`` lock that the kernel releases if its
 holder dies; a failed build leaves ``failed.txt`` in the build directory so later processes fall
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 NAME = "psr_ops"
+_log = logging.getLogger(__name__)
 ENV_FORCE = "PSR_FORCE_REFERENCE"
 ENV_VERBOSE = "PSR_BUILD_VERBOSE"
 ENV_CUDA = "PSR_BUILD_CUDA"
@@ -180,6 +183,54 @@ def _layout(with_cuda: bool) -> tuple[Path, Path, list[str]]:
     return build_dir, build_dir / f"{NAME}.so", cxx_flags
 
 
+# Builds of other source versions (other checkouts, older releases) are kept while recently used:
+# the newest few, and none unused for longer than this.
+_KEEP_BUILDS = 4
+_KEEP_DAYS = 14.0
+
+
+def _touch(stamp: Path) -> None:
+    """Record a use of a build (its ``ok`` stamp's mtime), for pruning; read-only caches are fine."""
+    with contextlib.suppress(OSError):
+        os.utime(stamp)
+
+
+def prune_builds(current: Path, *, keep: int = _KEEP_BUILDS, max_age_days: float = _KEEP_DAYS) -> list[Path]:
+    """Delete other ``psr_ops_*`` builds beside ``current``: all but the ``keep - 1`` most recently
+    used ones, and any unused for ``max_age_days``. A build another process holds the lock of (it
+    is compiling) is left alone; a process that has a deleted library loaded keeps its mapping.
+    Returns the deleted directories."""
+    root = current.parent
+    others = []
+    for d in root.glob(f"{NAME}_*"):
+        if not d.is_dir() or d.resolve() == current.resolve():
+            continue
+        stamp = d / "ok"
+        with contextlib.suppress(OSError):
+            others.append(((stamp if stamp.is_file() else d).stat().st_mtime, d))
+    others.sort(key=lambda t: t[0], reverse=True)
+    now = time.time()
+    removed = []
+    for i, (used, d) in enumerate(others):
+        if i < keep - 1 and now - used < max_age_days * 86400:
+            continue
+        lock = root / f"{d.name}.lock"
+        try:
+            import fcntl
+
+            with open(lock, "a+") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # being built right now
+                shutil.rmtree(d, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        except (ImportError, OSError):  # pragma: no cover - not POSIX, or a read-only cache
+            continue
+        removed.append(d)
+    return removed
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock between processes, released by the kernel if the holder dies."""
@@ -298,6 +349,7 @@ def _load(build: bool, force: bool, verbose: bool, with_cuda: bool) -> Path:
     if not force and stamp.is_file() and lib.is_file():
         try:
             torch.ops.load_library(str(lib))
+            _touch(stamp)
             return lib
         except OSError:  # a concurrent forced rebuild replaced it: take the slow path
             pass
@@ -323,6 +375,11 @@ def _load(build: bool, force: bool, verbose: bool, with_cuda: bool) -> Path:
             build_dir.mkdir(parents=True, exist_ok=True)
             failed.write_text("".join(traceback.format_exception(exc)))
             raise RuntimeError(f"building the {NAME} extension failed: {exc}; log in {failed}") from exc
+    try:
+        for d in prune_builds(build_dir):
+            _log.info("psr: removed the unused extension build %s", d)
+    except OSError:  # pruning is housekeeping: never fail a build over it
+        pass
     return lib
 
 

@@ -631,3 +631,42 @@ def test_no_warning_when_loaded() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _build.load_extension()
+
+
+def test_prune_builds_keeps_recent_and_locked(tmp_path: Path) -> None:
+    """Old builds of other source versions go; the current, recent and in-progress ones stay."""
+    import fcntl
+    import time
+
+    from psr import _build
+
+    now = time.time()
+
+    def make(name: str, days_ago: float, stamped: bool = True) -> Path:
+        d = tmp_path / f"psr_ops_{name}"
+        d.mkdir()
+        (d / "psr_ops.so").write_bytes(b"x")
+        marker = d / "ok" if stamped else d
+        if stamped:
+            marker.write_text("psr_ops.so\n")
+        os.utime(marker, (now - days_ago * 86400, now - days_ago * 86400))
+        (tmp_path / f"{d.name}.lock").touch()
+        return d
+
+    current = make("cur", 30)  # the current build is never pruned, however old
+    recent = [make(f"r{i}", i + 1) for i in range(4)]  # 1..4 days: the 3 newest are kept
+    stale = make("stale", 20)  # unused for 20 days
+    failed = make("failed", 30, stamped=False)  # a failed build (no ok stamp), old
+    busy = make("busy", 40)  # old, but another process holds its lock (compiling)
+    unrelated = tmp_path / "other_ext_1234"
+    unrelated.mkdir()
+    with open(tmp_path / f"{busy.name}.lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        # flock locks belong to the open file description: a second open in this process conflicts.
+        removed = _build.prune_builds(current)
+    assert sorted(removed) == sorted([recent[3], stale, failed])
+    for d in (current, *recent[:3], busy, unrelated):
+        assert d.is_dir(), d
+    for d in removed:
+        assert not d.exists() and not (tmp_path / f"{d.name}.lock").exists()
+    assert _build.prune_builds(current) == [busy]  # once its lock is free
