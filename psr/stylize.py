@@ -15,6 +15,7 @@ float32), so tiles bound the memory of the stylisation itself, not of that pass.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .api import _canonical, _count_tiles, _intensity, _resolve_device, _restore, _run_tiled
+from .api import _PRECISIONS, _canonical, _count_tiles, _intensity, _resolve_device, _restore, _run_tiled
 from .models import StyleNet
 from .weights import WEIGHTS_DIR, list_models, load_style_model
 
@@ -100,6 +101,7 @@ def stylize(
     tile: int | None = 512,
     tile_overlap: int | None = None,
     device: str | torch.device = "auto",
+    precision: str = "float32",
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """Stylise an image with a feed-forward style network in one pass.
@@ -126,6 +128,9 @@ def stylize(
         Overlap in pixels (rounded up to a multiple of 4); default the network's receptive radius.
     device : "auto", str or torch.device
         "auto": the input tensor's device, else CUDA when available, else the CPU.
+    precision : {"float32", "bfloat16"}
+        Arithmetic of the network: ``"bfloat16"`` runs it (and the whole-image instance-norm
+        statistics) under bf16 autocast with channels-last tensors, as :func:`psr.upscale` does.
     progress : callable, optional
         Called as ``progress(done, total)`` after each tile; raise from it to cancel.
 
@@ -139,7 +144,12 @@ def stylize(
         raise TypeError(f"preserve_color must be a bool, got {type(preserve_color).__name__}")
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 8):
         raise ValueError(f"tile must be None or an integer >= 8, got {tile!r}")
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}")
+    bf16 = _PRECISIONS[precision]
     dev = _resolve_device(device, image)
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    memory_format = torch.channels_last if bf16 else torch.contiguous_format
     net = resolve_style(style, dev)
     if tile_overlap is None:
         tile_overlap = int(getattr(net, "receptive_radius", 64))
@@ -166,13 +176,16 @@ def stylize(
         colour_all = colour_all.to(net_dtype).contiguous()
         stats = None
         if isinstance(net, StyleNet) and _count_tiles(h, w, tile) > 1:
-            stats = net.instance_stats(colour_all) or None
+            with autocast():
+                stats = net.instance_stats(colour_all.contiguous(memory_format=memory_format)) or None
 
         def run(
             y0: int, y1: int, x0: int, x1: int, colour_all: torch.Tensor = colour_all, stats: Any = stats
         ) -> torch.Tensor:
-            x = colour_all[..., y0:y1, x0:x1].contiguous()
-            y = net(x, stats=stats) if isinstance(net, StyleNet) else net(x)
+            x = colour_all[..., y0:y1, x0:x1].contiguous(memory_format=memory_format)
+            with autocast():
+                y = net(x, stats=stats) if isinstance(net, StyleNet) else net(x)
+            y, x = y.contiguous(), x.contiguous()
             if y.shape != x.shape:
                 raise ValueError(f"the style network returned shape {tuple(y.shape)} for input {tuple(x.shape)}")
             y, x = y.float(), x.float()
@@ -259,6 +272,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preserve-color", action="store_true", help="transfer luminance only, keep the input's colours")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels (0: whole image)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--precision", default="float32", choices=("float32", "bfloat16"), help="network arithmetic (as psr upscale)"
+    )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--list", action="store_true", help="list the shipped styles and exit")
     p.add_argument(
@@ -321,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
                 preserve_color=args.preserve_color,
                 tile=args.tile or None,
                 device=dev,
+                precision=args.precision,
             )
             write_image(target, result, info, 1)
             bar.set_postfix_str(str(target))
