@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from psr.data import default_shared_dir
-from psr.models import SRConfig, SRNet
+from psr.models import SRConfig, SRNet, StyleConfig, StyleNet, _InstanceNorm
 from psr.weights import save_weights
 
 SHARED = default_shared_dir()
@@ -47,6 +47,21 @@ def make_tiny_model(path: Path, scale: int = 4, match_histogram: bool = False, s
         torch.nn.init.normal_(model.tail.weight, std=0.05)
     save_weights(path, model, {"name": path.stem, "loss": "pixel", "match_histogram": match_histogram})
     return path
+
+
+def random_style_net(cfg: StyleConfig, seed: int = 0) -> StyleNet:
+    """A StyleNet whose norms have non-trivial affine parameters (and BN statistics), in eval mode."""
+    torch.manual_seed(seed)
+    net = StyleNet(cfg)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (_InstanceNorm, torch.nn.BatchNorm2d)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
 
 
 @pytest.fixture(scope="session")

@@ -19,24 +19,9 @@ from psr.models import StyleConfig, StyleNet, _InstanceNorm
 from psr.stylize import stylize
 from psr.weights import load_style_model, read_metadata, save_weights
 
-from .conftest import make_tiny_model
+from .conftest import make_tiny_model, random_style_net
 
 needs_vgg = pytest.mark.skipif(resolve_vgg_weights() is None, reason="no local VGG-16 weights")
-
-
-def random_style_net(cfg: StyleConfig, seed: int = 0) -> StyleNet:
-    """A StyleNet whose norms have non-trivial affine parameters (and BN statistics)."""
-    torch.manual_seed(seed)
-    net = StyleNet(cfg)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (_InstanceNorm, torch.nn.BatchNorm2d)):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return net.eval()
 
 
 TINY_CFGS = [

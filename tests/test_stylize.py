@@ -15,28 +15,17 @@ import torch
 from PIL import Image
 
 import psr.weights
-from psr.models import StyleConfig, StyleNet, _InstanceNorm
+from psr.models import StyleConfig, StyleNet
 from psr.stylize import Stylizer, stylize
 from psr.weights import save_weights
 
-from .conftest import make_tiny_model
+from .conftest import make_tiny_model, random_style_net
 
 # The package attribute psr.stylize is the function; the module is reached through importlib.
 S = importlib.import_module("psr.stylize")
 
 
-def _net(cfg: StyleConfig, seed: int = 0) -> StyleNet:
-    torch.manual_seed(seed)
-    net = StyleNet(cfg)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (_InstanceNorm, torch.nn.BatchNorm2d)):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return net.eval()
+_net = random_style_net
 
 
 @pytest.fixture(scope="module")
