@@ -29,7 +29,7 @@ FORMAT = "psr-weights-1"
 
 def save_weights(path: str | os.PathLike, model: SRNet | StyleNet, metadata: dict[str, Any]) -> None:
     """Write ``model``'s state dict and ``metadata`` atomically (temp file, fsync, rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     meta = dict(metadata)
     meta["format"] = FORMAT
@@ -44,10 +44,17 @@ def save_weights(path: str | os.PathLike, model: SRNet | StyleNet, metadata: dic
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"psr": json.dumps(meta, sort_keys=True)})
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    data = save(state, metadata={"psr": json.dumps(meta, sort_keys=True)})
+    # Written by us rather than safetensors.save_file, which creates files readable by their owner
+    # only: weights files are meant to be shared, so they get the usual umask-based mode.
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _resolve(name_or_path: str | os.PathLike, task: str = "sr") -> Path:

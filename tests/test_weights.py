@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -25,6 +26,11 @@ def test_round_trip_keeps_outputs_and_metadata(tmp_path: Path) -> None:
     x = torch.rand(1, 3, 9, 7)
     torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=0)
     assert fused.metadata["loss"] == "pixel" and fused.name == "m"
+    # The usual umask-based mode (safetensors.save_file alone would make it owner-only), no temp left.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
 
 def test_shipped_models_listed_with_metadata() -> None:
