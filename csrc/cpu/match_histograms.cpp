@@ -334,6 +334,9 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
 
 }  // namespace
 
+// Planes with at least this many values are split across the threads (see match_planes).
+constexpr int64_t kSplitPlaneAt = int64_t(1) << 18;
+
 template <typename scalar_t, typename Rows>
 void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_n, std::optional<int64_t> bins,
                   scalar_t* out) {
@@ -356,14 +359,16 @@ void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_
       }
     }
   };
-  // Whole planes per thread where there are enough of them: one parallel region in all, whereas
-  // splitting a plane across threads synchronises them about ten times (each radix pass), which
-  // costs dearly when other processes hold the cores. The P % T planes left over (all of them
-  // when P < T, e.g. one gray plane) are then split across the threads one at a time. Small jobs
+  // Small planes: whole planes per thread where there are enough of them (one parallel region in
+  // all, whereas splitting a plane synchronises the threads about ten times, once per radix pass).
+  // Large planes: one at a time, split across the threads. The sort is memory-bound, and T planes
+  // sorted at once need T times the cache: measured on the 2-core CI machine, 3 x 1024^2 planes
+  // took 60-71 ms two-at-a-time against about 47 ms one-at-a-time split (benchmarks/RESULTS.md).
+  // The P % T planes left over (all of them when P < T) are split one at a time too. Small jobs
   // stay on the calling thread: waking the pool costs more than they do.
   const int64_t T = at::get_num_threads();
   const bool parallel = T > 1 && P * n >= 32768 && !at::in_parallel_region();
-  const int64_t whole = parallel ? P - P % T : 0;
+  const int64_t whole = parallel && n < kSplitPlaneAt ? P - P % T : 0;
   if (whole > 0) {
     at::parallel_for(0, whole, 1, do_planes);
   }
