@@ -7,7 +7,8 @@
 #
 # The machine gets only this repository: first run benchmarks/prepare_gpu_shared.sh here, which
 # copies the VGG-16 weights, Set5, the styles and a part of the training images into .gpu_shared/
-# (git-ignored), and carry that folder:
+# (git-ignored; about 39 MB, so that with the ~24 MB tree it stays under the 64 MiB a call carries), and
+# carry that folder:
 #
 #     device run, carry [".gpu_shared"]:  PSR_SHARED=.gpu_shared bash benchmarks/gpu_check.sh
 #
@@ -166,14 +167,14 @@ if want train; then
     --init-from x4-pixel --scale 4 --loss perceptual --degradation bicubic --patch $PATCH --batch-size 4 \
     --iterations 200000 --lr 1e-4 --warmup 100 --max-minutes "$TRAIN_MINUTES" --val-every 500 \
     --checkpoint-every 500 --workers 6 --quiet --out "$runs/x4-perceptual" --name x4-perceptual
-  step export_sr 90 export_sr.log $PY -m psr.train export "$runs/x4-perceptual" --device "$DEV" \
+  step export_sr 150 export_sr.log $PY -m psr.train export "$runs/x4-perceptual" --device "$DEV" \
     -o "$OUT/weights/x4-perceptual-gpu.safetensors" --name x4-perceptual
   grep -E '"(iterations|val_relu2_2|set5_psnr|set5_relu2_2|wall_time_s)"' "$OUT/export_sr.log" | tee -a "$summary"
   step train_style $(( ${TRAIN_MINUTES%.*} * 60 + 90 )) train_style.log $PY -m psr.train --device "$DEV" \
     --task style --style "$SHARED/data/styles/starry_night.jpg" --name starry_night --image-size $IMG \
     --style-size 512 --style-weight 3e-5 --batch-size 4 --iterations 200000 --max-minutes "$TRAIN_MINUTES" \
     --val-every 500 --checkpoint-every 500 --workers 6 --quiet --out "$runs/starry_night"
-  step export_style 60 export_style.log $PY -m psr.train export "$runs/starry_night" --which last \
+  step export_style 120 export_style.log $PY -m psr.train export "$runs/starry_night" --which last \
     --device "$DEV" -o "$OUT/weights/starry_night-gpu.safetensors"
   grep -E '"(iterations|all_lower|ratio)"' "$OUT/export_style.log" | tee -a "$summary"
   rm -rf "$runs"   # checkpoints hold optimiser state: only the exported weights come back

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Copy what benchmarks/gpu_check.sh needs from ../shared into .gpu_shared/ (git-ignored), because a
 # lent GPU machine gets only this repository: the Caffe VGG-16 (30 MB), Set5, the styles and as many
-# training images as fit a 10 MB budget (the device tool carries at most 64 MiB in all). Then:
+# training images as fit a 6 MB budget (the device tool carries at most 64 MiB in all). Then:
 #
 #     device run, carry [".gpu_shared"]:  PSR_SHARED=.gpu_shared bash benchmarks/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=${PSR_SHARED:-../shared}
 DST=.gpu_shared
-BUDGET=${TRAIN_BUDGET_BYTES:-10000000}
+BUDGET=${TRAIN_BUDGET_BYTES:-6000000}
 rm -rf "$DST"
 mkdir -p "$DST/weights" "$DST/data/train"
 cp "$SRC/weights/vgg16_caffe_relu4_3.safetensors" "$SRC/weights/README.md" "$DST/weights/"
