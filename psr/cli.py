@@ -232,11 +232,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not models:
         print("no shipped models")
     for name, meta in models.items():
-        s5 = meta.get("set5") or {}
-        score = f"Set5 {s5['psnr']:.2f} dB / {s5['ssim']:.4f}" if "psnr" in s5 else ""
+        score = ""
+        if "set5_psnr" in meta:
+            score = f"Set5 x{meta.get('scale')} {meta['set5_psnr']:.2f} dB / {meta.get('set5_ssim', float('nan')):.4f}"
+            if "set5_relu2_2" in meta:
+                score += f" / relu2_2 {meta['set5_relu2_2']:.0f}"
         print(
             f"{name:16s} x{meta.get('scale')}  loss={meta.get('loss')}  degradation={meta.get('degradation')}  {score}"
         )
+    styles = list_models(task="style")
+    if styles:
+        print(f"styles: {', '.join(styles)} (psr stylize --list)")
     return 0
 
 

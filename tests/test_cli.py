@@ -85,6 +85,14 @@ def test_sample_job_writes_before_after(tmp_path: Path, tiny_model: Path, capsys
 
 
 def test_models_listing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    for name, meta in psr.list_models().items():
+        line = next(ln for ln in text.splitlines() if ln.startswith(name))
+        if "set5_psnr" in meta:  # the score recorded at export, as printed
+            assert f"{meta['set5_psnr']:.2f} dB / {meta['set5_ssim']:.4f}" in line, line
+    if psr.list_models(task="style"):
+        assert "styles: " in text
     assert main(["models", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert set(listed) == set(psr.list_models())
