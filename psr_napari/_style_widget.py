@@ -9,7 +9,6 @@ notifications.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +18,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSlider,
-    Label,
-    ProgressBar,
-    PushButton,
     SpinBox,
 )
 
@@ -69,45 +65,11 @@ class StylizeWidget(_JobRunner, Container):
         self._preserve = CheckBox(text="preserve colours (luminance only)", value=False)
         self._tile = SpinBox(label="tile size", min=64, max=4096, step=64, value=512)
         self._device = ComboBox(label="device", choices=_devices(), value="auto")
-        self._note = Label(label="")
-        self._progress = ProgressBar(label="progress", min=0, max=1, value=0)
-        self._run = PushButton(text="Stylize")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._status = Label(label="", value="")
-        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
-        super().__init__(
-            widgets=[
-                self._layer,
-                self._style,
-                self._file,
-                self._strength,
-                self._preserve,
-                self._tile,
-                self._device,
-                self._note,
-                self._progress,
-                buttons,
-                self._status,
-            ]
-        )
-        for lab in (self._note, self._status):
-            if hasattr(lab.native, "setWordWrap"):
-                lab.native.setWordWrap(True)
-        self._worker: Any = None
-        self._job: StylizeJob | None = None
-        self._pbar: Any = None
-        self._cancel_event = threading.Event()
-        self._started = 0.0
+        inputs = (self._layer, self._style, self._file, self._strength, self._preserve, self._tile, self._device)
+        self._assemble(inputs, "Stylize")
         self._select_active_layer()
         for w in (self._layer, self._style, self._file, self._tile):
             w.changed.connect(self._update_note)
-        layer_events = self._viewer.layers.events
-        for name in ("inserted", "removed", "reordered", "renamed"):
-            emitter = getattr(layer_events, name, None)
-            if emitter is not None:
-                emitter.connect(self.reset_choices)
-        self._run.changed.connect(self._on_run)
-        self._cancel.changed.connect(self._on_cancel)
         self._update_note()
 
     # ------------------------------------------------------------------ choices
@@ -170,12 +132,6 @@ class StylizeWidget(_JobRunner, Container):
             return
         h, w = job.plane
         self._note.value = f"output: {h} x {w} px" + (f", {job.planes} planes" if job.planes > 1 else "")
-
-    def _set_running(self, running: bool) -> None:
-        widgets = (self._layer, self._style, self._file, self._strength, self._preserve, self._tile, self._device)
-        for w in (*widgets, self._run):
-            w.enabled = not running
-        self._cancel.enabled = running
 
     # ------------------------------------------------------------------ actions
 

@@ -57,13 +57,48 @@ def _devices() -> list[str]:
 class _JobRunner:
     """Worker-thread plumbing shared by the psr dock widgets (upscale, stylize).
 
-    The widget provides ``_viewer``, ``_status``, ``_progress``, ``_plan``, ``_set_running``,
-    ``_update_note`` and ``_added_message``, and names its work in ``_VERB`` and ``_MEMORY_HINT``;
-    it plans a job with :meth:`_plan_or_report` and runs it with :meth:`_start_worker`.
+    The widget (a magicgui ``Container`` after this class in its bases) provides ``_viewer``,
+    ``_plan``, ``_update_note`` and ``_added_message``, builds itself with :meth:`_assemble`, and
+    names its work in ``_VERB`` and ``_MEMORY_HINT``; it plans a job with :meth:`_plan_or_report`
+    and runs it with :meth:`_start_worker`.
     """
 
     _VERB = "upscaling"
     _MEMORY_HINT = "not enough memory for this output; try a smaller scale or layer"
+
+    def _assemble(self, inputs: tuple[Any, ...], run_text: str) -> None:
+        """Lay out ``inputs`` above the note, progress bar, run/cancel buttons and status line, and
+        connect the buttons and the viewer's layer events."""
+        self._inputs = inputs
+        self._note = Label(label="")
+        self._progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self._run = PushButton(text=run_text)
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._status = Label(label="", value="")
+        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
+        super().__init__(widgets=[*inputs, self._note, self._progress, buttons, self._status])  # type: ignore[call-arg]
+        for lab in (self._note, self._status):
+            if hasattr(lab.native, "setWordWrap"):
+                lab.native.setWordWrap(True)
+        self._worker: Any = None
+        self._job: Any = None
+        self._pbar: Any = None
+        self._cancel_event = threading.Event()
+        self._started = 0.0
+        # napari also connects these when it docks the widget; connecting here keeps the layer
+        # list current on a bare ViewerModel too (napari holds bound methods weakly).
+        layer_events = self._viewer.layers.events
+        for name in ("inserted", "removed", "reordered", "renamed"):
+            emitter = getattr(layer_events, name, None)
+            if emitter is not None:
+                emitter.connect(self.reset_choices)
+        self._run.changed.connect(self._on_run)
+        self._cancel.changed.connect(self._on_cancel)
+
+    def _set_running(self, running: bool) -> None:
+        for w in (*self._inputs, self._run):
+            w.enabled = not running
+        self._cancel.enabled = running
 
     def _plan_or_report(self) -> Any:
         """The widget's job, or None after telling the user why there is none."""
@@ -206,52 +241,15 @@ class UpscaleWidget(_JobRunner, Container):
         self._tile = SpinBox(label="tile size", min=32, max=4096, step=32, value=256)
         self._device = ComboBox(label="device", choices=_devices(), value="auto")
         self._precision = ComboBox(label="precision", choices=["float32", "bfloat16"], value="float32")
-        self._note = Label(label="")
-        self._progress = ProgressBar(label="progress", min=0, max=1, value=0)
-        self._run = PushButton(text="Upscale")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._status = Label(label="", value="")
-        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
-        super().__init__(
-            widgets=[
-                self._layer,
-                self._scale,
-                self._model,
-                self._histogram,
-                self._tile,
-                self._device,
-                self._precision,
-                self._note,
-                self._progress,
-                buttons,
-                self._status,
-            ]
-        )
-        for lab in (self._note, self._status):
-            if hasattr(lab.native, "setWordWrap"):
-                lab.native.setWordWrap(True)
-
-        self._worker: Any = None
-        self._job: UpscaleJob | None = None
-        self._pbar: Any = None
-        self._cancel_event = threading.Event()
+        inputs = (self._layer, self._scale, self._model, self._histogram, self._tile, self._device, self._precision)
+        self._assemble(inputs, "Upscale")
         self._confirmed_large = False  # the user clicked once past the too-large warning
-        self._started = 0.0
 
         self._default_model()
         self._select_active_layer()
         self._scale.changed.connect(self._on_scale)
         for w in (self._layer, self._model, self._tile):
             w.changed.connect(self._update_note)
-        # napari also connects these when it docks the widget; connecting here keeps the layer
-        # list current on a bare ViewerModel too (napari holds bound methods weakly).
-        layer_events = self._viewer.layers.events
-        for name in ("inserted", "removed", "reordered", "renamed"):
-            emitter = getattr(layer_events, name, None)
-            if emitter is not None:
-                emitter.connect(self.reset_choices)
-        self._run.changed.connect(self._on_run)
-        self._cancel.changed.connect(self._on_cancel)
         self._update_note()
 
     # ------------------------------------------------------------------ choices
@@ -332,12 +330,6 @@ class UpscaleWidget(_JobRunner, Container):
         if is_perceptual(model, self._models.get(model)):
             lines.append(f"{model} invents plausible detail: look, but do not measure on it.")
         self._note.value = "\n".join(lines)
-
-    def _set_running(self, running: bool) -> None:
-        widgets = (self._layer, self._scale, self._model, self._histogram, self._tile, self._device, self._precision)
-        for w in (*widgets, self._run):
-            w.enabled = not running
-        self._cancel.enabled = running
 
     # ------------------------------------------------------------------ actions
 
