@@ -971,6 +971,20 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
     return summary
 
 
+def _checkpoint_meta(st: dict, targs: dict[str, Any]) -> dict[str, Any]:
+    """Metadata both tasks take from a last checkpoint and its training arguments."""
+    meta = {
+        "batch_size": targs.get("batch_size"),
+        "lr": targs.get("lr"),
+        "seed": targs.get("seed"),
+        "iterations": int(st["iteration"]),
+        "wall_time_s": round(float(st.get("elapsed", 0.0)), 1),
+    }
+    if targs.get("init_from"):
+        meta["initialised_from"] = f"{targs['init_from']}; fresh optimiser state"
+    return meta
+
+
 def _run_task(run_dir: Path) -> str:
     from .weights import read_metadata
 
@@ -1064,14 +1078,8 @@ def _export_style(args: argparse.Namespace) -> dict:
             "tv_weight": targs.get("tv_weight"),
             "image_size": targs.get("image_size"),
             "training_data": str(targs.get("data")),
-            "batch_size": targs.get("batch_size"),
-            "lr": targs.get("lr"),
-            "seed": targs.get("seed"),
-            "iterations": int(st["iteration"]),
-            "wall_time_s": round(float(st.get("elapsed", 0.0)), 1),
+            **_checkpoint_meta(st, targs),
         }
-        if targs.get("init_from"):
-            meta["initialised_from"] = f"{targs['init_from']}; fresh optimiser state"
     style_path = Path(getattr(args, "style", None) or targs.get("style") or "")
     if not style_path.is_file():
         raise FileNotFoundError(f"style image {str(style_path)!r} not found; pass --style IMAGE")
@@ -1153,14 +1161,8 @@ def _load_run(run_dir: Path, which: str) -> tuple[SRNet, dict, dict]:
         "degradation": targs.get("degradation"),
         "training_data": str(targs.get("data")),
         "patch": targs.get("patch"),
-        "batch_size": targs.get("batch_size"),
-        "lr": targs.get("lr"),
-        "seed": targs.get("seed"),
-        "iterations": int(st["iteration"]),
-        "wall_time_s": round(float(st.get("elapsed", 0.0)), 1),
+        **_checkpoint_meta(st, targs),
     }
-    if targs.get("init_from"):
-        meta["initialised_from"] = f"{targs['init_from']}; fresh optimiser state"
     return model, meta, targs
 
 
