@@ -285,6 +285,13 @@ def _tiles(n: int, tile: int) -> list[tuple[int, int]]:
 _PRECISIONS = {"float32": False, "bfloat16": True, "bf16": True}
 
 
+def _check_precision(precision: str) -> bool:
+    """Whether ``precision`` asks for bf16 autocast; ValueError for an unknown one."""
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}")
+    return _PRECISIONS[precision]
+
+
 def _forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     # psr's own networks skip their final clamp: the caller clips after mapping intensities back.
     if isinstance(net, (SRNet, _Bicubic)):
@@ -425,9 +432,7 @@ def upscale(
     scale = int(scale)
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 8):
         raise ValueError(f"tile must be None or an integer >= 8, got {tile!r}")
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}")
-    bf16 = _PRECISIONS[precision]
+    bf16 = _check_precision(precision)
     dev = _resolve_device(device, image)
     net = resolve_model(model, scale, dev)
     if tile_overlap is None:

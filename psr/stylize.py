@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .api import _PRECISIONS, _canonical, _count_tiles, _intensity, _resolve_device, _restore, _run_tiled
+from .api import _canonical, _check_precision, _count_tiles, _intensity, _resolve_device, _restore, _run_tiled
 from .models import StyleNet
 from .weights import WEIGHTS_DIR, list_models, load_style_model
 
@@ -144,9 +144,7 @@ def stylize(
         raise TypeError(f"preserve_color must be a bool, got {type(preserve_color).__name__}")
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 8):
         raise ValueError(f"tile must be None or an integer >= 8, got {tile!r}")
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}")
-    bf16 = _PRECISIONS[precision]
+    bf16 = _check_precision(precision)
     dev = _resolve_device(device, image)
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     memory_format = torch.channels_last if bf16 else torch.contiguous_format
