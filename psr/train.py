@@ -642,7 +642,7 @@ class _Job:
     desc: str  # progress-bar label
 
 
-def _seeded_model(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def _on_device(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     net = net.to(device)
     return net.to(memory_format=torch.channels_last) if device.type == "cuda" else net
 
@@ -660,7 +660,7 @@ def _sr_job(args: argparse.Namespace, lead: bool, world: int, device: torch.devi
     torch.manual_seed(args.seed)  # the initial weights are a function of --seed
     random.seed(args.seed)
     cfg = _model_config(args)
-    model = _seeded_model(SRNet(cfg), device)
+    model = _on_device(SRNet(cfg), device)
 
     from .losses import PerceptualLoss, TVLoss
 
@@ -730,7 +730,7 @@ def _style_job(args: argparse.Namespace, lead: bool, world: int, device: torch.d
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     cfg = _style_config(args)
-    model = _seeded_model(StyleNet(cfg), device)
+    model = _on_device(StyleNet(cfg), device)
     objective = StyleObjective(style_image, args.vgg_weights).to(device)
     if cuda:
         objective = objective.to(memory_format=torch.channels_last)
