@@ -1,0 +1,136 @@
+"""The benchmark scripts run (tiny settings, no meaningful timings) and their bookkeeping is right.
+
+Timings themselves are never asserted here; benchmarks/RESULTS.md holds them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_ops  # noqa: E402
+
+
+def _run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def test_bench_ops_quick(tmp_path: Path) -> None:
+    js, md = tmp_path / "ops.json", tmp_path / "ops.md"
+    _run("bench_ops.py", "--quick", "--sizes", "9", "--scales", "2", "3", "--json", str(js), "--markdown", str(md))
+    rows = json.loads(js.read_text())["rows"]
+    assert [(r["channels"], r["scale"]) for r in rows] == [(1, 2), (1, 3), (3, 2), (3, 3)]
+    for r in rows:
+        # The fused op was checked against skimage before timing, and the pair ratios bracket the median.
+        assert r["max_abs_diff_vs_skimage"] < 1e-5
+        assert r["b_over_exact_min"] <= r["b_over_exact"] <= r["b_over_exact_max"]
+        assert r["b_over_exact_best"] > 0
+        assert r["b_over_exact"] > 0 and r["fused_exact_ms"] > 0
+    table = md.read_text()
+    assert "(b)/exact" in table and "smoke run, not a measurement" in table
+
+
+def test_paired_ms_alternates() -> None:
+    calls: list[str] = []
+    f_ms, g_ms = bench_ops.paired_ms(lambda: calls.append("f"), lambda: calls.append("g"), 3)
+    assert calls == ["f", "g"] * 4  # one warm-up pair, then three timed pairs in turn
+    assert len(f_ms) == len(g_ms) == 3
+
+
+def _row(c: int, size: int, scale: int, ratio: float) -> dict:
+    return {
+        "channels": c,
+        "size": size,
+        "scale": scale,
+        "b_over_exact": ratio,
+        "b_over_exact_min": ratio - 1,
+        "b_over_exact_max": ratio + 1,
+        "b_over_exact_best": ratio + 0.5,
+    }
+
+
+def test_cpu_goal_line() -> None:
+    rows = [_row(1, 256, 4, 9.0), _row(3, 256, 4, 5.5), _row(3, 512, 4, 1.0)]
+    (line,) = bench_ops.goals(rows, "cpu")
+    assert "5.5x" in line and "PASS" in line and "4.5x to 6.5x" in line and "best times 6.0x" in line
+    (line,) = bench_ops.goals([_row(3, 256, 4, 4.9)], "cpu")
+    assert "FAIL" in line
+    assert bench_ops.goals([_row(3, 512, 4, 9.0)], "cpu") == []
+
+
+def test_gpu_goal_lines() -> None:
+    base = {"channels": 3, "size": 1024, "scale": 4, "floor_ms": 1.0, "fused_binned_ms": 1.5}
+    rows = [
+        {**base, "out_mb": 201.3, "binned_over_floor": 1.5, "a_over_binned": 30.0},
+        {**base, "out_mb": 50.3, "binned_over_floor": 9.0, "a_over_binned": 1.0},  # under 100 MB: no goal
+        {**base, "out_mb": 805.3, "binned_over_floor": 2.5, "a_over_binned": 20.0},
+    ]
+    lines = bench_ops.goals(rows, "cuda")
+    assert len(lines) == 2
+    assert lines[0].count("PASS") == 2
+    assert lines[1].count("FAIL") == 2
+
+
+def test_update_results_replaces_only_its_device(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    path.write_text(
+        "# Benchmark results\n\n## Other\n\nkeep me\n\n"
+        f"{bench_ops.SECTION}\n\nintro stays\n\n### CPU: old\n\nold cpu table\n\n### CUDA: H100\n\ngpu table\n\n"
+        "## Later section\n\nkeep me too\n"
+    )
+    bench_ops.update_results(path, "### CPU: old\n\nnew cpu table\n")
+    text = path.read_text()
+    assert "new cpu table" in text and "old cpu table" not in text
+    assert "gpu table" in text and "intro stays" in text and "keep me\n" in text and "keep me too" in text
+    assert text.index("### CPU: old") < text.index("### CUDA: H100") < text.index("## Later section")
+    # A device seen for the first time is added at the end of the section, before the next one.
+    bench_ops.update_results(path, "### CUDA: H200\n\nh200 table\n")
+    text = path.read_text()
+    assert text.index("gpu table") < text.index("h200 table") < text.index("## Later section")
+    # No section yet: one is appended.
+    fresh = tmp_path / "fresh.md"
+    bench_ops.update_results(fresh, "### CPU: x\n\nt\n")
+    assert bench_ops.SECTION in fresh.read_text() and "\nt\n" in fresh.read_text()
+
+
+def test_bench_upscale_runs(tmp_path: Path) -> None:
+    js = tmp_path / "up.json"
+    _run("bench_upscale.py", "--size", "24", "--repeats", "1", "--json", str(js))
+    assert json.loads(js.read_text())
+
+
+def test_bench_stylize_quick(tmp_path: Path) -> None:
+    js = tmp_path / "st.json"
+    _run("bench_stylize.py", "--quick", "--json", str(js))
+    assert json.loads(js.read_text())
+
+
+def test_bench_train_runs(tmp_path: Path, shared_dir: Path) -> None:
+    js = tmp_path / "train.json"
+    _run(
+        "bench_train.py",
+        "--device",
+        "cpu",
+        "--iterations",
+        "1",
+        "--rows",
+        "pixel",
+        "--shared",
+        str(shared_dir),
+        "--json",
+        str(js),
+    )
+    (row,) = json.loads(js.read_text())["rows"]
+    assert row["row"] == "pixel" and row["it_per_s"] > 0
