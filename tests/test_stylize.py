@@ -25,18 +25,15 @@ from .conftest import make_tiny_model, random_style_net
 S = importlib.import_module("psr.stylize")
 
 
-_net = random_style_net
-
-
 @pytest.fixture(scope="module")
 def net() -> StyleNet:
-    return _net(StyleConfig(channels=4, num_blocks=2))
+    return random_style_net(StyleConfig(channels=4, num_blocks=2))
 
 
 @pytest.fixture(scope="module")
 def style_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("styles") / "tiny_style.safetensors"
-    save_weights(path, _net(StyleConfig(channels=4, num_blocks=1), seed=3), {"name": "tiny_style"})
+    save_weights(path, random_style_net(StyleConfig(channels=4, num_blocks=1), seed=3), {"name": "tiny_style"})
     return path
 
 
@@ -140,7 +137,7 @@ def test_preserve_color_keeps_chroma_and_takes_luma(net: StyleNet, rng: np.rando
 
 @pytest.mark.parametrize("cfg", [StyleConfig(channels=4, num_blocks=2), StyleConfig(channels=4, norm="batch")])
 def test_tiles_equal_the_whole_image(cfg: StyleConfig, rng: np.random.Generator) -> None:
-    model = _net(cfg, seed=5)
+    model = random_style_net(cfg, seed=5)
     x = rng.random((101, 83, 3)).astype(np.float32)
     whole = stylize(x, model, normalize=None, tile=None)
     calls: list[tuple[int, int]] = []
@@ -164,7 +161,7 @@ def test_tiles_equal_the_whole_image(cfg: StyleConfig, rng: np.random.Generator)
 
 def test_bfloat16_precision(rng: np.random.Generator) -> None:
     """bf16 autocast: the float32 network's output within bf16 rounding, tiles included."""
-    model = _net(StyleConfig(channels=4, num_blocks=2), seed=5)
+    model = random_style_net(StyleConfig(channels=4, num_blocks=2), seed=5)
     x = rng.random((101, 83, 3)).astype(np.float32)
     want = ref(model, x)
     outs = []
