@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -136,3 +139,17 @@ def test_bench_train_runs(tmp_path: Path, shared_dir: Path) -> None:
     )
     (row,) = json.loads(js.read_text())["rows"]
     assert row["row"] == "pixel" and row["it_per_s"] > 0
+
+
+def test_scatter_prefetch_compiles_and_agrees(tmp_path: Path) -> None:
+    """The C++ prefetch microbenchmark builds and every prefetch distance writes the same result."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / "scatter_prefetch"
+    src = ROOT / "benchmarks" / "scatter_prefetch.cpp"
+    subprocess.run([cxx, "-O2", "-o", str(exe), str(src)], check=True, capture_output=True, timeout=300)
+    done = subprocess.run([str(exe), "5000", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "results identical across distances: yes" in done.stdout
+    assert subprocess.run([str(exe), "10"], capture_output=True, timeout=60).returncode == 2  # n too small
