@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -47,11 +48,32 @@ struct Pair<double> {
   static uint32_t index(const type& e) { return static_cast<uint32_t>(e.i); }
 };
 
-// Work blocks for one plane: all threads unless already inside a parallel region (then the caller
-// parallelises over planes and each plane runs single-threaded).
-int64_t num_blocks(int64_t n, int64_t per_block = 65536) {
-  if (at::in_parallel_region()) return 1;
-  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / per_block));
+// Work blocks for one plane: per_thread blocks for each thread, of at least per_block values, or one
+// block with one thread or inside a parallel region (then the caller parallelises over planes and
+// each plane runs single-threaded).
+int64_t num_blocks(int64_t n, int64_t per_block = 65536, int64_t per_thread = 1) {
+  const int64_t T = at::get_num_threads();
+  if (at::in_parallel_region() || T == 1) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(T * per_thread, n / per_block));
+}
+
+// Blocks per thread in the radix passes and the walk. More blocks than threads, claimed as threads
+// come free: on a shared host one thread often runs late, and with one block per thread the other
+// then waits at every pass's end (libgomp's barrier took about 15% of the op in a profile).
+constexpr int64_t kBlocksPerThread = 4;
+
+// body(blk) for blk in [0, nb): on the calling thread when nb == 1, else on the pool with each
+// thread claiming the next unclaimed block when it finishes one.
+template <typename Body>
+void for_blocks(int64_t nb, const Body& body) {
+  if (nb == 1) {
+    body(0);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(nb, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    for (int64_t blk = next.fetch_add(1); blk < nb; blk = next.fetch_add(1)) body(blk);
+  });
 }
 
 struct FreeDeleter {
@@ -108,7 +130,7 @@ E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of, std::optional<uint64_t> known
     std::stable_sort(a, a + n, [&](const E& l, const E& r) { return key_of(l) < key_of(r); });
     return a;
   }
-  const int64_t nb = num_blocks(n);
+  const int64_t nb = num_blocks(n, 65536, kBlocksPerThread);
   const int64_t chunk = (n + nb - 1) / nb;
   uint64_t diff = 0;
   if (known_diff.has_value()) {
@@ -116,13 +138,11 @@ E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of, std::optional<uint64_t> known
   } else {
     const uint64_t first = key_of(a[0]);
     std::vector<uint64_t> diffs(static_cast<size_t>(nb), 0);
-    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        uint64_t d = 0;
-        const int64_t end = std::min(n, (blk + 1) * chunk);
-        for (int64_t i = blk * chunk; i < end; ++i) d |= static_cast<uint64_t>(key_of(a[i])) ^ first;
-        diffs[blk] = d;
-      }
+    for_blocks(nb, [&](int64_t blk) {
+      uint64_t d = 0;
+      const int64_t end = std::min(n, (blk + 1) * chunk);
+      for (int64_t i = blk * chunk; i < end; ++i) d |= static_cast<uint64_t>(key_of(a[i])) ^ first;
+      diffs[blk] = d;
     });
     for (uint64_t d : diffs) diff |= d;
   }
@@ -158,13 +178,11 @@ E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of, std::optional<uint64_t> known
   std::vector<int64_t> offs(static_cast<size_t>(nb * nbuckets));
   for (int p = 0; p < passes; ++p) {
     const int shift = lo + p * width;
-    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        int64_t* c = &offs[blk * nbuckets];
-        std::fill(c, c + nbuckets, 0);
-        const int64_t end = std::min(n, (blk + 1) * chunk);
-        for (int64_t i = blk * chunk; i < end; ++i) ++c[(static_cast<uint64_t>(key_of(a[i])) >> shift) & mask];
-      }
+    for_blocks(nb, [&](int64_t blk) {
+      int64_t* c = &offs[blk * nbuckets];
+      std::fill(c, c + nbuckets, 0);
+      const int64_t end = std::min(n, (blk + 1) * chunk);
+      for (int64_t i = blk * chunk; i < end; ++i) ++c[(static_cast<uint64_t>(key_of(a[i])) >> shift) & mask];
     });
     int64_t run = 0;
     for (int64_t d = 0; d < nbuckets; ++d) {
@@ -174,11 +192,9 @@ E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of, std::optional<uint64_t> known
         run += c;
       }
     }
-    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        scatter_pass(a, b, blk * chunk, std::min(n, (blk + 1) * chunk), &offs[blk * nbuckets],
-                     [&](const E& e) { return (static_cast<uint64_t>(key_of(e)) >> shift) & mask; });
-      }
+    for_blocks(nb, [&](int64_t blk) {
+      scatter_pass(a, b, blk * chunk, std::min(n, (blk + 1) * chunk), &offs[blk * nbuckets],
+                   [&](const E& e) { return (static_cast<uint64_t>(key_of(e)) >> shift) & mask; });
     });
     std::swap(a, b);
   }
@@ -254,29 +270,27 @@ void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar
   scalar_t* __restrict__ o = out;
   // Each block handles the tie groups that start inside it (and runs past its end to finish the
   // last one); groups are found by comparing neighbouring keys.
-  const int64_t nb = num_blocks(n);
+  const int64_t nb = num_blocks(n, 65536, kBlocksPerThread);
   const int64_t chunk = (n + nb - 1) / nb;
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      int64_t i = blk * chunk;
-      const int64_t end = std::min(n, i + chunk);
-      while (i > 0 && i < end && PT::key(s[i]) == PT::key(s[i - 1])) ++i;
-      if (i >= end) continue;
-      // Interval of xp holding the current quantile: found once, then advanced (q only grows).
-      int64_t j = search_right(xp, m, static_cast<double>(i + 1) / static_cast<double>(n));
-      while (i < end) {
-        const uint64_t k = PT::key(s[i]);
-        int64_t e = i + 1;
-        while (e < n && PT::key(s[e]) == k) ++e;
-        const double q = static_cast<double>(e) / static_cast<double>(n);
-        while (j + 1 < m && xp[j + 1] <= q) ++j;
-        const scalar_t v = static_cast<scalar_t>(m == 1 ? fp[0] : interp_at(q, xp, fp, m, j, slope));
-        for (int64_t t = i; t < e; ++t) {
-          if (t + kPrefetchAhead < n) prefetch_for_write(&o[PT::index(s[t + kPrefetchAhead])]);
-          o[PT::index(s[t])] = v;
-        }
-        i = e;
+  for_blocks(nb, [&](int64_t blk) {
+    int64_t i = blk * chunk;
+    const int64_t end = std::min(n, i + chunk);
+    while (i > 0 && i < end && PT::key(s[i]) == PT::key(s[i - 1])) ++i;
+    if (i >= end) return;
+    // Interval of xp holding the current quantile: found once, then advanced (q only grows).
+    int64_t j = search_right(xp, m, static_cast<double>(i + 1) / static_cast<double>(n));
+    while (i < end) {
+      const uint64_t k = PT::key(s[i]);
+      int64_t e = i + 1;
+      while (e < n && PT::key(s[e]) == k) ++e;
+      const double q = static_cast<double>(e) / static_cast<double>(n);
+      while (j + 1 < m && xp[j + 1] <= q) ++j;
+      const scalar_t v = static_cast<scalar_t>(m == 1 ? fp[0] : interp_at(q, xp, fp, m, j, slope));
+      for (int64_t t = i; t < e; ++t) {
+        if (t + kPrefetchAhead < n) prefetch_for_write(&o[PT::index(s[t + kPrefetchAhead])]);
+        o[PT::index(s[t])] = v;
       }
+      i = e;
     }
   });
 }
