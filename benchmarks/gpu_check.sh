@@ -13,12 +13,14 @@
 #     device run, carry [".gpu_shared"]:  PSR_SHARED=.gpu_shared bash benchmarks/gpu_check.sh
 #
 # Steps and time plan (the device budget is 15 minutes in all, machine start included; one
-# command at most 10). The script stops starting steps at PSR_GPU_DEADLINE seconds (default 540)
+# command at most 10). The script stops starting steps at PSR_GPU_DEADLINE seconds (default 560)
 # and cuts each step's limit to what is left, so it returns inside one call:
 #   0. environment report                               ~5 s
 #   1. build the extension, CPU + CUDA kernels (sm_90)  ~2-3 min on 16 cores (limit 420 s)
 #   2. CUDA tests against the references                ~1 min (limit 240 s)
-#   3. ops benchmark, fused vs (a), floors              ~1-2 min (limit 240 s)
+#   3. compute-sanitizer memcheck and racecheck over every op and mode (gpu_sanitize_ops.py)
+#                                                       ~1 min (limit 100 s each)
+#   3b. ops benchmark, fused vs (a), floors             ~1-2 min (limit 240 s)
 #   4. speed: psr.upscale / network fp32 vs bf16, stylize 512 / 1024 (< 5 ms goal)   ~1 min (limit 150 s)
 #   5. training throughput at the paper's batch and patch (200k-in-20-min goal)      ~1 min (limit 150 s)
 #   6. GPU training for PSR_GPU_TRAIN_MINUTES (default 1.5) each: x4-perceptual fine-tuned from
@@ -31,8 +33,8 @@ cd "$(dirname "$0")/.."
 
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-STEPS=${PSR_GPU_STEPS:-"build tests bench speed train_bench train"}
-DEADLINE=${PSR_GPU_DEADLINE:-540}
+STEPS=${PSR_GPU_STEPS:-"build tests sanitize bench speed train_bench train"}
+DEADLINE=${PSR_GPU_DEADLINE:-560}
 TRAIN_MINUTES=${PSR_GPU_TRAIN_MINUTES:-1.5}
 DEV=${PSR_GPU_DEVICE:-cuda}                           # "cpu" only to dry-run this script elsewhere
 # PSR_GPU_QUICK=1: tiny sizes and counts, to dry-run every step's command line on a CPU machine.
@@ -129,7 +131,21 @@ if want tests; then
   fi
 fi
 
-# 3. benchmark ----------------------------------------------------------------------------------
+# 3. compute-sanitizer ------------------------------------------------------------------------
+if want sanitize; then
+  if [ "$built" -eq 1 ] || ! want build; then
+    SAN=$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")
+    for tool in memcheck racecheck; do
+      step "sanitize_$tool" 100 "sanitize_$tool.log" "$SAN" --tool "$tool" --error-exitcode 1 \
+        $PY benchmarks/gpu_sanitize_ops.py
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|all ok|FAILED" "$OUT/sanitize_$tool.log" | tail -n 3 | tee -a "$summary"
+    done
+  else
+    log "skip sanitize: the build failed"
+  fi
+fi
+
+# 3b. benchmark ---------------------------------------------------------------------------------
 if want bench; then
   if [ "$built" -eq 1 ] || ! want build; then
     step bench 240 bench_cuda.log $PY benchmarks/bench_ops.py --device cuda --sizes 256 512 1024 \

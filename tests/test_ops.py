@@ -283,6 +283,61 @@ def test_cuda_no_host_sync_with_check_false(rng: np.random.Generator) -> None:
         torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_wide_planes_many_tiles(rng: np.random.Generator, device: str) -> None:
+    """Rows wider than one CUDA tile (256 input columns) and more tiles per plane than blocks in the
+    grid, so blocks loop over tiles: bicubic against F.interpolate, the fused op against the composed
+    ops (same device) in every mode, and exact mode against skimage."""
+    x = rand(rng, (1, 3, 200, 600), torch.float32, device)
+    x[0, 1, :, 300:] = 0.25  # a tie group spanning tiles and blocks
+    up = ops.upsample_bicubic(x, 4)
+    want = F.interpolate(x.double(), scale_factor=4, mode="bicubic", align_corners=False).float()
+    torch.testing.assert_close(up, want, rtol=0, atol=ATOL[torch.float32])
+    for bins in (None, 256, 9000):
+        got = ops.upsample_match(x, 4, bins=bins)
+        torch.testing.assert_close(got, ops.match_histograms(up, x, bins=bins), rtol=0, atol=0)
+    torch.testing.assert_close(ops.upsample_match(x, 4).cpu(), sk_match(up.cpu(), x.cpu()), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_more_planes_than_grid_rows(rng: np.random.Generator) -> None:
+    """Over 65535 planes: the CUDA grid covers them in chunks (gridDim.y <= 65535). Checked against
+    the CPU kernels, which are checked against skimage and the reference above."""
+    src = rand(rng, (70000, 1, 3, 3), torch.float32, "cuda")
+    ref = rand(rng, (70000, 1, 2, 2), torch.float32, "cuda")
+    got = ops.match_histograms(src, ref, bins=4).cpu()
+    torch.testing.assert_close(got, ops.match_histograms(src.cpu(), ref.cpu(), bins=4), rtol=0, atol=4e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("bins", [None, 64])
+def test_cuda_ops_run_on_the_current_stream(rng: np.random.Generator, bins: int | None) -> None:
+    """On a side stream, the input is overwritten after a long sleep and then the ops run: work
+    launched on any other stream would read the old input."""
+    old = rand(rng, (1, 3, 40, 50), torch.float32, "cuda")
+    new = rand(rng, (1, 3, 40, 50), torch.float32, "cuda")
+    want = (
+        ops.upsample_bicubic(new, 3),
+        ops.match_histograms(new, old, bins=bins),
+        ops.upsample_match(new, 3, bins=bins),
+    )
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    x = old.clone()
+    torch.cuda.synchronize()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)  # about 0.1 s of GPU cycles
+        x.copy_(new)
+        got = (
+            ops.upsample_bicubic(x, 3, check=False),
+            ops.match_histograms(x, old, bins=bins, check=False),
+            ops.upsample_match(x, 3, bins=bins, check=False),
+        )
+    torch.cuda.synchronize()
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------ bad input
 
 
