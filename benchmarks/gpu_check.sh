@@ -27,7 +27,9 @@
 #      x4-pixel at the paper's batch 4 x 288^2, and the starry_night style at 256^2; each exported
 #      with its validation and Set5 scores to $OUT/weights/ (compare with the shipped ones there)
 # Every step is time-boxed and logs to $OUT; a failing step does not stop the later ones (the
-# script exits non-zero at the end if any failed). PSR_GPU_STEPS="build tests bench" picks steps.
+# script exits non-zero at the end if any failed). On exit the logs and JSON files are packed into
+# $OUT/logs.tar.gz (the device tool returns at most 8 files); summary.txt, the *.md tables and
+# weights/*.safetensors stay as they are. PSR_GPU_STEPS="build tests bench" picks steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +60,18 @@ summary="$OUT/summary.txt"
 : >"$summary"
 
 log() { echo "[$(date +%T)] $*" | tee -a "$summary"; }
+
+# The device tool brings back at most 8 files: on exit, everything but the summary, the Markdown
+# tables and the exported weights goes into one archive, logs.tar.gz.
+pack() {
+  (
+    cd "$OUT" || exit 0
+    find . -type f ! -name summary.txt ! -name '*.md' ! -name '*.safetensors' ! -name logs.tar.gz -print0 |
+      tar --null -czf logs.tar.gz --files-from=- --remove-files 2>/dev/null
+    find . -mindepth 1 -type d -empty -delete
+  )
+}
+trap pack EXIT
 
 step() {  # step NAME LIMIT_S LOGFILE CMD...
   local name=$1 limit=$2 logf=$3

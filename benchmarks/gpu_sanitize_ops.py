@@ -48,10 +48,12 @@ def main() -> int:
             )
         torch.cuda.synchronize()
         for name, got, want in cases:
-            # Exact mode may differ from the CPU by a quantile step where bicubic values differ in
-            # the last bit; the tests compare it bit for bit with skimage on the same device.
+            # upsample_match: CUDA's bicubic values may differ from the CPU's in the last bit, which
+            # can move a value across a tie or a bin edge and shift the CDF by a count (a quantile
+            # step, here up to ~1e-4). The tests compare it bit for bit on the same device.
+            tol = 1e-3 if name.startswith("upsample_match") else atol
             err = (got.cpu() - want).abs().max().item()
-            ok = err <= (atol if "None" not in name or name.startswith("match_histograms") else 1e-3)
+            ok = err <= tol
             bad += not ok
             print(f"{dtype} {name}: max abs diff vs CPU {err:.3g} {'ok' if ok else 'FAIL'}")
     print("all ok" if bad == 0 else f"{bad} FAILED")

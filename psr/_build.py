@@ -66,6 +66,35 @@ _LD_FLAGS = ["-fopenmp"]
 # --fmad=false: the same for the device code; the bicubic sums use explicit fma() calls instead.
 _NVCC_FLAGS = ["-O3", "--fmad=false"]
 
+
+def _process_libstdcxx() -> str | None:
+    """Path of the libstdc++ this process has loaded (torch's), on Linux; else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and os.path.basename(fields[5]).startswith("libstdc++.so"):
+            return fields[5]
+    return None
+
+
+def _ld_flags() -> list[str]:
+    """Link flags: OpenMP, and the C++ runtime this process already runs, by path.
+
+    Some toolchains link libstdc++ statically into shared objects (seen on the lent GPU machine:
+    its /opt/gcc g++). The extension then carries a second C++ runtime beside torch's, one whose
+    iostreams were never set up, and a kernel's TORCH_CHECK message with a number in it segfaulted
+    (in std::ostream::_M_insert<long>, torch 2.11). Naming torch's libstdc++ before the driver's
+    own -lstdc++ resolves those symbols to the shared runtime; elsewhere it is the same library.
+    """
+    lib = _process_libstdcxx()
+    return _LD_FLAGS + ([lib] if lib else [])
+
+
 _lock = threading.Lock()
 _state: dict[str, object] = {"loaded": None, "path": None, "cuda": False, "reason": None, "warned": False}
 
@@ -152,7 +181,7 @@ def _fingerprint(src: Path, with_cuda: bool, cxx_flags: list[str]) -> str:
         torch.__version__,
         sys.version,
         os.environ.get("CXX", ""),
-        " ".join(cxx_flags + _LD_FLAGS),
+        " ".join(cxx_flags + _ld_flags()),
         _cpu_signature(),
     ]
     if with_cuda:
@@ -288,6 +317,7 @@ def _build(build_dir: Path, lib: Path, cxx_flags: list[str], with_cuda: bool, ve
     # A build killed while holding torch's own lock file leaves it behind; we hold ours, so no
     # other psr process is building here and a leftover one is stale.
     (build_dir / "lock").unlink(missing_ok=True)
+    build_dir.mkdir(parents=True, exist_ok=True)  # older torch (2.11) does not create it itself
     with _quiet_cpp_extension_import():
         from torch.utils import cpp_extension
 
@@ -312,7 +342,7 @@ def _build(build_dir: Path, lib: Path, cxx_flags: list[str], with_cuda: bool, ve
             name=NAME,
             sources=[str(p) for p in _sources(src, with_cuda)],
             extra_cflags=cxx_flags,
-            extra_ldflags=list(_LD_FLAGS),
+            extra_ldflags=_ld_flags(),
             extra_include_paths=[str(src)],
             build_directory=str(build_dir),
             verbose=verbose,

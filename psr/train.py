@@ -778,7 +778,8 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
     """Train ``make_job(args, lead, world, device)``'s model: the loop both tasks share."""
     cuda = device.type == "cuda"
     if cuda:
-        torch.cuda.set_device(device)
+        if device.index is not None:  # a bare "cuda" means the current device (torch 2.11 refuses it here)
+            torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     lead = rank == 0
     out: Path = Path(args.out)

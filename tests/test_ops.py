@@ -491,6 +491,22 @@ def test_large_plane_parallel_paths(rng: np.random.Generator, dtype: torch.dtype
 # ------------------------------------------------------------------------ build machinery
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("ldd") is None, reason="needs Linux and ldd")
+def test_extension_links_the_shared_cxx_runtime() -> None:
+    """The extension uses the C++ runtime torch loaded, never a static copy of its own: a toolchain
+    that linked libstdc++ statically gave a second runtime, and a kernel's error message with a
+    number in it segfaulted (torch 2.11 on the lent GPU machine)."""
+    lib = _build.build_extension()
+    assert _build._process_libstdcxx() in _build._ld_flags()
+    deps = subprocess.run(["ldd", str(lib)], capture_output=True, text=True, check=True).stdout
+    assert "libstdc++" in deps, deps
+    if shutil.which("nm"):
+        defined = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True).stdout
+        assert "_ZNSo9_M_insertIlEERSoT_" not in defined  # std::ostream::_M_insert<long>: libstdc++'s own
+    with pytest.raises(RuntimeError, match="got 9"):  # formats an int64 into the message
+        torch.ops.psr.upsample_bicubic(torch.zeros(1, 1, 3, 3), 9, -0.75)
+
+
 def _run(code: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     full = {**os.environ, **env}
     return subprocess.run(
