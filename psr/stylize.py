@@ -195,14 +195,15 @@ def stylize(
 
         def write(ys: slice, xs: slice, block: torch.Tensor, out_i: np.ndarray = out_i, i: int = i) -> None:
             nonlocal done
-            rgb_block = block[0].permute(1, 2, 0).cpu().numpy()
-            if c < 3:
-                res = rgb_block.mean(axis=-1, keepdims=True)
-            elif c == 4:  # alpha is coverage, not content: passed through unchanged
-                res = np.concatenate([rgb_block, inten.forward(canon[i, ys, xs, 3:4])], axis=-1)
+            if c == 3:  # mapped back on the tensor's device (see _Intensity.backward_tensor)
+                out_i[ys, xs] = inten.backward_tensor(block[0].permute(1, 2, 0))
             else:
-                res = rgb_block
-            out_i[ys, xs] = inten.backward(res)
+                rgb_block = block[0].permute(1, 2, 0).cpu().numpy()
+                if c < 3:
+                    res = rgb_block.mean(axis=-1, keepdims=True)
+                else:  # alpha is coverage, not content: passed through unchanged
+                    res = np.concatenate([rgb_block, inten.forward(canon[i, ys, xs, 3:4])], axis=-1)
+                out_i[ys, xs] = inten.backward(res)
             done += 1
             if progress is not None:
                 progress(done, total)

@@ -338,3 +338,30 @@ def test_upscaler_module(tiny_model: Path) -> None:
     x = torch.rand(2, 3, 5, 6)
     mod = psr.Upscaler(4, model=tiny_model)
     torch.testing.assert_close(mod(x), psr.upscale(x, 4, model=tiny_model, normalize=None))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("normalize", [None, (0.1, 99.9)])
+def test_intensity_backward_in_torch_equals_numpy(dtype: type, normalize: tuple | None) -> None:
+    """The device-side map back to the caller's dtype (used for GPU tensors) equals numpy's bit for
+    bit: random and out-of-range values, and values that land on .5 before rounding."""
+    from psr.api import _intensity
+
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
+    if info is not None:
+        canon = rng.integers(info.min, info.max, size=(1, 13, 17, 3), endpoint=True).astype(dtype)
+    else:
+        canon = rng.random((1, 13, 17, 3)).astype(dtype)
+    if normalize is None and info is None:
+        canon = np.clip(canon, 0, 1)
+    inten = _intensity(canon, True, normalize)
+    y = rng.uniform(-0.3, 1.3, size=(29, 31, 3)).astype(np.float32)
+    span = inten.hi - inten.lo
+    y[0, :, 0] = ((np.arange(31) + 0.5) / span).astype(np.float32)  # near .5 after the affine map
+    y[1, :, 1] = np.float32(0.5)
+    want = inten.backward(y)
+    got = inten._backward_torch(torch.from_numpy(y))
+    assert got.dtype == want.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(inten.backward_tensor(torch.from_numpy(y).permute(2, 0, 1).permute(1, 2, 0)), want)
