@@ -21,6 +21,7 @@
 #   3. compute-sanitizer memcheck and racecheck over every op and mode (gpu_sanitize_ops.py)
 #                                                       ~1 min (limit 100 s each)
 #   3b. ops benchmark, fused vs (a), floors             ~1-2 min (limit 240 s)
+#   3c. per-kernel profile of the fused op (profile_ops.py -> profile_ops.md)      ~30 s (limit 90 s)
 #   4. speed: psr.upscale / network fp32 vs bf16, stylize 512 / 1024 (< 5 ms goal)   ~1 min (limit 150 s)
 #   5. training throughput at the paper's batch and patch (200k-in-20-min goal)      ~1 min (limit 150 s)
 #   6. GPU training for PSR_GPU_TRAIN_MINUTES (default 1.5) each: x4-perceptual fine-tuned from
@@ -35,7 +36,7 @@ cd "$(dirname "$0")/.."
 
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-STEPS=${PSR_GPU_STEPS:-"build tests sanitize bench speed train_bench train"}
+STEPS=${PSR_GPU_STEPS:-"build tests sanitize bench profile speed train_bench train"}
 DEADLINE=${PSR_GPU_DEADLINE:-560}
 TRAIN_MINUTES=${PSR_GPU_TRAIN_MINUTES:-1.5}
 DEV=${PSR_GPU_DEVICE:-cuda}                           # "cpu" only to dry-run this script elsewhere
@@ -167,6 +168,16 @@ if want bench; then
     grep -E "^- GOAL|bandwidth" "$OUT/bench_cuda.log" | tee -a "$summary"
   else
     log "skip bench: the build failed"
+  fi
+fi
+
+# 3c. per-kernel profile ------------------------------------------------------------------------
+if want profile; then
+  if [ "$built" -eq 1 ] || ! want build; then
+    step profile 90 profile_ops.log $PY benchmarks/profile_ops.py --device "$DEV" --markdown "$OUT/profile_ops.md" \
+      ${PSR_GPU_QUICK:+--quick}
+  else
+    log "skip profile: the build failed"
   fi
 fi
 

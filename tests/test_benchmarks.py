@@ -153,3 +153,10 @@ def test_scatter_prefetch_compiles_and_agrees(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "results identical across distances: yes" in done.stdout
     assert subprocess.run([str(exe), "10"], capture_output=True, timeout=60).returncode == 2  # n too small
+
+
+def test_profile_ops_quick(tmp_path: Path) -> None:
+    md = tmp_path / "profile.md"
+    _run("profile_ops.py", "--device", "cpu", "--quick", "--calls", "1", "--markdown", str(md))
+    text = md.read_text()
+    assert text.count("## 1x16^2 x2") == 2 and "binned 1024" in text and "exact" in text
