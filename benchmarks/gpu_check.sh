@@ -17,7 +17,8 @@
 # and cuts each step's limit to what is left, so it returns inside one call:
 #   0. environment report                               ~5 s
 #   1. build the extension, CPU + CUDA kernels (sm_90)  ~2-3 min on 16 cores (limit 420 s)
-#   2. CUDA tests against the references                ~1 min (limit 240 s)
+#   2. CUDA tests against the references                ~1 min (limit 240 s), then the other
+#      CUDA-parametrised tests (upscale, models, training)  ~1 min (limit 150 s)
 #   3. compute-sanitizer memcheck and racecheck over every op and mode (gpu_sanitize_ops.py)
 #                                                       ~1 min (limit 100 s each)
 #   3b. ops benchmark, fused vs (a), floors             ~1-2 min (limit 240 s)
@@ -137,6 +138,10 @@ if want tests; then
     step tests 240 tests_cuda.log $PY -m pytest -q -rs -p no:cacheprovider tests/test_ops.py \
       -k "not cuda_sources_compile and not wheel" -o addopts="" --junitxml="$OUT/tests_cuda.xml"
     grep -E "passed|failed|error" "$OUT/tests_cuda.log" | tail -n 3 | tee -a "$summary"
+    # The other CUDA-parametrised tests: psr.upscale / the models / bf16 training on the GPU.
+    step tests_more 150 tests_more.log $PY -m pytest -q -rs -p no:cacheprovider tests/test_api.py \
+      tests/test_models.py tests/test_stylize.py tests/test_train.py -k cuda -o addopts=""
+    grep -E "passed|failed|error" "$OUT/tests_more.log" | tail -n 3 | tee -a "$summary"
     if grep -q "SKIPPED.*no CUDA device" "$OUT/tests_cuda.log"; then
       log "FAIL: the CUDA tests were skipped (torch sees no CUDA device)"
       status=1

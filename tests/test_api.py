@@ -365,3 +365,24 @@ def test_intensity_backward_in_torch_equals_numpy(dtype: type, normalize: tuple 
     assert got.dtype == want.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(inten.backward_tensor(torch.from_numpy(y).permute(2, 0, 1).permute(1, 2, 0)), want)
+    if torch.cuda.is_available():  # the path GPU tiles take
+        np.testing.assert_array_equal(inten.backward_tensor(torch.from_numpy(y).cuda()), want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_numpy_images_on_cuda_agree_with_cpu(tiny_model: Path, rng: np.random.Generator, dtype: type) -> None:
+    """Numpy in, GPU inside (the map back to the dtype runs there), numpy out: as on the CPU up to
+    the network's float rounding on either device (TF32 off: one uint8 level where rounding flips)."""
+    img = (rng.random((37, 41, 3)) * (255 if dtype == np.uint8 else 1)).astype(dtype)
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        cpu = psr.upscale(img, 4, model=tiny_model, device="cpu", tile=24)
+        gpu = psr.upscale(img, 4, model=tiny_model, device="cuda", tile=24)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    assert gpu.dtype == cpu.dtype and gpu.shape == cpu.shape == (148, 164, 3)
+    diff = np.abs(gpu.astype(np.float64) - cpu.astype(np.float64))
+    assert diff.max() <= (1 if dtype == np.uint8 else 1e-5), diff.max()
+    assert np.mean(diff > 0) < 0.01
