@@ -78,7 +78,12 @@ def _process_libstdcxx() -> str | None:
     for line in maps.splitlines():
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and os.path.basename(fields[5]).startswith("libstdc++.so"):
-            return fields[5]
+            path = fields[5]
+            # A file replaced on disk since it was mapped, or a path the link line cannot carry
+            # (torch's ninja file does not quote it): leave the linking to the compiler.
+            if path.endswith(" (deleted)") or any(ch.isspace() for ch in path) or not os.path.isfile(path):
+                return None
+            return path
     return None
 
 

@@ -217,8 +217,16 @@ def _restore(out: np.ndarray, layout: _Layout, scale: int) -> Any:
 # intensity mapping
 
 
-_TORCH_FLOAT = {
-    np.dtype(np.float16): torch.float16,
+# Output dtypes whose map back runs on the GPU, with the torch dtype that carries the result to the
+# host exactly (float16 stays on the host: torch rounds float64 -> float16 through float32, numpy
+# directly; 64-bit and unsigned 32-bit integers too: beyond int32, and numpy's own cast of 2^63 is
+# platform-defined).
+_TORCH_OUT = {
+    np.dtype(np.uint8): torch.uint8,
+    np.dtype(np.int8): torch.int8,
+    np.dtype(np.int16): torch.int16,
+    np.dtype(np.uint16): torch.int32,
+    np.dtype(np.int32): torch.int32,
     np.dtype(np.float32): torch.float32,
     np.dtype(np.float64): torch.float64,
 }
@@ -247,32 +255,30 @@ class _Intensity:
     def backward_tensor(self, y: torch.Tensor) -> np.ndarray:
         """``backward`` of a (..., C) tensor, computed where it lives, as a host array.
 
-        On a GPU the map runs there and only the result (1-2 bytes a value for 8/16-bit images)
-        crosses to the host, instead of float32 tiles mapped by numpy on one core, which took most
-        of ``psr.upscale``'s time on an H100. The same float64 operations in the same order, so the
-        result equals ``backward`` bit for bit (tested on the CPU).
+        On a CUDA device the map runs there and only the result (1-4 bytes a value) crosses to the
+        host, instead of float32 tiles mapped by numpy on one core, which took most of
+        ``psr.upscale``'s time on an H100. The same float64 operations in the same order, so the
+        result equals ``backward`` bit for bit (tested); other devices and dtypes use ``backward``.
         """
-        if (
-            y.device.type == "cpu"
-            or self.dtype == np.uint64
-            or (self.dtype.kind == "f" and self.dtype not in _TORCH_FLOAT)
-        ):
+        if y.device.type != "cuda" or self.dtype not in _TORCH_OUT:
             return self.backward(y.float().cpu().numpy())
         return self._backward_torch(y)
 
-    def _backward_torch(self, y: torch.Tensor) -> np.ndarray:
-        """``backward`` in torch on y's device (any device; the CPU one only in tests)."""
-        v = y.double() * (self.hi - self.lo) + self.lo
-        c = v.shape[-1]
-        lo = torch.as_tensor(self.clip_lo[:c], dtype=torch.float64, device=v.device)
-        hi = torch.as_tensor(self.clip_hi[:c], dtype=torch.float64, device=v.device)
-        v = torch.minimum(torch.maximum(v, lo), hi)  # np.clip's order
-        if self.dtype.kind in "ui":
-            # Rounded values within the dtype's range: exact in uint8 or int64, cast on the host.
-            v = torch.round(v).to(torch.uint8 if self.dtype == np.uint8 else torch.int64)
-        else:
-            v = v.to(_TORCH_FLOAT[self.dtype])
-        return v.cpu().numpy().astype(self.dtype, copy=False)
+    def _backward_torch(self, y: torch.Tensor, band_values: int = 1 << 22) -> np.ndarray:
+        """``backward`` in torch on y's device (CUDA; the CPU only in tests), in bands of rows so
+        that the float64 temporaries stay small however large the image."""
+        out = np.empty(tuple(y.shape), dtype=self.dtype)
+        c = y.shape[-1]
+        lo = torch.as_tensor(self.clip_lo[:c], dtype=torch.float64, device=y.device)
+        hi = torch.as_tensor(self.clip_hi[:c], dtype=torch.float64, device=y.device)
+        rows = max(1, band_values // max(1, y[0].numel()))
+        for r0 in range(0, y.shape[0], rows):
+            v = y[r0 : r0 + rows].to(torch.float64, copy=True).mul_(self.hi - self.lo).add_(self.lo)
+            v = torch.minimum(torch.maximum(v, lo, out=v), hi, out=v)  # np.clip's order
+            if self.dtype.kind in "ui":
+                v = v.round_()
+            out[r0 : r0 + rows] = v.to(_TORCH_OUT[self.dtype]).cpu().numpy()
+        return out
 
 
 def _intensity(canon: np.ndarray, rgb: bool, normalize: tuple[float, float] | None) -> _Intensity:

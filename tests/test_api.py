@@ -340,7 +340,7 @@ def test_upscaler_module(tiny_model: Path) -> None:
     torch.testing.assert_close(mod(x), psr.upscale(x, 4, model=tiny_model, normalize=None))
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32, np.float64])
 @pytest.mark.parametrize("normalize", [None, (0.1, 99.9)])
 def test_intensity_backward_in_torch_equals_numpy(dtype: type, normalize: tuple | None) -> None:
     """The device-side map back to the caller's dtype (used for GPU tensors) equals numpy's bit for
@@ -364,9 +364,11 @@ def test_intensity_backward_in_torch_equals_numpy(dtype: type, normalize: tuple 
     got = inten._backward_torch(torch.from_numpy(y))
     assert got.dtype == want.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(inten.backward_tensor(torch.from_numpy(y).permute(2, 0, 1).permute(1, 2, 0)), want)
+    strided = torch.from_numpy(np.ascontiguousarray(y.transpose(2, 0, 1))).permute(1, 2, 0)  # as tiles come
+    np.testing.assert_array_equal(inten._backward_torch(strided, band_values=100), want)  # in bands of rows
+    np.testing.assert_array_equal(inten.backward_tensor(strided), want)
     if torch.cuda.is_available():  # the path GPU tiles take
-        np.testing.assert_array_equal(inten.backward_tensor(torch.from_numpy(y).cuda()), want)
+        np.testing.assert_array_equal(inten.backward_tensor(strided.cuda()), want)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -385,4 +387,5 @@ def test_numpy_images_on_cuda_agree_with_cpu(tiny_model: Path, rng: np.random.Ge
     assert gpu.dtype == cpu.dtype and gpu.shape == cpu.shape == (148, 164, 3)
     diff = np.abs(gpu.astype(np.float64) - cpu.astype(np.float64))
     assert diff.max() <= (1 if dtype == np.uint8 else 1e-5), diff.max()
-    assert np.mean(diff > 0) < 0.01
+    if dtype == np.uint8:  # float32 results differ in the last bits almost everywhere; uint8 rarely
+        assert np.mean(diff > 0) < 0.01

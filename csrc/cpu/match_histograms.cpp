@@ -90,8 +90,9 @@ constexpr int kRadixBits = 11;  // 2048 buckets: measured faster here than 8 or 
 
 // How many elements ahead the scatter loops prefetch their write targets. The stores of a radix
 // pass go to 2048 places at once and those of the output scatter anywhere in the plane; the core
-// waits for each line on its own, prefetched it fetches many at once (measured here: a 2048-way
-// pass 4.4 -> 2.0 ms, the output scatter 3.8 -> 2.1 ms per 2^20 values; benchmarks/RESULTS.md).
+// waits for each line on its own, prefetched it fetches many at once (measured here, huge pages: a
+// 2048-way pass 8.4 -> 1.8 ms, the output scatter 3.8 -> 2.1 ms per 2^20 values; see
+// benchmarks/scatter_prefetch.cpp and benchmarks/RESULTS.md).
 constexpr int64_t kPrefetchAhead = 16;
 
 inline void prefetch_for_write(const void* p) {
@@ -386,9 +387,11 @@ void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_
       a = uninitialized<E>(n);
       b = uninitialized<E>(n);
     }
-    // The reference CDFs of up to T planes at a time, one plane per thread (each is too small to
-    // split well; inside a parallel region this loop runs on the calling thread).
-    const int64_t batch = std::max<int64_t>(1, at::get_num_threads());
+    // Small references (an LR image): their CDFs T planes at a time, one plane per thread, as
+    // each is too small to split well. Large ones are sorted one at a time with all threads, and
+    // inside a parallel region (whole planes per thread) there is nothing to batch.
+    const bool batch_refs = !at::in_parallel_region() && ref_n < kSplitPlaneAt;
+    const int64_t batch = batch_refs ? std::max<int64_t>(1, at::get_num_threads()) : 1;
     std::vector<RefCdf> rcs(static_cast<size_t>(std::min(batch, p1 - p0)));
     for (int64_t q0 = p0; q0 < p1; q0 += batch) {
       const int64_t q1 = std::min(p1, q0 + batch);
