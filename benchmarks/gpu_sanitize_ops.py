@@ -1,7 +1,8 @@
 """Every CUDA op and mode once on small odd-sized inputs, for compute-sanitizer (memcheck, racecheck).
 
 Run by benchmarks/gpu_check.sh (step ``sanitize``) as
-``compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/gpu_sanitize_ops.py``;
+``PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 python3
+benchmarks/gpu_sanitize_ops.py`` (and ``--tool racecheck``);
 the results are checked against the CPU kernels too, so a run that reads garbage fails here as well.
 Rows of 300 input columns span two CUDA tiles; float32 and float64; bins in the shared-memory and
 the global-memory histogram paths; a residual and a separate reference.

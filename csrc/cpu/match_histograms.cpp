@@ -154,6 +154,8 @@ E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of, std::optional<uint64_t> known
   const int width = (span + passes - 1) / passes;
   const int64_t nbuckets = int64_t(1) << width;
   const uint64_t mask = static_cast<uint64_t>(nbuckets - 1);
+  // The bucket of an element in the pass that sorts bits [shift, shift + width).
+  const auto digit_of = [&](const E& e, int shift) { return (static_cast<uint64_t>(key_of(e)) >> shift) & mask; };
   if (nb == 1) {
     // One thread: the digit histograms of every pass come from one read of the array (a pass
     // permutes the elements but not the multiset of its digits).
@@ -171,7 +173,7 @@ E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of, std::optional<uint64_t> known
         o[d] = run;
         run += c;
       }
-      scatter_pass(a, b, 0, n, o, [&](const E& e) { return (static_cast<uint64_t>(key_of(e)) >> shift) & mask; });
+      scatter_pass(a, b, 0, n, o, [&](const E& e) { return digit_of(e, shift); });
       std::swap(a, b);
     }
     return a;
@@ -179,11 +181,12 @@ E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of, std::optional<uint64_t> known
   std::vector<int64_t> offs(static_cast<size_t>(nb * nbuckets));
   for (int p = 0; p < passes; ++p) {
     const int shift = lo + p * width;
+    const auto digit = [&](const E& e) { return digit_of(e, shift); };
     for_blocks(nb, [&](int64_t blk) {
       int64_t* c = &offs[blk * nbuckets];
       std::fill(c, c + nbuckets, 0);
       const int64_t end = std::min(n, (blk + 1) * chunk);
-      for (int64_t i = blk * chunk; i < end; ++i) ++c[(static_cast<uint64_t>(key_of(a[i])) >> shift) & mask];
+      for (int64_t i = blk * chunk; i < end; ++i) ++c[digit(a[i])];
     });
     int64_t run = 0;
     for (int64_t d = 0; d < nbuckets; ++d) {
@@ -194,8 +197,7 @@ E* radix_sort(E* a, E* b, int64_t n, KeyOf key_of, std::optional<uint64_t> known
       }
     }
     for_blocks(nb, [&](int64_t blk) {
-      scatter_pass(a, b, blk * chunk, std::min(n, (blk + 1) * chunk), &offs[blk * nbuckets],
-                   [&](const E& e) { return (static_cast<uint64_t>(key_of(e)) >> shift) & mask; });
+      scatter_pass(a, b, blk * chunk, std::min(n, (blk + 1) * chunk), &offs[blk * nbuckets], digit);
     });
     std::swap(a, b);
   }
