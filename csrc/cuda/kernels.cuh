@@ -8,13 +8,20 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#ifndef PSR_CUDA_EMU  // tests/cuda_emu/cuda_emu.h stands in for the CUDA runtime and CUB
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <optional>
+#include <utility>
 
 #include "../psr_common.h"
+
+#ifndef PSR_CUDA_EMU
+#define PSR_EXTERN_SHARED(T, name) extern __shared__ T name[]  // dynamic shared memory
+#endif
 
 namespace psr::cuda_ops {
 
@@ -173,9 +180,27 @@ __device__ __forceinline__ void store_run(scalar_t* dst, const scalar_t (&v)[kRu
   }
 }
 
+#ifndef PSR_CUDA_EMU
 // The current stream (c10 rather than ATen/cuda/CUDAContext.h, which needs the cuBLAS/cuSPARSE
 // headers that a bare CUDA toolkit may lack).
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+using DeviceGuard = c10::cuda::CUDAGuard;
+
+// Every kernel launch goes through here (not <<<>>> at the call sites), so that the CPU emulator
+// can run the same host code.
+template <typename... KArgs, typename... Args>
+inline void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   Args&&... args) {
+  kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+#else
+inline cudaStream_t current_stream() { return nullptr; }
+struct DeviceGuard {
+  explicit DeviceGuard(const c10::Device&) {}
+};
+using ::psr_emu::launch;
+#endif
 
 // Histogram matching on CUDA (match_histograms.cu). source: a plain (N, C, H, W) tensor, or
 // undefined when bicubic is given: then the source is upsample(x, S, a) + residual.

@@ -12,7 +12,9 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#ifndef PSR_CUDA_EMU
 #include <cub/cub.cuh>
+#endif
 
 #include <limits>
 
@@ -218,7 +220,7 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
                                                         const typename KeyTraits<scalar_t>::key_t* mm, int64_t bins,
                                                         unsigned long long* hist, bool shared_hist) {
   __shared__ scalar_t smem[kThreads + 4];
-  extern __shared__ unsigned int sh[];
+  PSR_EXTERN_SHARED(unsigned int, sh);
   const int64_t p = plane0 + blockIdx.y;
   Binner bn;
   if (!plane_binner<scalar_t>(mm, p, bins, bn)) return;  // constant plane: no histogram needed
@@ -334,22 +336,19 @@ void match_planes(const Src& src, int64_t P, const at::Tensor& ref, std::optiona
                pos = buffer<uint32_t>(m, out);
     const scalar_t* r = ref.const_data_ptr<scalar_t>();
     for (int64_t p = 0; p < P; ++p) {
-      ref_keys_kernel<scalar_t><<<blocks_for(m), kThreads, 0, stream>>>(r + p * m, m, as<K>(k_in));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(ref_keys_kernel<scalar_t>, blocks_for(m), kThreads, 0, stream, r + p * m, m, as<K>(k_in));
       C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, bytes, as<K>(k_in), as<K>(k_out), static_cast<int>(m), 0,
                                                    KeyTraits<scalar_t>::bits, stream));
       C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.get(bytes), bytes, as<K>(k_in), as<K>(k_out),
                                                    static_cast<int>(m), 0, KeyTraits<scalar_t>::bits, stream));
-      tail_flags_kernel<K><<<blocks_for(m), kThreads, 0, stream>>>(as<K>(k_out), m, as<uint32_t>(flags));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(tail_flags_kernel<K>, blocks_for(m), kThreads, 0, stream, as<K>(k_out), m, as<uint32_t>(flags));
       C10_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, as<uint32_t>(flags), as<uint32_t>(pos),
                                                   static_cast<int>(m), stream));
       C10_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.get(bytes), bytes, as<uint32_t>(flags), as<uint32_t>(pos),
                                                   static_cast<int>(m), stream));
-      ref_unique_kernel<scalar_t><<<blocks_for(m), kThreads, 0, stream>>>(
+      launch(ref_unique_kernel<scalar_t>, blocks_for(m), kThreads, 0, stream, 
           as<K>(k_out), as<uint32_t>(pos), m, as<double>(uq) + p * m, as<double>(uv) + p * m,
           as<int64_t>(mu) + p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
 
@@ -360,28 +359,24 @@ void match_planes(const Src& src, int64_t P, const at::Tensor& ref, std::optiona
                i_out = buffer<uint32_t>(n, out), flags = buffer<uint32_t>(n, out), gid = buffer<uint32_t>(n, out),
                gval = buffer<scalar_t>(n, out);
     for (int64_t p = 0; p < P; ++p) {
-      key_kernel<scalar_t, Src><<<static_cast<unsigned>(bpp), kThreads, 0, stream>>>(src, p, as<K>(k_in),
+      launch(key_kernel<scalar_t, Src>, static_cast<unsigned>(bpp), kThreads, 0, stream, src, p, as<K>(k_in),
                                                                                        as<uint32_t>(i_in));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, as<K>(k_in), as<K>(k_out), as<uint32_t>(i_in),
                                                     as<uint32_t>(i_out), static_cast<int>(n), 0,
                                                     KeyTraits<scalar_t>::bits, stream));
       C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.get(bytes), bytes, as<K>(k_in), as<K>(k_out),
                                                     as<uint32_t>(i_in), as<uint32_t>(i_out), static_cast<int>(n), 0,
                                                     KeyTraits<scalar_t>::bits, stream));
-      head_flags_kernel<K><<<blocks_for(n), kThreads, 0, stream>>>(as<K>(k_out), n, as<uint32_t>(flags));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(head_flags_kernel<K>, blocks_for(n), kThreads, 0, stream, as<K>(k_out), n, as<uint32_t>(flags));
       C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, bytes, as<uint32_t>(flags), as<uint32_t>(gid),
                                                   static_cast<int>(n), stream));
       C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp.get(bytes), bytes, as<uint32_t>(flags), as<uint32_t>(gid),
                                                   static_cast<int>(n), stream));
-      group_value_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+      launch(group_value_kernel<scalar_t>, blocks_for(n), kThreads, 0, stream, 
           as<K>(k_out), as<uint32_t>(gid), n, as<double>(uq) + p * m, as<double>(uv) + p * m,
           as<int64_t>(mu) + p, as<scalar_t>(gval));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      scatter_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(as<uint32_t>(i_out), as<uint32_t>(gid),
+      launch(scatter_kernel<scalar_t>, blocks_for(n), kThreads, 0, stream, as<uint32_t>(i_out), as<uint32_t>(gid),
                                                                        as<scalar_t>(gval), n, o + p * n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     return;
   }
@@ -391,19 +386,16 @@ void match_planes(const Src& src, int64_t P, const at::Tensor& ref, std::optiona
   at::Tensor hist = at::zeros({P * nbins}, out.options().dtype(at::kLong));  // read as unsigned long long
   at::Tensor cum = buffer<unsigned long long>(P * nbins, out);
   at::Tensor em = buffer<double>(P * (nbins + 1), out);
-  minmax_init_kernel<K><<<blocks_for(P), kThreads, 0, stream>>>(as<K>(mm), P);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(minmax_init_kernel<K>, blocks_for(P), kThreads, 0, stream, as<K>(mm), P);
   const bool shared_hist = nbins <= kSmemBins;
   const size_t smem = shared_hist ? static_cast<size_t>(nbins) * sizeof(unsigned int) : 0;
   for (int64_t p0 = 0; p0 < P; p0 += 65535) {  // gridDim.y is at most 65535
     const int64_t np = std::min<int64_t>(65535, P - p0);
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(bpp, std::max<int64_t>(1, num_sms() * 8 / np))),
                     static_cast<unsigned>(np));
-    minmax_kernel<scalar_t, Src><<<grid, kThreads, 0, stream>>>(src, p0, as<K>(mm));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    hist_kernel<scalar_t, Src><<<grid, kThreads, smem, stream>>>(
+    launch(minmax_kernel<scalar_t, Src>, grid, kThreads, 0, stream, src, p0, as<K>(mm));
+    launch(hist_kernel<scalar_t, Src>, grid, kThreads, smem, stream, 
         src, p0, as<K>(mm), nbins, reinterpret_cast<unsigned long long*>(hist.data_ptr()), shared_hist);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   for (int64_t p = 0; p < P; ++p) {
     auto* h = reinterpret_cast<unsigned long long*>(hist.data_ptr()) + p * nbins;
@@ -411,15 +403,13 @@ void match_planes(const Src& src, int64_t P, const at::Tensor& ref, std::optiona
     C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, bytes, h, c, static_cast<int>(nbins), stream));
     C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp.get(bytes), bytes, h, c, static_cast<int>(nbins), stream));
   }
-  edge_kernel<<<blocks_for(P * (nbins + 1)), kThreads, 0, stream>>>(
+  launch(edge_kernel, blocks_for(P * (nbins + 1)), kThreads, 0, stream, 
       as<unsigned long long>(cum), P, nbins, n, as<double>(uq), as<double>(uv), as<int64_t>(mu), m, as<double>(em));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t max_planes = std::max<int64_t>(1, (int64_t(1) << 31) / bpp - 1);
   for (int64_t p0 = 0; p0 < P; p0 += max_planes) {
     const int64_t np = std::min(max_planes, P - p0);
-    map_kernel<scalar_t, Src><<<static_cast<unsigned>(np * bpp), kThreads, 0, stream>>>(
+    launch(map_kernel<scalar_t, Src>, static_cast<unsigned>(np * bpp), kThreads, 0, stream, 
         src, p0, as<K>(mm), nbins, as<double>(em), as<double>(uv), as<int64_t>(mu), m, o);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
@@ -428,7 +418,7 @@ void match_planes(const Src& src, int64_t P, const at::Tensor& ref, std::optiona
 at::Tensor match_cuda(const at::Tensor& source, const BicubicArgs* bicubic, const at::Tensor& reference,
                       std::optional<int64_t> bins) {
   const at::Tensor& like = bicubic != nullptr ? bicubic->x : source;
-  const c10::cuda::CUDAGuard guard(like.device());
+  const DeviceGuard guard(like.device());
   const int64_t N = like.size(0), C = like.size(1);
   const int64_t S = bicubic != nullptr ? bicubic->scale : 1;
   at::Tensor out = at::empty({N, C, like.size(2) * S, like.size(3) * S}, like.options());
@@ -470,6 +460,8 @@ static at::Tensor match_histograms_cuda(const at::Tensor& source, const at::Tens
   return match_cuda(source.contiguous(), nullptr, reference, bins);
 }
 
+#ifndef PSR_CUDA_EMU
 TORCH_LIBRARY_IMPL(psr, CUDA, m) { m.impl("match_histograms", &match_histograms_cuda); }
+#endif
 
 }  // namespace psr::cuda_ops

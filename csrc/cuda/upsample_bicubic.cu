@@ -30,7 +30,7 @@ static at::Tensor upsample_bicubic_cuda(const at::Tensor& x_in, int64_t scale, d
   TORCH_CHECK(scale >= 1 && scale <= kMaxScale, "psr::upsample_bicubic: scale must be in 1..8, got ", scale);
   TORCH_CHECK(x_in.size(2) > 0 && x_in.size(3) > 0, "psr::upsample_bicubic: H and W must be positive, got ",
               x_in.sizes());
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   at::Tensor out = at::empty({N, C, H * scale, W * scale}, x.options());
@@ -43,14 +43,15 @@ static at::Tensor upsample_bicubic_cuda(const at::Tensor& x_in, int64_t scale, d
     const int64_t max_planes = std::max<int64_t>(1, (int64_t(1) << 31) / bpp - 1);
     for (int64_t p0 = 0; p0 < N * C; p0 += max_planes) {
       const int64_t np = std::min(max_planes, N * C - p0);
-      upsample_kernel<scalar_t><<<static_cast<unsigned>(np * bpp), kThreads, 0, stream>>>(
+      launch(upsample_kernel<scalar_t>, static_cast<unsigned>(np * bpp), kThreads, 0, stream, 
           src, p0, out.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
   return out;
 }
 
+#ifndef PSR_CUDA_EMU
 TORCH_LIBRARY_IMPL(psr, CUDA, m) { m.impl("upsample_bicubic", &upsample_bicubic_cuda); }
+#endif
 
 }  // namespace psr::cuda_ops

@@ -40,6 +40,8 @@ static at::Tensor upsample_match_cuda(const at::Tensor& x_in, int64_t scale, con
   return match_cuda(at::Tensor(), &args, ref, bins);
 }
 
+#ifndef PSR_CUDA_EMU
 TORCH_LIBRARY_IMPL(psr, CUDA, m) { m.impl("upsample_match", &upsample_match_cuda); }
+#endif
 
 }  // namespace psr::cuda_ops

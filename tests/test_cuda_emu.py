@@ -1,0 +1,240 @@
+"""psr's CUDA kernels (csrc/cuda/*.cu) run on the CPU by an emulator, against the same references.
+
+CI has no GPU, so the CUDA host code and kernels are also compiled as C++ together with
+``tests/cuda_emu/cuda_emu.h`` (blocks run one after another, each block's threads as fibers that
+switch at barriers, warp intrinsics exchanged at warp barriers, CUB's sorts and scans done on the
+host; see the header). The kernels' arithmetic is the same (explicit fma, no contraction), so the
+emulated ops must meet the CUDA tests' bounds: bicubic against F.interpolate and MATLAB's imresize,
+exact matching against skimage to the last bit, binned matching equal to the CPU kernel (same bins,
+same edge map) and within its documented bound, the fused op equal to the composed emulated ops.
+What the emulator cannot show (speed, occupancy, races between blocks) is left to
+``benchmarks/gpu_check.sh`` on a GPU. The emulated module is built once per source version (about
+30 s) under ``PSR_CUDA_EMU_CACHE`` (default ``~/.cache/psr/cuda-emu``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from psr import _build, ops
+from psr.resize import imresize
+
+from .test_reference import binned_interval, sk_match
+
+ROOT = Path(__file__).resolve().parent.parent
+EMU = ROOT / "tests" / "cuda_emu"
+DTYPES = [torch.float32, torch.float64]
+ATOL = {torch.float32: 2e-6, torch.float64: 1e-12}
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the emulator uses ucontext (Linux)")
+
+
+def _sources() -> list[Path]:
+    src = ROOT / "csrc"
+    return [*sorted(EMU.glob("*")), src / "psr_common.h", *sorted((src / "cuda").glob("*"))]
+
+
+def _build_emu() -> Path:
+    """Build tests/cuda_emu/emu_ops.cpp in a child process (torch.utils.cpp_extension stays out of
+    this one) and return the module's path."""
+    h = hashlib.sha256(torch.__version__.encode())
+    for p in _sources():
+        h.update(p.name.encode() + p.read_bytes())
+    digest = h.hexdigest()[:16]
+    cache = Path(os.environ.get("PSR_CUDA_EMU_CACHE", Path.home() / ".cache" / "psr" / "cuda-emu")) / digest
+    name = f"psr_cuda_emu_{digest}"
+    lib = cache / f"{name}.so"
+    if lib.is_file():
+        return lib
+    cache.mkdir(parents=True, exist_ok=True)
+    code = textwrap.dedent(
+        f"""
+        from torch.utils.cpp_extension import load
+        load(name={name!r}, sources=[{str(EMU / "emu_ops.cpp")!r}], build_directory={str(cache)!r},
+             extra_cflags=["-O2", "-ffp-contract=off", "-fno-strict-aliasing"], verbose=False)
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=1200)
+    assert lib.is_file(), f"no {lib} after the build"
+    return lib
+
+
+@pytest.fixture(scope="module")
+def emu() -> ModuleType:
+    if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler")
+    if shutil.which("ninja") is None:
+        pytest.skip("no ninja")
+    _build.build_extension()  # the CPU kernels, for comparisons
+    lib = _build_emu()
+    spec = importlib.util.spec_from_file_location(lib.stem, lib, loader=None)
+    assert spec is not None
+    spec.loader = importlib.machinery.ExtensionFileLoader(lib.stem, str(lib))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.set_num_sms(2)
+    return module
+
+
+def rand(rng: np.random.Generator, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(rng.random(shape)).to(dtype)
+
+
+# ------------------------------------------------------------------------------ the emulator
+
+
+def test_emulator_shares_memory_and_needs_the_barrier(emu: ModuleType, rng: np.random.Generator) -> None:
+    x = rand(rng, (256,), torch.float32)
+    torch.testing.assert_close(emu.selftest_reverse(x, True), x.flip(0), rtol=0, atol=0)
+    # Without __syncthreads the first threads read slots the last ones have not written yet.
+    assert not torch.equal(emu.selftest_reverse(x, False), x.flip(0))
+
+
+def test_emulator_reports_a_divergent_barrier(emu: ModuleType) -> None:
+    code = (
+        "import importlib.machinery, importlib.util, torch\n"
+        f"l = importlib.machinery.ExtensionFileLoader({Path(emu.__file__).stem!r}, {emu.__file__!r})\n"
+        "s = importlib.util.spec_from_file_location(l.name, l.path, loader=l)\n"
+        "m = importlib.util.module_from_spec(s); l.exec_module(m); m.selftest_divergent_sync()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "deadlock" in r.stderr
+
+
+# ------------------------------------------------------------------------ upsample_bicubic
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [2, 3, 5, 8])
+def test_upsample_is_interpolate_and_imresize(
+    emu: ModuleType, rng: np.random.Generator, dtype: torch.dtype, scale: int
+) -> None:
+    x = rand(rng, (2, 3, 9, 7), dtype)
+    want = F.interpolate(x.double(), scale_factor=scale, mode="bicubic", align_corners=False)
+    got = emu.upsample_bicubic(x, scale, -0.75)
+    assert got.shape == (2, 3, 9 * scale, 7 * scale) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=ATOL[dtype])
+    torch.testing.assert_close(
+        emu.upsample_bicubic(x, scale, -0.5).double(), imresize(x.double(), scale), rtol=0, atol=ATOL[dtype]
+    )
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 1), (3, 2), (4, 300)])
+def test_upsample_tiny_and_wide(emu: ModuleType, rng: np.random.Generator, shape: tuple) -> None:
+    """Padding that wraps around 1- and 2-pixel axes; rows wider than one 256-column tile."""
+    x = rand(rng, (1, 2, *shape), torch.float64)
+    torch.testing.assert_close(emu.upsample_bicubic(x, 3, -0.5), imresize(x, 3), rtol=0, atol=1e-12)
+    want = F.interpolate(x, scale_factor=3, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(emu.upsample_bicubic(x, 3, -0.75), want, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------ match_histograms
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ref_shape", [(5, 3), (61, 40)])
+def test_match_exact_is_skimage(
+    emu: ModuleType, rng: np.random.Generator, dtype: torch.dtype, ref_shape: tuple
+) -> None:
+    src = rand(rng, (2, 3, 23, 17), dtype)
+    ref = torch.from_numpy(rng.normal(size=(2, 3, *ref_shape))).to(dtype)
+    torch.testing.assert_close(emu.match_histograms(src, ref, None), sk_match(src, ref), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_match_exact_ties(emu: ModuleType, rng: np.random.Generator, dtype: torch.dtype) -> None:
+    src = torch.from_numpy(rng.integers(0, 5, (2, 2, 31, 27)) / 4.0).to(dtype)
+    src[0, 0, :10] = -0.0
+    src[1, 1] = 0.25  # constant plane: the reference's maximum
+    ref = torch.from_numpy(rng.integers(0, 7, (2, 2, 9, 13)) / 6.0).to(dtype)
+    ref[1, 0] = 0.5
+    got = emu.match_histograms(src, ref, None)
+    torch.testing.assert_close(got, sk_match(src, ref), rtol=0, atol=0)
+    assert torch.all(got[1, 1] == ref[1, 1].max()) and torch.all(got[1, 0] == 0.5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bins", [1, 5, 256, 9000])
+def test_match_binned_is_the_cpu_kernel(
+    emu: ModuleType, rng: np.random.Generator, dtype: torch.dtype, bins: int
+) -> None:
+    """Same source values, same bins and edge map: equal to the CPU kernel to the last bit, and
+    within the binned mode's bound of the exact map (computed in numpy)."""
+    src = torch.from_numpy(rng.normal(size=(2, 2, 37, 41))).to(dtype)
+    src[1, 0, 5:9] = 0.125  # ties inside a bin
+    ref = torch.from_numpy(rng.random((2, 2, 19, 23)) ** 3).to(dtype)
+    got = emu.match_histograms(src, ref, bins)
+    torch.testing.assert_close(got, ops.match_histograms(src, ref, bins=bins), rtol=0, atol=0)
+    tol = 4 * torch.finfo(dtype).eps
+    for n in range(2):
+        for c in range(2):
+            lo, hi = binned_interval(src[n, c].double().numpy().ravel(), ref[n, c].double().numpy().ravel(), bins)
+            g = got[n, c].double().numpy().ravel()
+            assert np.all((lo - tol <= g) & (g <= hi + tol))
+
+
+def test_match_binned_constant_planes(emu: ModuleType, rng: np.random.Generator) -> None:
+    ref = rand(rng, (1, 2, 7, 8), torch.float32)
+    src = torch.full((1, 2, 9, 9), 3.0)
+    src[0, 1, 0, 0] = 2.0  # one plane constant, one not
+    got = emu.match_histograms(src, ref, 16)
+    assert torch.all(got[0, 0] == ref[0, 0].max())
+    torch.testing.assert_close(got, ops.match_histograms(src, ref, bins=16), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------ upsample_match
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bins", [None, 64, 9000])
+@pytest.mark.parametrize(("scale", "a"), [(4, -0.75), (3, -0.5), (8, -0.75)])
+def test_upsample_match_is_composition(
+    emu: ModuleType, rng: np.random.Generator, dtype: torch.dtype, bins: int | None, scale: int, a: float
+) -> None:
+    x = rand(rng, (2, 2, 11, 8), dtype)
+    res = torch.from_numpy(rng.normal(size=(2, 2, 11 * scale, 8 * scale)) * 0.05).to(dtype)
+    ref = rand(rng, (2, 2, 7, 9), dtype)
+    up = emu.upsample_bicubic(x, scale, a)
+    for residual, reference in [(None, None), (res, ref)]:
+        got = emu.upsample_match(x, scale, residual, reference, a, bins)
+        src = up if residual is None else up + residual
+        want = emu.match_histograms(src, x if reference is None else reference, bins)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        if bins is not None:  # and the CPU kernel, up to values on a bin edge
+            cpu = ops.match_histograms(src, x if reference is None else reference, bins=bins)
+            assert float(((got - cpu).abs() > 1e-5).double().mean()) < 0.01
+    if bins is None and dtype == torch.float64:
+        want = sk_match(up + res, ref)
+        torch.testing.assert_close(emu.upsample_match(x, scale, res, ref, a, None), want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("sms", [1, 3])
+def test_grid_sizes_do_not_change_results(emu: ModuleType, rng: np.random.Generator, sms: int) -> None:
+    """Fewer or more blocks per plane (grid-stride loops over tiles) give the same bits; rows wider
+    than a tile, a tie group spanning tiles."""
+    x = rand(rng, (1, 2, 12, 300), torch.float32)
+    x[0, 1, :, 150:] = 0.25
+    want = {bins: emu.upsample_match(x, 4, None, None, -0.75, bins) for bins in (None, 256, 9000)}
+    emu.set_num_sms(sms)
+    try:
+        for bins, w in want.items():
+            torch.testing.assert_close(emu.upsample_match(x, 4, None, None, -0.75, bins), w, rtol=0, atol=0)
+    finally:
+        emu.set_num_sms(2)
+    up = emu.upsample_bicubic(x, 4, -0.75)
+    torch.testing.assert_close(want[None], sk_match(up, x), rtol=0, atol=0)
+    torch.testing.assert_close(want[256], ops.match_histograms(up, x, bins=256), rtol=0, atol=0)
