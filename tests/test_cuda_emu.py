@@ -224,17 +224,21 @@ def test_upsample_match_is_composition(
 
 @pytest.mark.parametrize("sms", [1, 3])
 def test_grid_sizes_do_not_change_results(emu: ModuleType, rng: np.random.Generator, sms: int) -> None:
-    """Fewer or more blocks per plane (grid-stride loops over tiles) give the same bits; rows wider
-    than a tile, a tie group spanning tiles."""
-    x = rand(rng, (1, 2, 12, 300), torch.float32)
+    """Other grids give the same bits: with 1, 2 and 3 SMs the tiles are 16, 8 and 8 input rows high
+    (the last one partial) and blocks loop over more or fewer tiles; rows wider than a 256-column
+    tile, a tie group spanning tiles."""
+    x = rand(rng, (1, 2, 37, 300), torch.float32)
     x[0, 1, :, 150:] = 0.25
     want = {bins: emu.upsample_match(x, 4, None, None, -0.75, bins) for bins in (None, 256, 9000)}
+    up = emu.upsample_bicubic(x, 4, -0.75)
     emu.set_num_sms(sms)
     try:
         for bins, w in want.items():
             torch.testing.assert_close(emu.upsample_match(x, 4, None, None, -0.75, bins), w, rtol=0, atol=0)
+        torch.testing.assert_close(emu.upsample_bicubic(x, 4, -0.75), up, rtol=0, atol=0)
     finally:
         emu.set_num_sms(2)
-    up = emu.upsample_bicubic(x, 4, -0.75)
+    want_up = F.interpolate(x.double(), scale_factor=4, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(up.double(), want_up, rtol=0, atol=ATOL[torch.float32])
     torch.testing.assert_close(want[None], sk_match(up, x), rtol=0, atol=0)
     torch.testing.assert_close(want[256], ops.match_histograms(up, x, bins=256), rtol=0, atol=0)

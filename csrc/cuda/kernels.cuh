@@ -1,8 +1,7 @@
 // CUDA building blocks shared by the three ops. Every kernel that needs source values gets them
 // from a "source": the plain source tensor, or bicubic(x) (+ residual) recomputed from the
-// low-resolution planes. A source hands each thread a run of up to 8 consecutive values of one
-// plane, so the same arithmetic (explicit fma, hence bitwise identical in every kernel) feeds the
-// upsampling, min/max, histogram, sort-key and mapping passes.
+// low-resolution planes. A source hands each thread values of one plane, tile by tile, so the same arithmetic (explicit fma, hence bitwise identical in every
+// kernel) feeds the upsampling, min/max, histogram, sort-key and mapping passes.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -26,8 +25,7 @@
 namespace psr::cuda_ops {
 
 constexpr int kThreads = 256;  // threads per block in every kernel
-constexpr int kRun = 8;        // values per thread and call (the largest scale)
-constexpr int kPlainRun = 4;   // values per thread for a plain tensor source
+constexpr int kPlainRun = 4;   // values per thread and tile for a plain tensor source
 
 PSR_HD float fma_(float a, float b, float c) { return fmaf(a, b, c); }
 PSR_HD double fma_(double a, double b, double c) { return fma(a, b, c); }
@@ -60,125 +58,128 @@ inline Taps<scalar_t> make_taps(int S, double a) {
   return k;
 }
 
-// Values of bicubic(x) (+ residual) for (P, H, W) planes upscaled by S. One block computes one
-// output row for kThreads consecutive input columns; thread t gets the S outputs of column
-// q0 + t. Needs (kThreads + 4) scalars of shared memory.
+// Values of bicubic(x) (+ residual) for (P, H, W) planes upscaled by S, a tile at a time: a tile
+// is `band` input rows by kThreads / S input columns, i.e. about kThreads output columns, and
+// thread t owns output column phase t % S of input column t / S of the tile. Horizontal pass
+// first: for every input row of the tile (and two rows above and below) each thread computes its
+// one horizontal value from the row staged in shared memory, keeping the last five in registers,
+// so an output is 4 register FMAs and the block synchronises once per input row (S output rows).
+// A thread's values run down its column (vertically adjacent pixels); a warp's are 32 consecutive
+// pixels of a row (coalesced). Needs (kThreads + 4) scalars of shared memory.
 template <typename scalar_t>
 struct BicubicSource {
-  static constexpr bool kVectorStore = true;  // runs start at multiples of S
+  static constexpr int kVals = 1;  // values per callback
   const scalar_t* x;
   const scalar_t* residual;  // (P, H * S, W * S) or nullptr
   int64_t H, W;
   Taps<scalar_t> taps;
+  int band;  // input rows per tile (>= 1)
 
   __host__ __device__ int64_t rows() const { return H * taps.S; }
   __host__ __device__ int64_t cols() const { return W * taps.S; }
   __host__ __device__ int64_t numel() const { return rows() * cols(); }
-  __host__ __device__ int64_t blocks_per_plane() const { return rows() * ((W + kThreads - 1) / kThreads); }
-  __device__ int run() const { return taps.S; }  // values per thread and call (block-uniform)
+  __host__ __device__ int cols_per_tile() const { return kThreads / taps.S; }
+  __host__ __device__ int64_t tiles_per_plane() const {
+    return ((H + band - 1) / band) * ((W + cols_per_tile() - 1) / cols_per_tile());
+  }
+  // This source with tiles sized for kernels that cover P planes at once.
+  BicubicSource for_planes(int64_t P, int sms) const;
 
-  // Fills v[0 .. count) with the values of plane p at flat indices first .. first + count - 1
-  // for block-local tile `tile`; count is 0 for threads past the row's end. All threads of the
-  // block must call it (it synchronises).
-  __device__ void values(int64_t p, int64_t tile, scalar_t* smem, scalar_t (&v)[kRun], int64_t& first,
-                         int& count) const {
+  // Calls f(v, first, count) for every output row of tile `tile` of plane p where this thread has
+  // a value: v[0] is the value at flat index first (count is 1). All threads of the block must
+  // call it (it synchronises); f must not synchronise.
+  template <typename F>
+  __device__ void for_each_run(int64_t p, int64_t tile, scalar_t* smem, F&& f) const {
     const int S = taps.S;
-    const int64_t tiles_per_row = (W + kThreads - 1) / kThreads;
-    const int64_t oy = tile / tiles_per_row;
-    const int64_t q0 = (tile % tiles_per_row) * kThreads;
-    const int ry = static_cast<int>(oy % S);
-    const int64_t by = oy / S + taps.offset[ry] - 1;
+    const int cpt = cols_per_tile();
+    const int64_t tiles_per_row = (W + cpt - 1) / cpt;
+    const int64_t q_first = (tile / tiles_per_row) * band;
+    const int64_t c0 = (tile % tiles_per_row) * cpt;
+    const int64_t q_end = q_first + band < H ? q_first + band : H;
+    const int tc = static_cast<int>(threadIdx.x) / S, rx = static_cast<int>(threadIdx.x) % S;
+    const int64_t col = c0 + tc;
+    const bool active = tc < cpt && col < W;
     const scalar_t* plane = x + p * H * W;
-    const scalar_t* r0 = plane + pad_index(by, H, taps.symmetric) * W;
-    const scalar_t* r1 = plane + pad_index(by + 1, H, taps.symmetric) * W;
-    const scalar_t* r2 = plane + pad_index(by + 2, H, taps.symmetric) * W;
-    const scalar_t* r3 = plane + pad_index(by + 3, H, taps.symmetric) * W;
-    const scalar_t w0 = taps.w[ry][0], w1 = taps.w[ry][1], w2 = taps.w[ry][2], w3 = taps.w[ry][3];
-    __syncthreads();  // smem may still be read by the previous tile
-    for (int c = threadIdx.x; c < kThreads + 4; c += blockDim.x) {
-      const int64_t q = q0 + c - 2;
-      if (q - 2 < W) {  // columns beyond q0 + kThreads + 1 are never read
-        const int64_t col = pad_index(q, W, taps.symmetric);
-        smem[c] = fma_(w3, __ldg(r3 + col), fma_(w2, __ldg(r2 + col), fma_(w1, __ldg(r1 + col), w0 * __ldg(r0 + col))));
+    const scalar_t h0 = taps.w5[rx][0], h1 = taps.w5[rx][1], h2 = taps.w5[rx][2], h3 = taps.w5[rx][3],
+                   h4 = taps.w5[rx][4];
+    // The horizontal value of input row q at this thread's output column.
+    auto horizontal = [&](int64_t q) {
+      const scalar_t* row = plane + pad_index(q, H, taps.symmetric) * W;
+      __syncthreads();  // the previous row's readers are done with smem
+      if (threadIdx.x < static_cast<unsigned>(cpt + 4)) {
+        const int64_t j = c0 + threadIdx.x - 2;
+        if (j - 2 < W) smem[threadIdx.x] = __ldg(row + pad_index(j, W, taps.symmetric));  // past W + 1: never read
       }
-    }
-    __syncthreads();
-    const int64_t q = q0 + threadIdx.x;
-    first = oy * cols() + q * S;
-    count = q < W ? S : 0;
-    const scalar_t* s = smem + threadIdx.x;
-    const scalar_t s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3], s4 = s[4];
-#pragma unroll
-    for (int r = 0; r < kRun; ++r) {
-      if (r < S) {
-        v[r] = fma_(taps.w5[r][4], s4,
-                    fma_(taps.w5[r][3], s3, fma_(taps.w5[r][2], s2, fma_(taps.w5[r][1], s1, taps.w5[r][0] * s0))));
-      }
-    }
-    if (residual != nullptr && count > 0) {
-      const scalar_t* res = residual + p * numel() + first;
-#pragma unroll
-      for (int r = 0; r < kRun; ++r) {
-        if (r < S) v[r] = v[r] + __ldg(res + r);
+      __syncthreads();
+      const scalar_t* s = smem + tc;
+      return active ? fma_(h4, s[4], fma_(h3, s[3], fma_(h2, s[2], fma_(h1, s[1], h0 * s[0])))) : scalar_t(0);
+    };
+    // win[k]: input row q - 2 + k, k = 0 .. 4.
+    scalar_t win0 = 0, win1 = horizontal(q_first - 2), win2 = horizontal(q_first - 1), win3 = horizontal(q_first),
+             win4 = horizontal(q_first + 1);
+    const int64_t ncols = cols();
+    const scalar_t* res = residual != nullptr ? residual + p * numel() : nullptr;
+    for (int64_t q = q_first; q < q_end; ++q) {
+      win0 = win1;
+      win1 = win2;
+      win2 = win3;
+      win3 = win4;
+      win4 = horizontal(q + 2);
+      if (!active) continue;
+      int64_t first = q * S * ncols + col * S + rx;
+      for (int ry = 0; ry < S; ++ry, first += ncols) {
+        // Output row q * S + ry reads input rows q + offset - 1 .. q + offset + 2, offset 0 or -1.
+        const scalar_t w0 = taps.w[ry][0], w1 = taps.w[ry][1], w2 = taps.w[ry][2], w3 = taps.w[ry][3];
+        scalar_t v[1];
+        v[0] = taps.offset[ry] < 0 ? fma_(w3, win3, fma_(w2, win2, fma_(w1, win1, w0 * win0)))
+                                   : fma_(w3, win4, fma_(w2, win3, fma_(w1, win2, w0 * win1)));
+        if (res != nullptr) v[0] = v[0] + __ldg(res + first);
+        f(v, first, 1);
       }
     }
   }
 };
 
-// Values of a plain contiguous (P, n) tensor, kPlainRun consecutive values per thread.
+// Input rows per tile for P planes: the most (up to 16; each tile also computes the horizontal
+// pass of 4 halo rows) that still gives every SM a few resident blocks' worth of tiles.
+template <typename scalar_t>
+BicubicSource<scalar_t> BicubicSource<scalar_t>::for_planes(int64_t P, int sms) const {
+  const int64_t col_tiles = (W + cols_per_tile() - 1) / cols_per_tile();
+  BicubicSource s = *this;
+  s.band = 16;
+  while (s.band > 1 && P * ((H + s.band - 1) / s.band) * col_tiles < int64_t(sms) * 16) s.band /= 2;
+  return s;
+}
+
+// Values of a plain contiguous (P, n) tensor: a tile is kThreads * kPlainRun consecutive values,
+// kPlainRun per thread.
 template <typename scalar_t>
 struct PlainSource {
-  static constexpr bool kVectorStore = false;  // planes need not be aligned
+  static constexpr int kVals = kPlainRun;  // values per callback
   const scalar_t* p0;
   int64_t n;
 
   __host__ __device__ int64_t numel() const { return n; }
-  __host__ __device__ int64_t blocks_per_plane() const {
+  __host__ __device__ int64_t tiles_per_plane() const {
     return (n + int64_t(kThreads) * kPlainRun - 1) / (int64_t(kThreads) * kPlainRun);
   }
   __device__ int run() const { return kPlainRun; }
-  __device__ void values(int64_t p, int64_t tile, scalar_t* /*smem*/, scalar_t (&v)[kRun], int64_t& first,
-                         int& count) const {
-    first = (tile * kThreads + threadIdx.x) * kPlainRun;
+  PlainSource for_planes(int64_t /*P*/, int /*sms*/) const { return *this; }
+  template <typename F>
+  __device__ void for_each_run(int64_t p, int64_t tile, scalar_t* /*smem*/, F&& f) const {
+    const int64_t first = (tile * kThreads + threadIdx.x) * kPlainRun;
     const int64_t left = n - first;
-    count = left <= 0 ? 0 : (left < kPlainRun ? static_cast<int>(left) : kPlainRun);
+    if (left <= 0) return;
+    const int count = left < kPlainRun ? static_cast<int>(left) : kPlainRun;
     const scalar_t* src = p0 + p * n + first;
+    scalar_t v[kPlainRun];
 #pragma unroll
     for (int r = 0; r < kPlainRun; ++r) {
       if (r < count) v[r] = __ldg(src + r);
     }
+    f(v, first, count);
   }
 };
-
-// Stores v[0 .. S) at dst, which is aligned to S values: vector stores where the width allows.
-template <typename scalar_t>
-__device__ __forceinline__ void store_run(scalar_t* dst, const scalar_t (&v)[kRun], int S) {
-  if constexpr (sizeof(scalar_t) == 4) {
-    if (S == 4 || S == 8) {
-#pragma unroll
-      for (int r = 0; r < kRun; r += 4) {
-        if (r < S) reinterpret_cast<float4*>(dst)[r / 4] = make_float4(v[r], v[r + 1], v[r + 2], v[r + 3]);
-      }
-      return;
-    }
-    if (S == 2) {
-      *reinterpret_cast<float2*>(dst) = make_float2(v[0], v[1]);
-      return;
-    }
-  } else {
-    if (S % 2 == 0) {
-#pragma unroll
-      for (int r = 0; r < kRun; r += 2) {
-        if (r < S) reinterpret_cast<double2*>(dst)[r / 2] = make_double2(v[r], v[r + 1]);
-      }
-      return;
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < kRun; ++r) {
-    if (r < S) dst[r] = v[r];
-  }
-}
 
 #ifndef PSR_CUDA_EMU
 // The current stream (c10 rather than ATen/cuda/CUDAContext.h, which needs the cuBLAS/cuSPARSE
@@ -201,6 +202,14 @@ struct DeviceGuard {
 };
 using ::psr_emu::launch;
 #endif
+
+// Streaming multiprocessors of the current device (grid sizes follow it).
+inline int num_sms() {
+  int device = 0, n = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  return n;
+}
 
 // Histogram matching on CUDA (match_histograms.cu). source: a plain (N, C, H, W) tensor, or
 // undefined when bicubic is given: then the source is upsample(x, S, a) + residual.

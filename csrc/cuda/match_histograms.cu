@@ -1,14 +1,15 @@
 // CUDA histogram matching, per plane (sample x channel), with the CPU kernel's semantics
 // (csrc/cpu/match_histograms.cpp has the derivation).
 //
-// Reference: keys sorted with CUB, unique values and their quantiles compacted with a scan.
+// Reference, all planes at once: keys sorted with CUB (float32: one sort, the plane index in the
+// keys' high word), unique values and their quantiles compacted with one scan.
 // Exact mode, per plane: (key, index) pairs from the source, CUB radix sort, a scan of group
 // heads gives every element its tie group; each group's last element maps the group's upper
 // quantile through the reference, and a gather writes the result to the pixels.
 // Binned mode, all planes at once: min/max (atomics on order-preserving keys), a histogram
-// privatised in shared memory with warp-aggregated increments, a scan, the edge map, and a
-// mapping pass. Nothing here synchronises with the host; the source's values are recomputed by
-// each pass (for bicubic, from the low-resolution planes).
+// privatised in shared memory with run-aggregated increments, one scan, the edge map, and a
+// mapping pass with the edge map in shared memory. Nothing here synchronises with the host; the
+// source's values are recomputed by each pass (for bicubic, from the low-resolution planes).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -23,7 +24,8 @@
 namespace psr::cuda_ops {
 namespace {
 
-constexpr int64_t kSmemBins = 8192;  // histograms up to this many bins live in shared memory
+constexpr int64_t kSmemBins = 8192;   // histograms up to this many bins live in shared memory
+constexpr int64_t kSmemEdges = 4096;  // edge maps up to this many edges too (32 KiB)
 
 template <typename T>
 T* as(at::Tensor& t) {
@@ -45,13 +47,6 @@ struct CubTemp {
   }
 };
 
-int num_sms() {
-  int device = 0, n = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  return n;
-}
-
 unsigned blocks_for(int64_t n) {
   return static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(num_sms()) * 32));
 }
@@ -59,50 +54,63 @@ unsigned blocks_for(int64_t n) {
 #define PSR_GRID_STRIDE(i, n) \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(blockDim.x) * gridDim.x)
 
+constexpr int64_t kMaxItems = std::numeric_limits<int>::max();  // CUB's item counts are int here
+
+// Whole planes per chunk of at most kMaxItems items (chunks keep CUB calls within int counts).
+int64_t planes_per_chunk(int64_t per_plane, int64_t P) {
+  return std::max<int64_t>(1, std::min<int64_t>(P, kMaxItems / std::max<int64_t>(per_plane, 1)));
+}
+
 // ---------------------------------------------------------------------------------------------
-// reference CDF
+// reference CDF, all planes of a chunk at once
 
+// 64-bit sort keys of the reference values; for float32 the plane (within the chunk) goes in the
+// high word, so one sort sorts every plane, each plane staying in its own m slots.
 template <typename scalar_t>
-__global__ void ref_keys_kernel(const scalar_t* ref, int64_t m, typename KeyTraits<scalar_t>::key_t* keys) {
-  PSR_GRID_STRIDE(i, m) { keys[i] = KeyTraits<scalar_t>::key(ref[i]); }
+__global__ void ref_keys_kernel(const scalar_t* ref, int64_t items, int64_t m, bool plane_bits, uint64_t* keys) {
+  PSR_GRID_STRIDE(i, items) {
+    const uint64_t k = KeyTraits<scalar_t>::key(ref[i]);
+    keys[i] = plane_bits ? (static_cast<uint64_t>(i / m) << 32) | k : k;
+  }
 }
 
-template <typename K>
-__global__ void tail_flags_kernel(const K* s, int64_t n, uint32_t* flags) {
-  PSR_GRID_STRIDE(i, n) { flags[i] = (i == n - 1 || s[i] != s[i + 1]) ? 1u : 0u; }
+// flags[i] = 1 where sorted element i ends a run of equal values (or its plane).
+__global__ void tail_flags_kernel(const uint64_t* s, int64_t items, int64_t m, uint32_t* flags) {
+  PSR_GRID_STRIDE(i, items) { flags[i] = ((i + 1) % m == 0 || s[i] != s[i + 1]) ? 1u : 0u; }
 }
 
+// Per plane p: uq[p][j], uv[p][j] the upper quantile and value of unique value j, mu[p] their count.
 template <typename scalar_t>
-__global__ void ref_unique_kernel(const typename KeyTraits<scalar_t>::key_t* s, const uint32_t* pos, int64_t m,
-                                  double* uq, double* uv, int64_t* mu) {
-  PSR_GRID_STRIDE(i, m) {
-    if (i == m - 1 || s[i] != s[i + 1]) {
-      const int64_t j = pos[i];
-      uq[j] = static_cast<double>(i + 1) / static_cast<double>(m);
-      uv[j] = static_cast<double>(KeyTraits<scalar_t>::value(s[i]));
-      if (i == m - 1) *mu = j + 1;
+__global__ void ref_unique_kernel(const uint64_t* s, const uint32_t* pos, int64_t items, int64_t m, double* uq,
+                                  double* uv, int64_t* mu) {
+  using K = typename KeyTraits<scalar_t>::key_t;
+  PSR_GRID_STRIDE(i, items) {
+    const int64_t p = i / m, i0 = p * m;
+    if ((i + 1) % m == 0 || s[i] != s[i + 1]) {
+      const int64_t j = pos[i] - pos[i0];
+      uq[i0 + j] = static_cast<double>(i - i0 + 1) / static_cast<double>(m);
+      uv[i0 + j] = static_cast<double>(KeyTraits<scalar_t>::value(static_cast<K>(s[i])));
+      if (i == i0 + m - 1) mu[p] = j + 1;
     }
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// exact mode
+// exact mode (per plane: the source is sorted with its pixel indices)
 
 template <typename scalar_t, typename Src>
 __global__ void __launch_bounds__(kThreads) key_kernel(Src src, int64_t p, typename KeyTraits<scalar_t>::key_t* keys,
                                                        uint32_t* idx) {
   __shared__ scalar_t smem[kThreads + 4];
-  scalar_t v[kRun];
-  int64_t first;
-  int count;
-  src.values(p, blockIdx.x, smem, v, first, count);
+  src.for_each_run(p, blockIdx.x, smem, [&](const scalar_t* v, int64_t first, int count) {
 #pragma unroll
-  for (int r = 0; r < kRun; ++r) {
-    if (r < count) {
-      keys[first + r] = KeyTraits<scalar_t>::key(v[r]);
-      idx[first + r] = static_cast<uint32_t>(first + r);
+    for (int r = 0; r < Src::kVals; ++r) {
+      if (r < count) {
+        keys[first + r] = KeyTraits<scalar_t>::key(v[r]);
+        idx[first + r] = static_cast<uint32_t>(first + r);
+      }
     }
-  }
+  });
 }
 
 template <typename K>
@@ -129,15 +137,8 @@ __global__ void scatter_kernel(const uint32_t* idx, const uint32_t* gid, const s
 }
 
 // ---------------------------------------------------------------------------------------------
-// binned mode
-
-template <typename K>
-__global__ void minmax_init_kernel(K* mm, int64_t P) {
-  PSR_GRID_STRIDE(i, P) {
-    mm[2 * i] = ~K(0);
-    mm[2 * i + 1] = 0;
-  }
-}
+// binned mode: min/max, histogram, edge map, mapping; blocks loop over the tiles of one plane
+// (blockIdx.y, after plane0)
 
 template <typename T>
 __device__ __forceinline__ T warp_min(T v) {
@@ -166,33 +167,32 @@ __device__ __forceinline__ void atomic_max_key(uint64_t* a, uint64_t v) {
   atomicMax(reinterpret_cast<unsigned long long*>(a), static_cast<unsigned long long>(v));
 }
 
-// Per-plane min and max as keys; blockIdx.y is the plane (after plane0), blocks stride over tiles.
+// Per-plane min and max as keys: mn[p] starts at all ones, mx[p] at zero.
 template <typename scalar_t, typename Src>
 __global__ void __launch_bounds__(kThreads) minmax_kernel(Src src, int64_t plane0,
-                                                          typename KeyTraits<scalar_t>::key_t* mm) {
+                                                          typename KeyTraits<scalar_t>::key_t* mn,
+                                                          typename KeyTraits<scalar_t>::key_t* mx) {
   using K = typename KeyTraits<scalar_t>::key_t;
   __shared__ scalar_t smem[kThreads + 4];
   const int64_t p = plane0 + blockIdx.y;
   K lo = ~K(0), hi = 0;
-  for (int64_t tile = blockIdx.x; tile < src.blocks_per_plane(); tile += gridDim.x) {
-    scalar_t v[kRun];
-    int64_t first;
-    int count;
-    src.values(p, tile, smem, v, first, count);
+  for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
+    src.for_each_run(p, tile, smem, [&](const scalar_t* v, int64_t, int count) {
 #pragma unroll
-    for (int r = 0; r < kRun; ++r) {
-      if (r < count) {
-        const K k = KeyTraits<scalar_t>::key(v[r]);
-        lo = k < lo ? k : lo;
-        hi = k > hi ? k : hi;
+      for (int r = 0; r < Src::kVals; ++r) {
+        if (r < count) {
+          const K k = KeyTraits<scalar_t>::key(v[r]);
+          lo = k < lo ? k : lo;
+          hi = k > hi ? k : hi;
+        }
       }
-    }
+    });
   }
   lo = warp_min(lo);
   hi = warp_max(hi);
   if ((threadIdx.x & 31) == 0) {
-    atomic_min_key(mm + 2 * p, lo);
-    atomic_max_key(mm + 2 * p + 1, hi);
+    atomic_min_key(mn + p, lo);
+    atomic_max_key(mx + p, hi);
   }
 }
 
@@ -207,52 +207,60 @@ struct Binner {
 };
 
 template <typename scalar_t>
-__device__ __forceinline__ bool plane_binner(const typename KeyTraits<scalar_t>::key_t* mm, int64_t p, int64_t bins,
+__device__ __forceinline__ bool plane_binner(const typename KeyTraits<scalar_t>::key_t* mn,
+                                             const typename KeyTraits<scalar_t>::key_t* mx, int64_t p, int64_t bins,
                                              Binner& b) {
-  const double lo = static_cast<double>(KeyTraits<scalar_t>::value(mm[2 * p]));
-  const double hi = static_cast<double>(KeyTraits<scalar_t>::value(mm[2 * p + 1]));
+  const double lo = static_cast<double>(KeyTraits<scalar_t>::value(mn[p]));
+  const double hi = static_cast<double>(KeyTraits<scalar_t>::value(mx[p]));
   b = Binner{lo, static_cast<double>(bins) / (hi - lo), bins};
   return lo != hi;
 }
 
+// Counts per bin. Each thread adds up runs of equal bins in a register (neighbouring pixels mostly
+// share a bin) and makes one atomic per run, into a block-private histogram in shared memory when
+// it fits.
 template <typename scalar_t, typename Src>
 __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
-                                                        const typename KeyTraits<scalar_t>::key_t* mm, int64_t bins,
+                                                        const typename KeyTraits<scalar_t>::key_t* mn,
+                                                        const typename KeyTraits<scalar_t>::key_t* mx, int64_t bins,
                                                         unsigned long long* hist, bool shared_hist) {
   __shared__ scalar_t smem[kThreads + 4];
   PSR_EXTERN_SHARED(unsigned int, sh);
   const int64_t p = plane0 + blockIdx.y;
   Binner bn;
-  if (!plane_binner<scalar_t>(mm, p, bins, bn)) return;  // constant plane: no histogram needed
+  if (!plane_binner<scalar_t>(mn, mx, p, bins, bn)) return;  // constant plane (block-uniform): no histogram
   unsigned long long* gh = hist + p * bins;
   if (shared_hist) {
     for (int64_t k = threadIdx.x; k < bins; k += blockDim.x) sh[k] = 0;
     __syncthreads();
   }
-  const unsigned lane = threadIdx.x & 31;
-  for (int64_t tile = blockIdx.x; tile < src.blocks_per_plane(); tile += gridDim.x) {
-    scalar_t v[kRun];
-    int64_t first;
-    int count;
-    src.values(p, tile, smem, v, first, count);
-    const int run = src.run();
+  int64_t cur = -1;
+  unsigned count_cur = 0;
+  auto flush = [&] {
+    if (count_cur == 0) return;
+    if (shared_hist) {
+      atomicAdd(sh + cur, count_cur);
+    } else {
+      atomicAdd(gh + cur, static_cast<unsigned long long>(count_cur));
+    }
+  };
+  for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
+    src.for_each_run(p, tile, smem, [&](const scalar_t* v, int64_t, int count) {
 #pragma unroll
-    for (int r = 0; r < kRun; ++r) {
-      if (r < run) {  // block-uniform: every lane reaches the vote below
-        const unsigned b =
-            r < count ? static_cast<unsigned>(bn.bin((static_cast<double>(v[r]) - bn.lo) * bn.factor)) : 0xffffffffu;
-        // Neighbouring pixels mostly share a bin: one atomic per distinct bin in the warp.
-        const unsigned peers = __match_any_sync(0xffffffffu, b);
-        if (b != 0xffffffffu && lane == static_cast<unsigned>(__ffs(peers) - 1)) {
-          if (shared_hist) {
-            atomicAdd(sh + b, static_cast<unsigned>(__popc(peers)));
-          } else {
-            atomicAdd(gh + b, static_cast<unsigned long long>(__popc(peers)));
+      for (int r = 0; r < Src::kVals; ++r) {
+        if (r < count) {
+          const int64_t b = bn.bin((static_cast<double>(v[r]) - bn.lo) * bn.factor);
+          if (b != cur) {
+            flush();
+            cur = b;
+            count_cur = 0;
           }
+          ++count_cur;
         }
       }
-    }
+    });
   }
+  flush();
   if (shared_hist) {
     __syncthreads();
     for (int64_t k = threadIdx.x; k < bins; k += blockDim.x) {
@@ -261,106 +269,141 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
   }
 }
 
-// em[p][k]: the exact map of edge k's quantile (fraction of values in bins below k).
-__global__ void edge_kernel(const unsigned long long* cum, int64_t P, int64_t bins, int64_t n, const double* uq,
-                            const double* uv, const int64_t* mu, int64_t m, double* em) {
+// em[p][k]: the exact map of edge k's quantile (fraction of the plane's values in bins below k).
+// cum holds inclusive sums of the histograms, restarted at every chunk of `ppc` planes.
+__global__ void edge_kernel(const unsigned long long* cum, int64_t P, int64_t bins, int64_t ppc, int64_t n,
+                            const double* uq, const double* uv, const int64_t* mu, int64_t m, double* em) {
   PSR_GRID_STRIDE(i, P * (bins + 1)) {
     const int64_t p = i / (bins + 1), k = i % (bins + 1);
-    const unsigned long long c = k == 0 ? 0ull : cum[p * bins + k - 1];
+    const unsigned long long base = p % ppc == 0 ? 0ull : cum[p * bins - 1];
+    const unsigned long long c = k == 0 ? 0ull : cum[p * bins + k - 1] - base;
     const double q = static_cast<double>(c) / static_cast<double>(n);
     em[i] = np_interp(q, uq + p * m, uv + p * m, mu[p]);
   }
 }
 
+// The mapping: the plane's edge map goes to shared memory once per block (the two edges a value
+// needs sit at data-dependent bins: from global memory that was about a cache line per lane).
 template <typename scalar_t, typename Src>
 __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
-                                                       const typename KeyTraits<scalar_t>::key_t* mm, int64_t bins,
+                                                       const typename KeyTraits<scalar_t>::key_t* mn,
+                                                       const typename KeyTraits<scalar_t>::key_t* mx, int64_t bins,
                                                        const double* em, const double* uv, const int64_t* mu,
-                                                       int64_t m, scalar_t* out) {
+                                                       int64_t m, scalar_t* out, bool shared_edges) {
   __shared__ scalar_t smem[kThreads + 4];
-  const int64_t bpp = src.blocks_per_plane();
-  const int64_t p = plane0 + blockIdx.x / bpp;
-  scalar_t v[kRun];
-  int64_t first;
-  int count;
-  src.values(p, blockIdx.x % bpp, smem, v, first, count);
-  if (count == 0) return;
+  PSR_EXTERN_SHARED(double, she);
+  const int64_t p = plane0 + blockIdx.y;
   Binner bn;
+  const bool varies = plane_binner<scalar_t>(mn, mx, p, bins, bn);  // block-uniform
   const double* e = em + p * (bins + 1);
-  if (plane_binner<scalar_t>(mm, p, bins, bn)) {
+  if (varies && shared_edges) {
+    for (int64_t k = threadIdx.x; k <= bins; k += blockDim.x) she[k] = e[k];
+    __syncthreads();
+    e = she;
+  }
+  // A constant plane is one tie group at quantile 1: the reference's maximum.
+  const scalar_t top = varies ? scalar_t(0) : static_cast<scalar_t>(uv[p * m + mu[p] - 1]);
+  scalar_t* plane_out = out + p * src.numel();
+  for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
+    src.for_each_run(p, tile, smem, [&](const scalar_t* v, int64_t first, int count) {
+      scalar_t w[Src::kVals];
+      if (varies) {
 #pragma unroll
-    for (int r = 0; r < kRun; ++r) {
-      if (r < count) {
-        const double pos = (static_cast<double>(v[r]) - bn.lo) * bn.factor;
-        const int64_t k = bn.bin(pos);
-        double t = pos - static_cast<double>(k);
-        t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
-        const double e0 = __ldg(e + k), e1 = __ldg(e + k + 1);
-        v[r] = static_cast<scalar_t>(e0 + t * (e1 - e0));
+        for (int r = 0; r < Src::kVals; ++r) {
+          if (r < count) {
+            const double pos = (static_cast<double>(v[r]) - bn.lo) * bn.factor;
+            const int64_t k = bn.bin(pos);
+            double t = pos - static_cast<double>(k);
+            t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
+            const double e0 = e[k], e1 = e[k + 1];
+            w[r] = static_cast<scalar_t>(e0 + t * (e1 - e0));
+          }
+        }
+      } else {
+#pragma unroll
+        for (int r = 0; r < Src::kVals; ++r) w[r] = top;
       }
-    }
-  } else {  // a constant plane is one tie group at quantile 1: the reference's maximum
-    const scalar_t top = static_cast<scalar_t>(uv[p * m + mu[p] - 1]);
+      scalar_t* dst = plane_out + first;
 #pragma unroll
-    for (int r = 0; r < kRun; ++r) v[r] = top;
+      for (int r = 0; r < Src::kVals; ++r) {
+        if (r < count) dst[r] = w[r];
+      }
+    });
   }
-  scalar_t* dst = out + p * src.numel() + first;
-  if (Src::kVectorStore) {
-    store_run(dst, v, count);
-  } else {
-#pragma unroll
-    for (int r = 0; r < kRun; ++r) {
-      if (r < count) dst[r] = v[r];
-    }
-  }
+}
+
+// A grid of (blocks per plane, planes) for the binned passes: about 8 blocks per SM in all.
+dim3 plane_grid(int64_t tiles_per_plane, int64_t np) {
+  return dim3(static_cast<unsigned>(std::min<int64_t>(tiles_per_plane, std::max<int64_t>(1, num_sms() * 8 / np))),
+              static_cast<unsigned>(np));
 }
 
 // ---------------------------------------------------------------------------------------------
 // driver
 
 template <typename scalar_t, typename Src>
-void match_planes(const Src& src, int64_t P, const at::Tensor& ref, std::optional<int64_t> bins, at::Tensor& out) {
+void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::optional<int64_t> bins, at::Tensor& out) {
   using K = typename KeyTraits<scalar_t>::key_t;
   const cudaStream_t stream = current_stream();
-  const int64_t n = src.numel();
+  const int64_t n = src_in.numel();
   const int64_t m = ref.size(2) * ref.size(3);
-  TORCH_CHECK(n < std::numeric_limits<int>::max() && m < std::numeric_limits<int>::max(),
-              "psr::match_histograms: at most 2^31 - 1 pixels per channel on CUDA, got ", n, " and ", m);
+  TORCH_CHECK(n < kMaxItems && m < kMaxItems, "psr::match_histograms: at most 2^31 - 1 pixels per channel on CUDA, got ",
+              n, " and ", m);
   CubTemp temp{at::Tensor(), &out};
   size_t bytes = 0;
+  const int sms = num_sms();
 
-  // Reference CDF of every plane: uq, uv (P, m) doubles, mu (P) counts.
+  // Reference CDF of every plane: uq, uv (P, m) doubles, mu (P) counts. A chunk of planes is
+  // sorted at once (float32: plane index in the keys' high word; float64: one sort per plane).
   at::Tensor uq = buffer<double>(P * m, out), uv = buffer<double>(P * m, out), mu = buffer<int64_t>(P, out);
   {
-    at::Tensor k_in = buffer<K>(m, out), k_out = buffer<K>(m, out), flags = buffer<uint32_t>(m, out),
-               pos = buffer<uint32_t>(m, out);
+    const int64_t ppc = planes_per_chunk(m, P);
+    const int64_t items = ppc * m;
+    at::Tensor k_in = buffer<uint64_t>(items, out), k_out = buffer<uint64_t>(items, out),
+               flags = buffer<uint32_t>(items, out), pos = buffer<uint32_t>(items, out);
     const scalar_t* r = ref.const_data_ptr<scalar_t>();
-    for (int64_t p = 0; p < P; ++p) {
-      launch(ref_keys_kernel<scalar_t>, blocks_for(m), kThreads, 0, stream, r + p * m, m, as<K>(k_in));
-      C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, bytes, as<K>(k_in), as<K>(k_out), static_cast<int>(m), 0,
-                                                   KeyTraits<scalar_t>::bits, stream));
-      C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.get(bytes), bytes, as<K>(k_in), as<K>(k_out),
-                                                   static_cast<int>(m), 0, KeyTraits<scalar_t>::bits, stream));
-      launch(tail_flags_kernel<K>, blocks_for(m), kThreads, 0, stream, as<K>(k_out), m, as<uint32_t>(flags));
+    const bool plane_bits = sizeof(scalar_t) == 4;
+    for (int64_t p0 = 0; p0 < P; p0 += ppc) {
+      const int64_t np = std::min(ppc, P - p0), it = np * m;
+      launch(ref_keys_kernel<scalar_t>, blocks_for(it), kThreads, 0, stream, r + p0 * m, it, m, plane_bits,
+             as<uint64_t>(k_in));
+      if (plane_bits) {
+        int end_bit = 32;
+        while (end_bit < 64 && (int64_t(1) << (end_bit - 32)) < np) ++end_bit;
+        C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, bytes, as<uint64_t>(k_in), as<uint64_t>(k_out),
+                                                     static_cast<int>(it), 0, end_bit, stream));
+        C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.get(bytes), bytes, as<uint64_t>(k_in),
+                                                     as<uint64_t>(k_out), static_cast<int>(it), 0, end_bit, stream));
+      } else {
+        for (int64_t p = 0; p < np; ++p) {
+          C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, bytes, as<uint64_t>(k_in) + p * m,
+                                                       as<uint64_t>(k_out) + p * m, static_cast<int>(m), 0, 64,
+                                                       stream));
+          C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.get(bytes), bytes, as<uint64_t>(k_in) + p * m,
+                                                       as<uint64_t>(k_out) + p * m, static_cast<int>(m), 0, 64,
+                                                       stream));
+        }
+      }
+      launch(tail_flags_kernel, blocks_for(it), kThreads, 0, stream, as<uint64_t>(k_out), it, m, as<uint32_t>(flags));
       C10_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, as<uint32_t>(flags), as<uint32_t>(pos),
-                                                  static_cast<int>(m), stream));
+                                                  static_cast<int>(it), stream));
       C10_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.get(bytes), bytes, as<uint32_t>(flags), as<uint32_t>(pos),
-                                                  static_cast<int>(m), stream));
-      launch(ref_unique_kernel<scalar_t>, blocks_for(m), kThreads, 0, stream, 
-          as<K>(k_out), as<uint32_t>(pos), m, as<double>(uq) + p * m, as<double>(uv) + p * m,
-          as<int64_t>(mu) + p);
+                                                  static_cast<int>(it), stream));
+      launch(ref_unique_kernel<scalar_t>, blocks_for(it), kThreads, 0, stream, as<uint64_t>(k_out),
+             as<uint32_t>(pos), it, m, as<double>(uq) + p0 * m, as<double>(uv) + p0 * m, as<int64_t>(mu) + p0);
     }
   }
 
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  const int64_t bpp = src.blocks_per_plane();
   if (!bins.has_value()) {
+    const Src src = src_in.for_planes(1, sms);
+    const int64_t tpp = src.tiles_per_plane();
     at::Tensor k_in = buffer<K>(n, out), k_out = buffer<K>(n, out), i_in = buffer<uint32_t>(n, out),
                i_out = buffer<uint32_t>(n, out), flags = buffer<uint32_t>(n, out), gid = buffer<uint32_t>(n, out),
                gval = buffer<scalar_t>(n, out);
     for (int64_t p = 0; p < P; ++p) {
-      launch(key_kernel<scalar_t, Src>, static_cast<unsigned>(bpp), kThreads, 0, stream, src, p, as<K>(k_in),
-                                                                                       as<uint32_t>(i_in));
+      launch(key_kernel<scalar_t, Src>, static_cast<unsigned>(tpp), kThreads, 0, stream, src, p, as<K>(k_in),
+             as<uint32_t>(i_in));
       C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, as<K>(k_in), as<K>(k_out), as<uint32_t>(i_in),
                                                     as<uint32_t>(i_out), static_cast<int>(n), 0,
                                                     KeyTraits<scalar_t>::bits, stream));
@@ -372,44 +415,55 @@ void match_planes(const Src& src, int64_t P, const at::Tensor& ref, std::optiona
                                                   static_cast<int>(n), stream));
       C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp.get(bytes), bytes, as<uint32_t>(flags), as<uint32_t>(gid),
                                                   static_cast<int>(n), stream));
-      launch(group_value_kernel<scalar_t>, blocks_for(n), kThreads, 0, stream, 
-          as<K>(k_out), as<uint32_t>(gid), n, as<double>(uq) + p * m, as<double>(uv) + p * m,
-          as<int64_t>(mu) + p, as<scalar_t>(gval));
+      launch(group_value_kernel<scalar_t>, blocks_for(n), kThreads, 0, stream, as<K>(k_out), as<uint32_t>(gid), n,
+             as<double>(uq) + p * m, as<double>(uv) + p * m, as<int64_t>(mu) + p, as<scalar_t>(gval));
       launch(scatter_kernel<scalar_t>, blocks_for(n), kThreads, 0, stream, as<uint32_t>(i_out), as<uint32_t>(gid),
-                                                                       as<scalar_t>(gval), n, o + p * n);
+             as<scalar_t>(gval), n, o + p * n);
     }
     return;
   }
 
+  const Src src = src_in.for_planes(P, sms);
+  const int64_t tpp = src.tiles_per_plane();
   const int64_t nbins = *bins;
-  at::Tensor mm = buffer<K>(2 * P, out);
-  at::Tensor hist = at::zeros({P * nbins}, out.options().dtype(at::kLong));  // read as unsigned long long
+  // One workspace, set by two memsets: min keys (P, all ones), max keys (P, zero), then the
+  // histograms (P * nbins counts, zero) from the (2P)th 8-byte word on.
+  const size_t work_bytes = static_cast<size_t>(P * nbins + 2 * P) * sizeof(unsigned long long);
+  at::Tensor work = buffer<uint8_t>(static_cast<int64_t>(work_bytes), out);
+  K* mn = reinterpret_cast<K*>(work.data_ptr());
+  K* mx = mn + P;
+  auto* hist = reinterpret_cast<unsigned long long*>(work.data_ptr()) + 2 * P;
+  C10_CUDA_CHECK(cudaMemsetAsync(mn, 0xff, static_cast<size_t>(P) * sizeof(K), stream));
+  C10_CUDA_CHECK(cudaMemsetAsync(mx, 0, work_bytes - static_cast<size_t>(P) * sizeof(K), stream));
   at::Tensor cum = buffer<unsigned long long>(P * nbins, out);
   at::Tensor em = buffer<double>(P * (nbins + 1), out);
-  launch(minmax_init_kernel<K>, blocks_for(P), kThreads, 0, stream, as<K>(mm), P);
   const bool shared_hist = nbins <= kSmemBins;
-  const size_t smem = shared_hist ? static_cast<size_t>(nbins) * sizeof(unsigned int) : 0;
+  const size_t hist_smem = shared_hist ? static_cast<size_t>(nbins) * sizeof(unsigned int) : 0;
   for (int64_t p0 = 0; p0 < P; p0 += 65535) {  // gridDim.y is at most 65535
     const int64_t np = std::min<int64_t>(65535, P - p0);
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(bpp, std::max<int64_t>(1, num_sms() * 8 / np))),
-                    static_cast<unsigned>(np));
-    launch(minmax_kernel<scalar_t, Src>, grid, kThreads, 0, stream, src, p0, as<K>(mm));
-    launch(hist_kernel<scalar_t, Src>, grid, kThreads, smem, stream, 
-        src, p0, as<K>(mm), nbins, reinterpret_cast<unsigned long long*>(hist.data_ptr()), shared_hist);
+    launch(minmax_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, 0, stream, src, p0, mn, mx);
   }
-  for (int64_t p = 0; p < P; ++p) {
-    auto* h = reinterpret_cast<unsigned long long*>(hist.data_ptr()) + p * nbins;
-    auto* c = as<unsigned long long>(cum) + p * nbins;
-    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, bytes, h, c, static_cast<int>(nbins), stream));
-    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp.get(bytes), bytes, h, c, static_cast<int>(nbins), stream));
+  for (int64_t p0 = 0; p0 < P; p0 += 65535) {
+    const int64_t np = std::min<int64_t>(65535, P - p0);
+    launch(hist_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, hist_smem, stream, src, p0, mn, mx, nbins,
+           hist, shared_hist);
   }
-  launch(edge_kernel, blocks_for(P * (nbins + 1)), kThreads, 0, stream, 
-      as<unsigned long long>(cum), P, nbins, n, as<double>(uq), as<double>(uv), as<int64_t>(mu), m, as<double>(em));
-  const int64_t max_planes = std::max<int64_t>(1, (int64_t(1) << 31) / bpp - 1);
-  for (int64_t p0 = 0; p0 < P; p0 += max_planes) {
-    const int64_t np = std::min(max_planes, P - p0);
-    launch(map_kernel<scalar_t, Src>, static_cast<unsigned>(np * bpp), kThreads, 0, stream, 
-        src, p0, as<K>(mm), nbins, as<double>(em), as<double>(uv), as<int64_t>(mu), m, o);
+  const int64_t ppc = planes_per_chunk(nbins, P);
+  for (int64_t p0 = 0; p0 < P; p0 += ppc) {
+    const int64_t it = std::min(ppc, P - p0) * nbins;
+    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, bytes, hist + p0 * nbins,
+                                                as<unsigned long long>(cum) + p0 * nbins, static_cast<int>(it), stream));
+    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp.get(bytes), bytes, hist + p0 * nbins,
+                                                as<unsigned long long>(cum) + p0 * nbins, static_cast<int>(it), stream));
+  }
+  launch(edge_kernel, blocks_for(P * (nbins + 1)), kThreads, 0, stream, as<unsigned long long>(cum), P, nbins, ppc, n,
+         as<double>(uq), as<double>(uv), as<int64_t>(mu), m, as<double>(em));
+  const bool shared_edges = nbins + 1 <= kSmemEdges;
+  const size_t edge_smem = shared_edges ? static_cast<size_t>(nbins + 1) * sizeof(double) : 0;
+  for (int64_t p0 = 0; p0 < P; p0 += 65535) {
+    const int64_t np = std::min<int64_t>(65535, P - p0);
+    launch(map_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, edge_smem, stream, src, p0, mn, mx, nbins,
+           as<double>(em), as<double>(uv), as<int64_t>(mu), m, o, shared_edges);
   }
 }
 
@@ -429,7 +483,7 @@ at::Tensor match_cuda(const at::Tensor& source, const BicubicArgs* bicubic, cons
       const BicubicSource<scalar_t> src{
           bicubic->x.const_data_ptr<scalar_t>(),
           bicubic->residual.defined() ? bicubic->residual.const_data_ptr<scalar_t>() : nullptr, like.size(2),
-          like.size(3), make_taps<scalar_t>(static_cast<int>(S), bicubic->a)};
+          like.size(3), make_taps<scalar_t>(static_cast<int>(S), bicubic->a), 1};
       match_planes<scalar_t>(src, N * C, ref, bins, out);
     } else {
       const PlainSource<scalar_t> src{source.const_data_ptr<scalar_t>(), source.size(2) * source.size(3)};

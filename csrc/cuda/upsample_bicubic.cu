@@ -1,5 +1,5 @@
-// CUDA bicubic upsampling by an integer scale: one block per (plane, output row, 256 input
-// columns); a vertical 4-tap pass into shared memory, then S outputs per thread, stored as vectors.
+// CUDA bicubic upsampling by an integer scale: one block per tile (plane, a band of input rows,
+// about 256 output columns; kernels.cuh, BicubicSource), one output per thread and output row.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -12,13 +12,12 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) upsample_kernel(BicubicSource<scalar_t> src, int64_t plane0,
                                                             scalar_t* out) {
   __shared__ scalar_t smem[kThreads + 4];
-  const int64_t bpp = src.blocks_per_plane();
-  const int64_t p = plane0 + blockIdx.x / bpp;
-  scalar_t v[kRun];
-  int64_t first;
-  int count;
-  src.values(p, blockIdx.x % bpp, smem, v, first, count);
-  if (count > 0) store_run(out + p * src.numel() + first, v, count);
+  const int64_t tpp = src.tiles_per_plane();
+  const int64_t p = plane0 + blockIdx.x / tpp;
+  scalar_t* plane_out = out + p * src.numel();
+  src.for_each_run(p, blockIdx.x % tpp, smem, [&](const scalar_t* v, int64_t first, int count) {
+    plane_out[first] = v[0];  // count is 1: a warp writes 32 consecutive values
+  });
 }
 
 }  // namespace
@@ -37,9 +36,10 @@ static at::Tensor upsample_bicubic_cuda(const at::Tensor& x_in, int64_t scale, d
   if (out.numel() == 0) return out;
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "psr_upsample_bicubic_cuda", [&] {
-    const BicubicSource<scalar_t> src{x.const_data_ptr<scalar_t>(), nullptr, H, W,
-                                      make_taps<scalar_t>(static_cast<int>(scale), a)};
-    const int64_t bpp = src.blocks_per_plane();
+    const BicubicSource<scalar_t> src = BicubicSource<scalar_t>{x.const_data_ptr<scalar_t>(), nullptr, H, W,
+                                                                make_taps<scalar_t>(static_cast<int>(scale), a), 1}
+                                            .for_planes(N * C, num_sms());
+    const int64_t bpp = src.tiles_per_plane();
     const int64_t max_planes = std::max<int64_t>(1, (int64_t(1) << 31) / bpp - 1);
     for (int64_t p0 = 0; p0 < N * C; p0 += max_planes) {
       const int64_t np = std::min(max_planes, N * C - p0);
