@@ -242,3 +242,24 @@ def test_grid_sizes_do_not_change_results(emu: ModuleType, rng: np.random.Genera
     torch.testing.assert_close(up.double(), want_up, rtol=0, atol=ATOL[torch.float32])
     torch.testing.assert_close(want[None], sk_match(up, x), rtol=0, atol=0)
     torch.testing.assert_close(want[256], ops.match_histograms(up, x, bins=256), rtol=0, atol=0)
+
+
+def test_work_split_at_the_limits(emu: ModuleType, rng: np.random.Generator) -> None:
+    """With gridDim.y limited to 3 and CUB calls to 300 items, the planes go in chunks: the binned
+    passes 3 planes per launch, the reference sorts and scans 2 planes per call, the histogram
+    scans 4 (64 bins) or 1 (256 bins) planes per call. Same bits as in one go."""
+    src = torch.from_numpy(rng.normal(size=(2, 5, 15, 13))).float()
+    ref = torch.from_numpy(rng.random((2, 5, 9, 13)) ** 2).float()
+    x = rand(rng, (2, 5, 5, 4), torch.float32)
+    cases = [(lambda b=b: emu.match_histograms(src, ref, b)) for b in (None, 64, 256)]
+    cases += [(lambda b=b: emu.upsample_match(x, 3, None, ref, -0.5, b)) for b in (None, 64)]
+    want = [c() for c in cases]
+    emu.set_limits(3, 300)
+    try:
+        got = [c() for c in cases]
+    finally:
+        emu.set_limits(65535, 2**31 - 1)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    torch.testing.assert_close(want[0], sk_match(src, ref), rtol=0, atol=0)
+    torch.testing.assert_close(want[1], ops.match_histograms(src, ref, bins=64), rtol=0, atol=0)

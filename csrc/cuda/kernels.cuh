@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <limits>
 #include <optional>
 #include <utility>
 
@@ -186,6 +187,8 @@ struct PlainSource {
 // headers that a bare CUDA toolkit may lack).
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 using DeviceGuard = c10::cuda::CUDAGuard;
+inline int64_t max_grid_y() { return 65535; }                               // gridDim.y limit
+inline int64_t chunk_items() { return std::numeric_limits<int>::max(); }  // CUB's item counts are int here
 
 // Every kernel launch goes through here (not <<<>>> at the call sites), so that the CPU emulator
 // can run the same host code.
@@ -200,7 +203,9 @@ inline cudaStream_t current_stream() { return nullptr; }
 struct DeviceGuard {
   explicit DeviceGuard(const c10::Device&) {}
 };
+using ::psr_emu::chunk_items;  // both settable, so that tests reach the chunked paths with small inputs
 using ::psr_emu::launch;
+using ::psr_emu::max_grid_y;
 #endif
 
 // Streaming multiprocessors of the current device (grid sizes follow it).

@@ -56,9 +56,9 @@ unsigned blocks_for(int64_t n) {
 
 constexpr int64_t kMaxItems = std::numeric_limits<int>::max();  // CUB's item counts are int here
 
-// Whole planes per chunk of at most kMaxItems items (chunks keep CUB calls within int counts).
+// Whole planes per chunk of at most chunk_items() items (chunks keep CUB calls within int counts).
 int64_t planes_per_chunk(int64_t per_plane, int64_t P) {
-  return std::max<int64_t>(1, std::min<int64_t>(P, kMaxItems / std::max<int64_t>(per_plane, 1)));
+  return std::max<int64_t>(1, std::min<int64_t>(P, chunk_items() / std::max<int64_t>(per_plane, 1)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -439,12 +439,13 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   at::Tensor em = buffer<double>(P * (nbins + 1), out);
   const bool shared_hist = nbins <= kSmemBins;
   const size_t hist_smem = shared_hist ? static_cast<size_t>(nbins) * sizeof(unsigned int) : 0;
-  for (int64_t p0 = 0; p0 < P; p0 += 65535) {  // gridDim.y is at most 65535
-    const int64_t np = std::min<int64_t>(65535, P - p0);
+  const int64_t gy = max_grid_y();
+  for (int64_t p0 = 0; p0 < P; p0 += gy) {
+    const int64_t np = std::min<int64_t>(gy, P - p0);
     launch(minmax_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, 0, stream, src, p0, mn, mx);
   }
-  for (int64_t p0 = 0; p0 < P; p0 += 65535) {
-    const int64_t np = std::min<int64_t>(65535, P - p0);
+  for (int64_t p0 = 0; p0 < P; p0 += gy) {
+    const int64_t np = std::min<int64_t>(gy, P - p0);
     launch(hist_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, hist_smem, stream, src, p0, mn, mx, nbins,
            hist, shared_hist);
   }
@@ -460,8 +461,8 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
          as<double>(uq), as<double>(uv), as<int64_t>(mu), m, as<double>(em));
   const bool shared_edges = nbins + 1 <= kSmemEdges;
   const size_t edge_smem = shared_edges ? static_cast<size_t>(nbins + 1) * sizeof(double) : 0;
-  for (int64_t p0 = 0; p0 < P; p0 += 65535) {
-    const int64_t np = std::min<int64_t>(65535, P - p0);
+  for (int64_t p0 = 0; p0 < P; p0 += gy) {
+    const int64_t np = std::min<int64_t>(gy, P - p0);
     launch(map_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, edge_smem, stream, src, p0, mn, mx, nbins,
            as<double>(em), as<double>(uv), as<int64_t>(mu), m, o, shared_edges);
   }

@@ -9,7 +9,7 @@
 // the block waits there (threads that left the kernel no longer count, as on the GPU). Warp
 // intrinsics exchange values at a warp barrier and insist on full masks with all 32 lanes alive
 // and taking part: a divergent one is a deadlock, which is reported (the process aborts). Launch
-// limits are checked as a Hopper GPU checks them (grid y/z <= 65535, <= 1024 threads, <= 48 KiB of
+// limits are checked as a Hopper GPU checks them (grid y/z <= 65535 or a lower limit a test sets, <= 1024 threads, <= 48 KiB of
 // dynamic shared memory without opt-in); dynamic shared memory starts as 0xff bytes (NaN), so
 // reads before writes show. Device memory is host memory: the ops take CPU tensors.
 #pragma once
@@ -77,6 +77,19 @@ inline int& num_sms() {
   static int n = 2;
   return n;
 }
+
+// The gridDim.y limit launches check (65535 on the GPU) and the most items a CUB call may take
+// (INT_MAX there): the ops split their work at these, and tests lower them to reach those paths.
+inline int64_t& grid_y_limit() {
+  static int64_t n = 65535;
+  return n;
+}
+inline int64_t& cub_items_limit() {
+  static int64_t n = 2147483647;
+  return n;
+}
+inline int64_t max_grid_y() { return grid_y_limit(); }
+inline int64_t chunk_items() { return cub_items_limit(); }
 
 [[noreturn]] inline void fail(const char* what) {
   std::fprintf(stderr, "psr cuda emulator: %s (block %u,%u,%u thread %u)\n", what, blockIdx.x, blockIdx.y,
@@ -219,7 +232,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaSt
   if (block.y != 1 || block.z != 1) fail("launch: only 1-D blocks are emulated");
   if (block.x == 0 || block.x > 1024) fail("launch: blockDim.x must be 1..1024");
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("launch: empty grid (cudaErrorInvalidConfiguration)");
-  if (grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) fail("launch: grid dimension too large");
+  if (grid.x > 2147483647u || grid.y > grid_y_limit() || grid.z > 65535) fail("launch: grid dimension too large");
   if (smem > 48 * 1024) fail("launch: more than 48 KiB of dynamic shared memory without opt-in");
   const std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);  // by value, as CUDA passes them
   Block b;
@@ -335,6 +348,9 @@ inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_
 namespace cub {
 
 namespace detail {
+inline void check_items(int64_t n) {
+  if (n > ::psr_emu::cub_items_limit()) ::psr_emu::fail("a CUB call with more items than the limit");
+}
 template <typename K>
 K digit_bits(K k, int begin_bit, int end_bit) {
   const int width = end_bit - begin_bit;
@@ -351,6 +367,7 @@ struct DeviceRadixSort {
       bytes = 1;
       return cudaSuccess;
     }
+    detail::check_items(n);
     std::vector<K> v(in, in + n);
     std::stable_sort(v.begin(), v.end(), [&](K a, K b) {
       return detail::digit_bits(a, begin_bit, end_bit) < detail::digit_bits(b, begin_bit, end_bit);
@@ -365,6 +382,7 @@ struct DeviceRadixSort {
       bytes = 1;
       return cudaSuccess;
     }
+    detail::check_items(n);
     std::vector<int64_t> order(static_cast<size_t>(n));
     std::iota(order.begin(), order.end(), int64_t(0));
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
@@ -389,6 +407,7 @@ struct DeviceScan {
       bytes = 1;
       return cudaSuccess;
     }
+    detail::check_items(n);
     using T = std::decay_t<decltype(*out)>;
     T acc = 0;
     for (N i = 0; i < n; ++i) {
@@ -404,6 +423,7 @@ struct DeviceScan {
       bytes = 1;
       return cudaSuccess;
     }
+    detail::check_items(n);
     using T = std::decay_t<decltype(*out)>;
     T acc = 0;
     for (N i = 0; i < n; ++i) {

@@ -52,6 +52,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "set_num_sms", [](int n) { psr_emu::num_sms() = n; }, "n"_a,
       "Streaming multiprocessors the emulated device reports (grid sizes follow it).");
+  m.def(
+      "set_limits",
+      [](int64_t grid_y, int64_t cub_items) {
+        psr_emu::grid_y_limit() = grid_y;
+        psr_emu::cub_items_limit() = cub_items;
+      },
+      "grid_y"_a, "cub_items"_a, "Lower gridDim.y and CUB item limits (the ops split their work at them).");
   m.def("selftest_reverse", &emu_selftest::reverse, "x"_a, "sync"_a);
   m.def("selftest_divergent_sync", &emu_selftest::divergent_sync);
 }
