@@ -3,9 +3,9 @@
 //
 // Reference, all planes at once: keys sorted with CUB (float32: one sort, the plane index in the
 // keys' high word), unique values and their quantiles compacted with one scan.
-// Exact mode, per plane: (key, index) pairs from the source, CUB radix sort, a scan of group
-// heads gives every element its tie group; each group's last element maps the group's upper
-// quantile through the reference, and a gather writes the result to the pixels.
+// Exact mode, per plane: (key, index) pairs from the source, CUB radix sort, then one pass over
+// the sorted keys maps each tie group's upper quantile through the reference and writes the
+// result to the group's pixels.
 // Binned mode, all planes at once: min/max (atomics on order-preserving keys), a histogram
 // privatised in shared memory with run-aggregated increments, one scan, the edge map, and a
 // mapping pass with the edge map in shared memory. Nothing here synchronises with the host; the
@@ -113,27 +113,35 @@ __global__ void __launch_bounds__(kThreads) key_kernel(Src src, int64_t p, typen
   });
 }
 
-template <typename K>
-__global__ void head_flags_kernel(const K* s, int64_t n, uint32_t* flags) {
-  PSR_GRID_STRIDE(i, n) { flags[i] = (i == 0 || s[i] != s[i - 1]) ? 1u : 0u; }
-}
+// After the sort, one pass: each thread takes kTieChunk consecutive sorted elements; a tie group
+// maps its upper quantile (index past its last element, over n) through the reference, found by
+// looking ahead in the chunk or, for a group that runs past it, by a binary search of the sorted
+// keys; the value goes straight to the group's pixels.
+constexpr int kTieChunk = 8;
 
-// gid[i] = 1 + tie group of sorted element i; the group's last element maps its upper quantile.
 template <typename scalar_t>
-__global__ void group_value_kernel(const typename KeyTraits<scalar_t>::key_t* s, const uint32_t* gid, int64_t n,
-                                   const double* uq, const double* uv, const int64_t* mu, scalar_t* gval) {
-  PSR_GRID_STRIDE(i, n) {
-    if (i == n - 1 || s[i] != s[i + 1]) {
-      const double q = static_cast<double>(i + 1) / static_cast<double>(n);
-      gval[gid[i] - 1] = static_cast<scalar_t>(np_interp(q, uq, uv, *mu));
+__global__ void tie_map_kernel(const typename KeyTraits<scalar_t>::key_t* s, const uint32_t* idx, int64_t n,
+                               const double* uq, const double* uv, const int64_t* mu, scalar_t* out) {
+  using K = typename KeyTraits<scalar_t>::key_t;
+  PSR_GRID_STRIDE(t, (n + kTieChunk - 1) / kTieChunk) {
+    const int64_t i1 = (t + 1) * kTieChunk < n ? (t + 1) * kTieChunk : n;
+    for (int64_t i = t * kTieChunk; i < i1;) {
+      const K key = s[i];
+      int64_t j = i + 1;
+      while (j < i1 && s[j] == key) ++j;
+      int64_t end = j;
+      if (j == i1 && j < n && s[j] == key) {  // the group goes on: first index past it
+        int64_t lo = j + 1, hi = n;
+        while (lo < hi) {
+          const int64_t mid = lo + (hi - lo) / 2;
+          if (s[mid] == key) lo = mid + 1; else hi = mid;
+        }
+        end = lo;
+      }
+      const scalar_t v = static_cast<scalar_t>(np_interp(static_cast<double>(end) / static_cast<double>(n), uq, uv, *mu));
+      for (; i < j; ++i) out[idx[i]] = v;
     }
   }
-}
-
-template <typename scalar_t>
-__global__ void scatter_kernel(const uint32_t* idx, const uint32_t* gid, const scalar_t* gval, int64_t n,
-                               scalar_t* out) {
-  PSR_GRID_STRIDE(i, n) { out[idx[i]] = gval[gid[i] - 1]; }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,8 +407,7 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
     const Src src = src_in.for_planes(1, sms);
     const int64_t tpp = src.tiles_per_plane();
     at::Tensor k_in = buffer<K>(n, out), k_out = buffer<K>(n, out), i_in = buffer<uint32_t>(n, out),
-               i_out = buffer<uint32_t>(n, out), flags = buffer<uint32_t>(n, out), gid = buffer<uint32_t>(n, out),
-               gval = buffer<scalar_t>(n, out);
+               i_out = buffer<uint32_t>(n, out);
     for (int64_t p = 0; p < P; ++p) {
       launch(key_kernel<scalar_t, Src>, static_cast<unsigned>(tpp), kThreads, 0, stream, src, p, as<K>(k_in),
              as<uint32_t>(i_in));
@@ -410,15 +417,8 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
       C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.get(bytes), bytes, as<K>(k_in), as<K>(k_out),
                                                     as<uint32_t>(i_in), as<uint32_t>(i_out), static_cast<int>(n), 0,
                                                     KeyTraits<scalar_t>::bits, stream));
-      launch(head_flags_kernel<K>, blocks_for(n), kThreads, 0, stream, as<K>(k_out), n, as<uint32_t>(flags));
-      C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, bytes, as<uint32_t>(flags), as<uint32_t>(gid),
-                                                  static_cast<int>(n), stream));
-      C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp.get(bytes), bytes, as<uint32_t>(flags), as<uint32_t>(gid),
-                                                  static_cast<int>(n), stream));
-      launch(group_value_kernel<scalar_t>, blocks_for(n), kThreads, 0, stream, as<K>(k_out), as<uint32_t>(gid), n,
-             as<double>(uq) + p * m, as<double>(uv) + p * m, as<int64_t>(mu) + p, as<scalar_t>(gval));
-      launch(scatter_kernel<scalar_t>, blocks_for(n), kThreads, 0, stream, as<uint32_t>(i_out), as<uint32_t>(gid),
-             as<scalar_t>(gval), n, o + p * n);
+      launch(tie_map_kernel<scalar_t>, blocks_for((n + kTieChunk - 1) / kTieChunk), kThreads, 0, stream, as<K>(k_out),
+             as<uint32_t>(i_out), n, as<double>(uq) + p * m, as<double>(uv) + p * m, as<int64_t>(mu) + p, o + p * n);
     }
     return;
   }
