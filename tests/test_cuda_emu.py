@@ -263,3 +263,16 @@ def test_work_split_at_the_limits(emu: ModuleType, rng: np.random.Generator) -> 
         torch.testing.assert_close(g, w, rtol=0, atol=0)
     torch.testing.assert_close(want[0], sk_match(src, ref), rtol=0, atol=0)
     torch.testing.assert_close(want[1], ops.match_histograms(src, ref, bins=64), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scale_one_wide_rows(emu: ModuleType, rng: np.random.Generator, dtype: torch.dtype) -> None:
+    """Scale 1 (bicubic is the identity): a tile is 256 input columns and its row staging needs 260
+    values, more than a block has threads."""
+    x = rand(rng, (1, 2, 5, 300), dtype)
+    torch.testing.assert_close(emu.upsample_bicubic(x, 1, -0.75), x, rtol=0, atol=ATOL[dtype])
+    ref = rand(rng, (1, 2, 4, 6), dtype)
+    for bins in (None, 32):
+        want = emu.match_histograms(x, ref, bins)
+        torch.testing.assert_close(emu.upsample_match(x, 1, None, ref, -0.75, bins), want, rtol=0, atol=ATOL[dtype])
+    torch.testing.assert_close(emu.match_histograms(x, ref, None), sk_match(x, ref), rtol=0, atol=0)

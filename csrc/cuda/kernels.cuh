@@ -21,6 +21,7 @@
 
 #ifndef PSR_CUDA_EMU
 #define PSR_EXTERN_SHARED(T, name) extern __shared__ T name[]  // dynamic shared memory
+#define PSR_SHARED_ARRAY(T, name, n) __shared__ T name[n]      // static shared memory
 #endif
 
 namespace psr::cuda_ops {
@@ -66,7 +67,9 @@ inline Taps<scalar_t> make_taps(int S, double a) {
 // one horizontal value from the row staged in shared memory, keeping the last five in registers,
 // so an output is 4 register FMAs and the block synchronises once per input row (S output rows).
 // A thread's values run down its column (vertically adjacent pixels); a warp's are 32 consecutive
-// pixels of a row (coalesced). Needs (kThreads + 4) scalars of shared memory.
+// pixels of a row (coalesced). Needs kSourceSmem scalars of shared memory.
+constexpr int kSourceSmem = 2 * (kThreads + 4);  // shared scalars a source needs: two staged rows
+
 template <typename scalar_t>
 struct BicubicSource {
   static constexpr int kVals = 1;  // values per callback
@@ -103,18 +106,23 @@ struct BicubicSource {
     const scalar_t* plane = x + p * H * W;
     const scalar_t h0 = taps.w5[rx][0], h1 = taps.w5[rx][1], h2 = taps.w5[rx][2], h3 = taps.w5[rx][3],
                    h4 = taps.w5[rx][4];
-    // The horizontal value of input row q at this thread's output column.
+    // The horizontal value of input row q at this thread's output column. Rows are staged in two
+    // alternating buffers: a buffer is written again two rows later, after the next row's barrier,
+    // which every thread reaches only when done reading it; so one barrier per row.
+    int buf = 0;
     auto horizontal = [&](int64_t q) {
       const scalar_t* row = plane + pad_index(q, H, taps.symmetric) * W;
-      __syncthreads();  // the previous row's readers are done with smem
-      if (threadIdx.x < static_cast<unsigned>(cpt + 4)) {
-        const int64_t j = c0 + threadIdx.x - 2;
-        if (j - 2 < W) smem[threadIdx.x] = __ldg(row + pad_index(j, W, taps.symmetric));  // past W + 1: never read
+      scalar_t* staged = smem + buf * (kThreads + 4);
+      buf ^= 1;
+      for (int c = threadIdx.x; c < cpt + 4; c += blockDim.x) {  // cpt + 4 exceeds kThreads at S = 1
+        const int64_t j = c0 + c - 2;
+        if (j - 2 < W) staged[c] = __ldg(row + pad_index(j, W, taps.symmetric));  // past W + 1: never read
       }
       __syncthreads();
-      const scalar_t* s = smem + tc;
+      const scalar_t* s = staged + tc;
       return active ? fma_(h4, s[4], fma_(h3, s[3], fma_(h2, s[2], fma_(h1, s[1], h0 * s[0])))) : scalar_t(0);
     };
+    __syncthreads();  // the previous tile's last rows may still be read from either buffer
     // win[k]: input row q - 2 + k, k = 0 .. 4.
     scalar_t win0 = 0, win1 = horizontal(q_first - 2), win2 = horizontal(q_first - 1), win3 = horizontal(q_first),
              win4 = horizontal(q_first + 1);
@@ -153,10 +161,10 @@ BicubicSource<scalar_t> BicubicSource<scalar_t>::for_planes(int64_t P, int sms) 
 }
 
 // Values of a plain contiguous (P, n) tensor: a tile is kThreads * kPlainRun consecutive values,
-// kPlainRun per thread.
+// kPlainRun per thread, kThreads apart (each load and store of a warp is coalesced).
 template <typename scalar_t>
 struct PlainSource {
-  static constexpr int kVals = kPlainRun;  // values per callback
+  static constexpr int kVals = 1;  // values per callback
   const scalar_t* p0;
   int64_t n;
 
@@ -164,21 +172,18 @@ struct PlainSource {
   __host__ __device__ int64_t tiles_per_plane() const {
     return (n + int64_t(kThreads) * kPlainRun - 1) / (int64_t(kThreads) * kPlainRun);
   }
-  __device__ int run() const { return kPlainRun; }
   PlainSource for_planes(int64_t /*P*/, int /*sms*/) const { return *this; }
   template <typename F>
   __device__ void for_each_run(int64_t p, int64_t tile, scalar_t* /*smem*/, F&& f) const {
-    const int64_t first = (tile * kThreads + threadIdx.x) * kPlainRun;
-    const int64_t left = n - first;
-    if (left <= 0) return;
-    const int count = left < kPlainRun ? static_cast<int>(left) : kPlainRun;
-    const scalar_t* src = p0 + p * n + first;
-    scalar_t v[kPlainRun];
+    const scalar_t* src = p0 + p * n;
 #pragma unroll
     for (int r = 0; r < kPlainRun; ++r) {
-      if (r < count) v[r] = __ldg(src + r);
+      const int64_t i = (tile * kPlainRun + r) * kThreads + threadIdx.x;
+      if (i < n) {
+        const scalar_t v[1] = {__ldg(src + i)};
+        f(v, i, 1);
+      }
     }
-    f(v, first, count);
   }
 };
 
@@ -212,7 +217,14 @@ using ::psr_emu::max_grid_y;
 inline int num_sms() {
   int device = 0, n = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
+#ifndef PSR_CUDA_EMU
+  static int cached[64] = {};  // per device: the attribute cannot change
+  if (device >= 0 && device < 64 && cached[device] > 0) return cached[device];
+#endif
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+#ifndef PSR_CUDA_EMU
+  if (device >= 0 && device < 64) cached[device] = n;
+#endif
   return n;
 }
 

@@ -101,7 +101,7 @@ __global__ void ref_unique_kernel(const uint64_t* s, const uint32_t* pos, int64_
 template <typename scalar_t, typename Src>
 __global__ void __launch_bounds__(kThreads) key_kernel(Src src, int64_t p, typename KeyTraits<scalar_t>::key_t* keys,
                                                        uint32_t* idx) {
-  __shared__ scalar_t smem[kThreads + 4];
+  PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
   src.for_each_run(p, blockIdx.x, smem, [&](const scalar_t* v, int64_t first, int count) {
 #pragma unroll
     for (int r = 0; r < Src::kVals; ++r) {
@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) minmax_kernel(Src src, int64_t plane
                                                           typename KeyTraits<scalar_t>::key_t* mn,
                                                           typename KeyTraits<scalar_t>::key_t* mx) {
   using K = typename KeyTraits<scalar_t>::key_t;
-  __shared__ scalar_t smem[kThreads + 4];
+  PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
   const int64_t p = plane0 + blockIdx.y;
   K lo = ~K(0), hi = 0;
   for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
                                                         const typename KeyTraits<scalar_t>::key_t* mn,
                                                         const typename KeyTraits<scalar_t>::key_t* mx, int64_t bins,
                                                         unsigned long long* hist, bool shared_hist) {
-  __shared__ scalar_t smem[kThreads + 4];
+  PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
   PSR_EXTERN_SHARED(unsigned int, sh);
   const int64_t p = plane0 + blockIdx.y;
   Binner bn;
@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
                                                        const typename KeyTraits<scalar_t>::key_t* mx, int64_t bins,
                                                        const double* em, const double* uv, const int64_t* mu,
                                                        int64_t m, scalar_t* out, bool shared_edges) {
-  __shared__ scalar_t smem[kThreads + 4];
+  PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
   PSR_EXTERN_SHARED(double, she);
   const int64_t p = plane0 + blockIdx.y;
   Binner bn;

@@ -11,7 +11,7 @@ namespace {
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) upsample_kernel(BicubicSource<scalar_t> src, int64_t plane0,
                                                             scalar_t* out) {
-  __shared__ scalar_t smem[kThreads + 4];
+  PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
   const int64_t tpp = src.tiles_per_plane();
   const int64_t p = plane0 + blockIdx.x / tpp;
   scalar_t* plane_out = out + p * src.numel();
@@ -43,7 +43,7 @@ static at::Tensor upsample_bicubic_cuda(const at::Tensor& x_in, int64_t scale, d
     const int64_t max_planes = std::max<int64_t>(1, (int64_t(1) << 31) / bpp - 1);
     for (int64_t p0 = 0; p0 < N * C; p0 += max_planes) {
       const int64_t np = std::min(max_planes, N * C - p0);
-      launch(upsample_kernel<scalar_t>, static_cast<unsigned>(np * bpp), kThreads, 0, stream, 
+      launch(upsample_kernel<scalar_t>, static_cast<unsigned>(np * bpp), kThreads, 0, stream,
           src, p0, out.mutable_data_ptr<scalar_t>());
     }
   });

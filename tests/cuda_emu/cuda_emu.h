@@ -10,8 +10,8 @@
 // intrinsics exchange values at a warp barrier and insist on full masks with all 32 lanes alive
 // and taking part: a divergent one is a deadlock, which is reported (the process aborts). Launch
 // limits are checked as a Hopper GPU checks them (grid y/z <= 65535 or a lower limit a test sets, <= 1024 threads, <= 48 KiB of
-// dynamic shared memory without opt-in); dynamic shared memory starts as 0xff bytes (NaN), so
-// reads before writes show. Device memory is host memory: the ops take CPU tensors.
+// dynamic shared memory without opt-in); static and dynamic shared memory start every block as
+// 0xff bytes (NaN), so reads before writes show. Device memory is host memory: the ops take CPU tensors.
 #pragma once
 
 #include <algorithm>
@@ -37,7 +37,12 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static  // blocks run one at a time, so one instance per kernel serves every block
+// Shared arrays are declared with PSR_SHARED_ARRAY (kernels.cuh: `__shared__ T name[n]` on the
+// GPU): here every thread of a block takes the same slices, in declaration order, of the block's
+// shared buffer, which like dynamic shared memory starts every block as 0xff bytes (NaN), so a
+// read of shared memory that no thread of the block wrote shows.
+#define __shared__ static  // (not used by the kernels; a plain static would be shared by every block)
+#define PSR_SHARED_ARRAY(T, name, n) T* const name = ::psr_emu::static_shared<T>(n)
 #define PSR_EXTERN_SHARED(T, name) T* name = reinterpret_cast<T*>(::psr_emu::dynamic_smem())
 
 struct uint3 {
@@ -104,11 +109,15 @@ struct Fiber {
   ucontext_t ctx;
   std::vector<char> stack;
   State state = State::Ready;
+  size_t shared_used = 0;  // bytes of static shared memory this thread's declarations took so far
 };
+
+constexpr size_t kSharedLimit = 48 * 1024;  // static + dynamic shared memory without opt-in
 
 struct Block {
   std::vector<Fiber> fibers;
-  std::vector<unsigned char> smem;
+  std::vector<unsigned char> smem;         // dynamic shared memory
+  std::vector<unsigned char> static_smem;  // PSR_SHARED_ARRAY slices
   std::vector<uint64_t> slot;  // one warp-exchange slot per thread
   ucontext_t scheduler;
   int running = -1;
@@ -121,6 +130,16 @@ inline Block*& current() {
 }
 
 inline void* dynamic_smem() { return current()->smem.data(); }
+
+template <typename T>
+inline T* static_shared(size_t n) {
+  Block& b = *current();
+  Fiber& f = b.fibers[b.running];
+  const size_t at = (f.shared_used + 15) / 16 * 16;
+  f.shared_used = at + n * sizeof(T);
+  if (f.shared_used + (b.smem.size() - 16) > kSharedLimit) fail("more than 48 KiB of shared memory (static + dynamic)");
+  return reinterpret_cast<T*>(b.static_smem.data() + at);
+}
 
 inline void park(State s) {  // the running fiber waits; the scheduler picks the next
   Block& b = *current();
@@ -172,6 +191,7 @@ inline void run_block(Block& b, int threads, dim3 grid, dim3 block, uint3 bid) {
   for (int t = 0; t < threads; ++t) {
     Fiber& f = b.fibers[t];
     f.state = State::Ready;
+    f.shared_used = 0;
     if (f.stack.empty()) f.stack.resize(kStack);
     if (getcontext(&f.ctx) != 0) fail("getcontext failed");
     f.ctx.uc_stack.ss_sp = f.stack.data();
@@ -233,7 +253,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaSt
   if (block.x == 0 || block.x > 1024) fail("launch: blockDim.x must be 1..1024");
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("launch: empty grid (cudaErrorInvalidConfiguration)");
   if (grid.x > 2147483647u || grid.y > grid_y_limit() || grid.z > 65535) fail("launch: grid dimension too large");
-  if (smem > 48 * 1024) fail("launch: more than 48 KiB of dynamic shared memory without opt-in");
+  if (smem > kSharedLimit) fail("launch: more than 48 KiB of dynamic shared memory without opt-in");
   const std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);  // by value, as CUDA passes them
   Block b;
   b.body = [&] { std::apply(kernel, params); };
@@ -243,6 +263,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaSt
     for (unsigned by = 0; by < grid.y; ++by) {
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         b.smem.assign(smem + 16, 0xff);
+        b.static_smem.assign(kSharedLimit, 0xff);
         run_block(b, static_cast<int>(block.x), grid, block, uint3{bx, by, bz});
       }
     }
