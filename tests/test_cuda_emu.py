@@ -29,8 +29,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from psr import _build, ops
+from psr import _build, _reference, ops
 from psr.resize import imresize
 
 from .test_reference import binned_interval, sk_match
@@ -276,3 +278,28 @@ def test_scale_one_wide_rows(emu: ModuleType, rng: np.random.Generator, dtype: t
         want = emu.match_histograms(x, ref, bins)
         torch.testing.assert_close(emu.upsample_match(x, 1, None, ref, -0.75, bins), want, rtol=0, atol=ATOL[dtype])
     torch.testing.assert_close(emu.match_histograms(x, ref, None), sk_match(x, ref), rtol=0, atol=0)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_small_shapes(emu: ModuleType, data: st.DataObject) -> None:
+    """Random small shapes (1-pixel axes, rows past a tile), scales 1-8, three kernels, ties: the
+    emulated CUDA ops against the pure-torch reference, skimage and their own composition."""
+    n, c = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    h, w = data.draw(st.integers(1, 7)), data.draw(st.sampled_from([1, 2, 5, 33, 70]))
+    scale = data.draw(st.integers(1, 8))
+    a = data.draw(st.sampled_from([-0.5, -0.75, -0.6]))
+    levels = data.draw(st.sampled_from([0, 3, 50]))  # 0: continuous values, else quantised (ties)
+    g = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
+    x = g.random((n, c, h, w))
+    if levels:
+        x = np.round(x * levels) / levels
+    xt = torch.from_numpy(x)
+    up = emu.upsample_bicubic(xt, scale, a)
+    torch.testing.assert_close(up, _reference.upsample_bicubic(xt, scale, a=a), rtol=0, atol=1e-12)
+    ref = torch.from_numpy(g.random((n, c, data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5)))))
+    torch.testing.assert_close(emu.match_histograms(up, ref, None), sk_match(up, ref), rtol=0, atol=0)
+    bins = data.draw(st.sampled_from([None, 1, 3, 100]))
+    got = emu.match_histograms(up, ref, bins)
+    torch.testing.assert_close(emu.upsample_match(xt, scale, None, ref, a, bins), got, rtol=0, atol=0)
+    torch.testing.assert_close(got, ops.match_histograms(up, ref, bins=bins), rtol=0, atol=0)
