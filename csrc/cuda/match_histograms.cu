@@ -3,9 +3,9 @@
 //
 // Reference, all planes at once: keys sorted with CUB (float32: one sort, the plane index in the
 // keys' high word), unique values and their quantiles compacted with one scan.
-// Exact mode, per plane: (key, index) pairs from the source, CUB radix sort, then one pass over
-// the sorted keys maps each tie group's upper quantile through the reference and writes the
-// result to the group's pixels.
+// Exact mode: (key, index) pairs from the source, CUB radix sort (per plane, or float32 planes a
+// chunk at a time with the plane in the keys' high word), then one pass over the sorted keys maps
+// each tie group's upper quantile through its plane's reference and writes the group's pixels.
 // Binned mode, all planes at once: min/max (atomics on order-preserving keys), a histogram
 // privatised in shared memory with run-aggregated increments, one scan, the edge map, and a
 // mapping pass with the edge map in shared memory. Nothing here synchronises with the host; the
@@ -26,6 +26,9 @@ namespace {
 
 constexpr int64_t kSmemBins = 8192;   // histograms up to this many bins live in shared memory
 constexpr int64_t kSmemEdges = 4096;  // edge maps up to this many edges too (32 KiB)
+// Exact mode sorts float32 planes of up to this many pixels a chunk of planes at a time (64-bit
+// keys: more bytes per item, far fewer launches); larger planes one at a time with 32-bit keys.
+constexpr int64_t kPlanarMaxPixels = int64_t(1) << 22;
 
 template <typename T>
 T* as(at::Tensor& t) {
@@ -96,50 +99,58 @@ __global__ void ref_unique_kernel(const uint64_t* s, const uint32_t* pos, int64_
 }
 
 // ---------------------------------------------------------------------------------------------
-// exact mode (per plane: the source is sorted with its pixel indices)
+// exact mode: the source is sorted with its pixel indices, one plane at a time (KS = K), or for
+// float32 a chunk of planes at once with the plane (within the chunk) in the high word of 64-bit
+// keys (KS = uint64_t), so tie groups never cross planes
 
-template <typename scalar_t, typename Src>
-__global__ void __launch_bounds__(kThreads) key_kernel(Src src, int64_t p, typename KeyTraits<scalar_t>::key_t* keys,
+template <typename scalar_t, typename Src, typename KS>
+__global__ void __launch_bounds__(kThreads) key_kernel(Src src, int64_t plane0, int64_t chunk0, KS* keys,
                                                        uint32_t* idx) {
   PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
+  const int64_t p = plane0 + blockIdx.y;
+  const int64_t at = (p - chunk0) * src.numel();
+  KS hi = 0;
+  if constexpr (sizeof(KS) > sizeof(typename KeyTraits<scalar_t>::key_t)) hi = static_cast<KS>(p - chunk0) << 32;
   src.for_each_run(p, blockIdx.x, smem, [&](const scalar_t* v, int64_t first, int count) {
 #pragma unroll
     for (int r = 0; r < Src::kVals; ++r) {
       if (r < count) {
-        keys[first + r] = KeyTraits<scalar_t>::key(v[r]);
-        idx[first + r] = static_cast<uint32_t>(first + r);
+        keys[at + first + r] = hi | static_cast<KS>(KeyTraits<scalar_t>::key(v[r]));
+        idx[at + first + r] = static_cast<uint32_t>(first + r);
       }
     }
   });
 }
 
 // After the sort, one pass: each thread takes kTieChunk consecutive sorted elements; a tie group
-// maps its upper quantile (index past its last element, over n) through the reference, found by
-// looking ahead in the chunk or, for a group that runs past it, by a binary search of the sorted
-// keys; the value goes straight to the group's pixels.
+// maps its upper quantile (index past its last element within its plane, over n) through its
+// plane's reference, found by looking ahead in the chunk or, for a group that runs past it, by a
+// binary search of the sorted keys; the value goes straight to the group's pixels.
 constexpr int kTieChunk = 8;
 
-template <typename scalar_t>
-__global__ void tie_map_kernel(const typename KeyTraits<scalar_t>::key_t* s, const uint32_t* idx, int64_t n,
-                               const double* uq, const double* uv, const int64_t* mu, scalar_t* out) {
-  using K = typename KeyTraits<scalar_t>::key_t;
-  PSR_GRID_STRIDE(t, (n + kTieChunk - 1) / kTieChunk) {
-    const int64_t i1 = (t + 1) * kTieChunk < n ? (t + 1) * kTieChunk : n;
+template <typename scalar_t, typename KS>
+__global__ void tie_map_kernel(const KS* s, const uint32_t* idx, int64_t items, int64_t n, const double* uq,
+                               const double* uv, const int64_t* mu, int64_t m, scalar_t* out) {
+  PSR_GRID_STRIDE(t, (items + kTieChunk - 1) / kTieChunk) {
+    const int64_t i1 = (t + 1) * kTieChunk < items ? (t + 1) * kTieChunk : items;
     for (int64_t i = t * kTieChunk; i < i1;) {
-      const K key = s[i];
+      const KS key = s[i];
       int64_t j = i + 1;
       while (j < i1 && s[j] == key) ++j;
       int64_t end = j;
-      if (j == i1 && j < n && s[j] == key) {  // the group goes on: first index past it
-        int64_t lo = j + 1, hi = n;
+      if (j == i1 && j < items && s[j] == key) {  // the group goes on: first index past it
+        int64_t lo = j + 1, hi = items;
         while (lo < hi) {
           const int64_t mid = lo + (hi - lo) / 2;
           if (s[mid] == key) lo = mid + 1; else hi = mid;
         }
         end = lo;
       }
-      const scalar_t v = static_cast<scalar_t>(np_interp(static_cast<double>(end) / static_cast<double>(n), uq, uv, *mu));
-      for (; i < j; ++i) out[idx[i]] = v;
+      const int64_t p = i / n;  // the group's plane (within the launch)
+      const double q = static_cast<double>(end - p * n) / static_cast<double>(n);
+      const scalar_t v = static_cast<scalar_t>(np_interp(q, uq + p * m, uv + p * m, mu[p]));
+      scalar_t* o = out + p * n;
+      for (; i < j; ++i) o[idx[i]] = v;
     }
   }
 }
@@ -404,12 +415,40 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
 
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   if (!bins.has_value()) {
+    const int64_t gy = max_grid_y();
+    if (sizeof(scalar_t) == 4 && P > 1 && n <= kPlanarMaxPixels) {  // float32 planes, a chunk per sort
+      const Src src = src_in.for_planes(P, sms);
+      const int64_t tpp = src.tiles_per_plane();
+      const int64_t ppc = planes_per_chunk(n, P);
+      at::Tensor k_in = buffer<uint64_t>(ppc * n, out), k_out = buffer<uint64_t>(ppc * n, out),
+                 i_in = buffer<uint32_t>(ppc * n, out), i_out = buffer<uint32_t>(ppc * n, out);
+      for (int64_t c0 = 0; c0 < P; c0 += ppc) {
+        const int64_t np = std::min(ppc, P - c0), it = np * n;
+        for (int64_t g0 = c0; g0 < c0 + np; g0 += gy) {
+          launch(key_kernel<scalar_t, Src, uint64_t>,
+                 dim3(static_cast<unsigned>(tpp), static_cast<unsigned>(std::min(gy, c0 + np - g0))), kThreads, 0,
+                 stream, src, g0, c0, as<uint64_t>(k_in), as<uint32_t>(i_in));
+        }
+        int end_bit = 32;
+        while (end_bit < 64 && (int64_t(1) << (end_bit - 32)) < np) ++end_bit;
+        C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, as<uint64_t>(k_in), as<uint64_t>(k_out),
+                                                      as<uint32_t>(i_in), as<uint32_t>(i_out), static_cast<int>(it), 0,
+                                                      end_bit, stream));
+        C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.get(bytes), bytes, as<uint64_t>(k_in),
+                                                      as<uint64_t>(k_out), as<uint32_t>(i_in), as<uint32_t>(i_out),
+                                                      static_cast<int>(it), 0, end_bit, stream));
+        launch(tie_map_kernel<scalar_t, uint64_t>, blocks_for((it + kTieChunk - 1) / kTieChunk), kThreads, 0, stream,
+               as<uint64_t>(k_out), as<uint32_t>(i_out), it, n, as<double>(uq) + c0 * m, as<double>(uv) + c0 * m,
+               as<int64_t>(mu) + c0, m, o + c0 * n);
+      }
+      return;
+    }
     const Src src = src_in.for_planes(1, sms);
     const int64_t tpp = src.tiles_per_plane();
     at::Tensor k_in = buffer<K>(n, out), k_out = buffer<K>(n, out), i_in = buffer<uint32_t>(n, out),
                i_out = buffer<uint32_t>(n, out);
     for (int64_t p = 0; p < P; ++p) {
-      launch(key_kernel<scalar_t, Src>, static_cast<unsigned>(tpp), kThreads, 0, stream, src, p, as<K>(k_in),
+      launch(key_kernel<scalar_t, Src, K>, static_cast<unsigned>(tpp), kThreads, 0, stream, src, p, p, as<K>(k_in),
              as<uint32_t>(i_in));
       C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, as<K>(k_in), as<K>(k_out), as<uint32_t>(i_in),
                                                     as<uint32_t>(i_out), static_cast<int>(n), 0,
@@ -417,8 +456,9 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
       C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.get(bytes), bytes, as<K>(k_in), as<K>(k_out),
                                                     as<uint32_t>(i_in), as<uint32_t>(i_out), static_cast<int>(n), 0,
                                                     KeyTraits<scalar_t>::bits, stream));
-      launch(tie_map_kernel<scalar_t>, blocks_for((n + kTieChunk - 1) / kTieChunk), kThreads, 0, stream, as<K>(k_out),
-             as<uint32_t>(i_out), n, as<double>(uq) + p * m, as<double>(uv) + p * m, as<int64_t>(mu) + p, o + p * n);
+      launch(tie_map_kernel<scalar_t, K>, blocks_for((n + kTieChunk - 1) / kTieChunk), kThreads, 0, stream,
+             as<K>(k_out), as<uint32_t>(i_out), n, n, as<double>(uq) + p * m, as<double>(uv) + p * m,
+             as<int64_t>(mu) + p, m, o + p * n);
     }
     return;
   }
