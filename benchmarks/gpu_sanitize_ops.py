@@ -4,8 +4,9 @@ Run by benchmarks/gpu_check.sh (step ``sanitize``) as
 ``PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 python3
 benchmarks/gpu_sanitize_ops.py`` (and ``--tool racecheck``);
 the results are checked against the CPU kernels too, so a run that reads garbage fails here as well.
-Rows of 300 input columns span two CUDA tiles; float32 and float64; bins in the shared-memory and
-the global-memory histogram paths; a residual and a separate reference.
+Rows of 300 input columns span several CUDA tiles; scales 1, 3 and 8; float32 and float64; one plane
+and six (exact mode sorts float32 planes together); bins in the shared-memory and the global-memory
+histogram paths; a residual and a separate reference.
 """
 
 from __future__ import annotations
@@ -32,6 +33,26 @@ def main() -> int:
         cases = []
         for a in (-0.75, -0.5):
             cases.append((f"upsample_bicubic a={a}", ops.upsample_bicubic(xc, 3, a=a), ops.upsample_bicubic(x, 3, a=a)))
+        # Scale 1 (a tile row stages 260 values with 256 threads) and 8, on a few rows.
+        for s in (1, 8):
+            cases.append(
+                (f"upsample_bicubic x{s}", ops.upsample_bicubic(xc[:, :, :9], s), ops.upsample_bicubic(x[:, :, :9], s))
+            )
+            cases.append(
+                (
+                    f"upsample_match x{s} bins=64",
+                    ops.upsample_match(xc[:, :, :9], s, bins=64),
+                    ops.upsample_match(x[:, :, :9], s, bins=64),
+                )
+            )
+        # One plane: exact mode's per-plane sort (several float32 planes are sorted together).
+        cases.append(
+            (
+                "match_histograms 1 plane",
+                ops.match_histograms(xc[:1, :1], refc[:1, :1]),
+                ops.match_histograms(x[:1, :1], ref[:1, :1]),
+            )
+        )
         for bins in (None, 64, 9000):
             cases.append(
                 (
