@@ -372,6 +372,25 @@ namespace detail {
 inline void check_items(int64_t n) {
   if (n > ::psr_emu::cub_items_limit()) ::psr_emu::fail("a CUB call with more items than the limit");
 }
+// Prefix sums in the output's type; CUB's first call (no temp storage) only asks for its size.
+template <typename I, typename O, typename N>
+cudaError_t sum(void* temp, size_t& bytes, I in, O out, N n, bool inclusive) {
+  if (temp == nullptr) {
+    bytes = 1;
+    return cudaSuccess;
+  }
+  check_items(n);
+  using T = std::decay_t<decltype(*out)>;
+  T acc = 0;
+  for (N i = 0; i < n; ++i) {
+    const T v = static_cast<T>(in[i]);
+    if (inclusive) acc = acc + v;
+    out[i] = acc;
+    if (!inclusive) acc = acc + v;
+  }
+  return cudaSuccess;
+}
+
 template <typename K>
 K digit_bits(K k, int begin_bit, int end_bit) {
   const int width = end_bit - begin_bit;
@@ -424,34 +443,11 @@ struct DeviceRadixSort {
 struct DeviceScan {
   template <typename I, typename O, typename N>
   static cudaError_t ExclusiveSum(void* temp, size_t& bytes, I in, O out, N n, cudaStream_t = nullptr) {
-    if (temp == nullptr) {
-      bytes = 1;
-      return cudaSuccess;
-    }
-    detail::check_items(n);
-    using T = std::decay_t<decltype(*out)>;
-    T acc = 0;
-    for (N i = 0; i < n; ++i) {
-      const T v = static_cast<T>(in[i]);
-      out[i] = acc;
-      acc = acc + v;
-    }
-    return cudaSuccess;
+    return detail::sum(temp, bytes, in, out, n, false);
   }
   template <typename I, typename O, typename N>
   static cudaError_t InclusiveSum(void* temp, size_t& bytes, I in, O out, N n, cudaStream_t = nullptr) {
-    if (temp == nullptr) {
-      bytes = 1;
-      return cudaSuccess;
-    }
-    detail::check_items(n);
-    using T = std::decay_t<decltype(*out)>;
-    T acc = 0;
-    for (N i = 0; i < n; ++i) {
-      acc = acc + static_cast<T>(in[i]);
-      out[i] = acc;
-    }
-    return cudaSuccess;
+    return detail::sum(temp, bytes, in, out, n, true);
   }
 };
 
