@@ -45,6 +45,13 @@ def main() -> int:
                     ops.upsample_match(x[:, :, :9], s, bins=64),
                 )
             )
+        # Ties for the real CUB sorts: quantised values, two identical planes (their keys differ only
+        # in the plane bits when float32 planes are sorted together), a plane of -0.0 and +0.0.
+        xq = (x[:, :, :20, :50] * 4).round() / 4
+        xq[1, 2] = xq[0, 2]
+        xq[0, 0, :10] = -0.0
+        xq[0, 0, 10:] = 0.0
+        cases.append(("match_histograms ties", ops.match_histograms(xq.cuda(), refc), ops.match_histograms(xq, ref)))
         # One plane: exact mode's per-plane sort (several float32 planes are sorted together).
         cases.append(
             (

@@ -169,6 +169,18 @@ def test_match_exact_ties(emu: ModuleType, rng: np.random.Generator, dtype: torc
     assert torch.all(got[1, 1] == ref[1, 1].max()) and torch.all(got[1, 0] == 0.5)
 
 
+def test_match_exact_one_plane_float32(emu: ModuleType, rng: np.random.Generator) -> None:
+    """One float32 plane takes the per-plane sort (several are sorted together): ties, -0.0, a tie
+    group longer than a thread's 8 sorted elements."""
+    src = torch.from_numpy(rng.integers(0, 9, (1, 1, 29, 31)) / 8.0).float()
+    src[0, 0, :3] = -0.0
+    ref = torch.from_numpy(rng.normal(size=(1, 1, 12, 7))).float()
+    torch.testing.assert_close(emu.match_histograms(src, ref, None), sk_match(src, ref), rtol=0, atol=0)
+    x = rand(rng, (1, 1, 6, 40), torch.float32)
+    up = emu.upsample_bicubic(x, 3, -0.5)
+    torch.testing.assert_close(emu.upsample_match(x, 3, None, ref, -0.5, None), sk_match(up, ref), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bins", [1, 5, 256, 9000])
 def test_match_binned_is_the_cpu_kernel(
@@ -246,21 +258,23 @@ def test_grid_sizes_do_not_change_results(emu: ModuleType, rng: np.random.Genera
     torch.testing.assert_close(want[256], ops.match_histograms(up, x, bins=256), rtol=0, atol=0)
 
 
-def test_work_split_at_the_limits(emu: ModuleType, rng: np.random.Generator) -> None:
-    """With gridDim.y limited to 3 and CUB calls to 300 items, the planes go in chunks: the binned
-    passes 3 planes per launch, the reference sorts and scans 2 planes per call, the histogram
-    scans 4 (64 bins) or 1 (256 bins) planes per call. Same bits as in one go."""
+@pytest.mark.parametrize(("grid_y", "cub_items"), [(3, 300), (2, 700)])
+def test_work_split_at_the_limits(emu: ModuleType, rng: np.random.Generator, grid_y: int, cub_items: int) -> None:
+    """With gridDim.y and the items of a batched CUB call limited, the planes go in chunks. (3, 300):
+    exact mode sorts 1 plane per chunk, the reference 2, the 64-bin histograms are scanned 4 planes at
+    a time, 256-bin ones 1; the binned passes take 3 planes per launch. (2, 700): 3 planes per exact
+    chunk, keyed in two launches each (2 + 1 planes), 5 per reference chunk. Same bits as in one go."""
     src = torch.from_numpy(rng.normal(size=(2, 5, 15, 13))).float()
     ref = torch.from_numpy(rng.random((2, 5, 9, 13)) ** 2).float()
     x = rand(rng, (2, 5, 5, 4), torch.float32)
     cases = [(lambda b=b: emu.match_histograms(src, ref, b)) for b in (None, 64, 256)]
     cases += [(lambda b=b: emu.upsample_match(x, 3, None, ref, -0.5, b)) for b in (None, 64)]
     want = [c() for c in cases]
-    emu.set_limits(3, 300)
+    emu.set_limits(grid_y, cub_items)
     try:
         got = [c() for c in cases]
     finally:
-        emu.set_limits(65535, 2**31 - 1)
+        emu.set_limits(65535, 2**24)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
     torch.testing.assert_close(want[0], sk_match(src, ref), rtol=0, atol=0)

@@ -193,7 +193,9 @@ struct PlainSource {
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 using DeviceGuard = c10::cuda::CUDAGuard;
 inline int64_t max_grid_y() { return 65535; }                               // gridDim.y limit
-inline int64_t chunk_items() { return std::numeric_limits<int>::max(); }  // CUB's item counts are int here
+// Items per CUB call when planes are batched: CUB's counts are int here, and a chunk's sort scratch
+// (about 36 bytes an item in exact mode) must stay small next to the images (2^24: ~600 MB).
+inline int64_t chunk_items() { return int64_t(1) << 24; }
 
 // Every kernel launch goes through here (not <<<>>> at the call sites), so that the CPU emulator
 // can run the same host code.

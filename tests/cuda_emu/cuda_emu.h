@@ -83,14 +83,15 @@ inline int& num_sms() {
   return n;
 }
 
-// The gridDim.y limit launches check (65535 on the GPU) and the most items a CUB call may take
-// (INT_MAX there): the ops split their work at these, and tests lower them to reach those paths.
+// The gridDim.y limit launches check (65535 on the GPU) and the most items a batched CUB call may
+// take (chunk_items() there): the ops split their work at these, and tests lower them to reach
+// those paths.
 inline int64_t& grid_y_limit() {
   static int64_t n = 65535;
   return n;
 }
 inline int64_t& cub_items_limit() {
-  static int64_t n = 2147483647;
+  static int64_t n = int64_t(1) << 24;  // kernels.cuh: chunk_items()
   return n;
 }
 inline int64_t max_grid_y() { return grid_y_limit(); }
