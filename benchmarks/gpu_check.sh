@@ -23,6 +23,8 @@
 #                                                       ~1 min (limit 100 s each)
 #   3b. ops benchmark, fused vs (a), floors             ~1-2 min (limit 240 s)
 #   3c. per-kernel profile of the fused op (profile_ops.py -> profile_ops.md)      ~30 s (limit 90 s)
+#   3d. work-split sweep: tile rows (binned), planar sort threshold (exact) (tune_cuda.py -> tune_cuda.md)
+#                                                       ~30 s (limit 90 s)
 #   4. speed: psr.upscale / network fp32 vs bf16, stylize 512 / 1024 (< 5 ms goal)   ~1 min (limit 150 s)
 #   5. training throughput at the paper's batch and patch (200k-in-20-min goal)      ~1 min (limit 150 s)
 #   6. GPU training for PSR_GPU_TRAIN_MINUTES (default 1.5) each: x4-perceptual fine-tuned from
@@ -39,7 +41,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 PACK=0  # pack logs on exit (below) only into an $OUT that starts empty and is not this repository
 if [ -z "$(ls -A "$OUT")" ] && [ "$(cd "$OUT" && pwd -P)" != "$(pwd -P)" ]; then PACK=1; fi
-STEPS=${PSR_GPU_STEPS:-"build tests sanitize bench profile speed train_bench train"}
+STEPS=${PSR_GPU_STEPS:-"build tests sanitize bench profile tune speed train_bench train"}
 DEADLINE=${PSR_GPU_DEADLINE:-560}
 TRAIN_MINUTES=${PSR_GPU_TRAIN_MINUTES:-1.5}
 DEV=${PSR_GPU_DEVICE:-cuda}                           # "cpu" only to dry-run this script elsewhere
@@ -189,6 +191,17 @@ if want profile; then
       ${PSR_GPU_QUICK:+--quick}
   else
     log "skip profile: the build failed"
+  fi
+fi
+
+# 3d. work-split sweep ----------------------------------------------------------------------------
+if want tune; then
+  if [ "$built" -eq 1 ] || ! want build; then
+    step tune 90 tune_cuda.log $PY benchmarks/tune_cuda.py --device "$DEV" --markdown "$OUT/tune_cuda.md" \
+      ${PSR_GPU_QUICK:+--quick}
+    grep -E "^\|" "$OUT/tune_cuda.log" | tee -a "$summary"
+  else
+    log "skip tune: the build failed"
   fi
 fi
 

@@ -160,3 +160,24 @@ def test_profile_ops_quick(tmp_path: Path) -> None:
     _run("profile_ops.py", "--device", "cpu", "--quick", "--calls", "1", "--markdown", str(md))
     text = md.read_text()
     assert text.count("## 1x16^2 x2") == 2 and "binned 1024" in text and "exact" in text
+
+
+def test_tune_cuda_quick(tmp_path: Path) -> None:
+    md = tmp_path / "tune.md"
+    _run("tune_cuda.py", "--device", "cpu", "--quick", "--markdown", str(md))
+    text = md.read_text()
+    assert "PSR_CUDA_TILE_ROWS" in text and "PSR_CUDA_PLANAR_MAX_PIXELS" in text
+    assert text.count("| 1x16^2 x2") == 1 and text.count("| 3x16^2 x2") == 1
+
+
+def test_tune_sweep_sets_each_value_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tune_cuda
+
+    monkeypatch.setenv("PSR_TEST_KNOB", "7")
+    seen = []
+    ms = tune_cuda.sweep(
+        "PSR_TEST_KNOB", ["auto", "2", "5"], lambda: seen.append(os.environ.get("PSR_TEST_KNOB")), "cpu", 2
+    )
+    assert seen == [None, "2", "5"] * 3  # a warm-up round, then 2 timed rounds, values in turns
+    assert set(ms) == {"auto", "2", "5"} and all(t >= 0 for t in ms.values())
+    assert "PSR_TEST_KNOB" not in os.environ  # unset afterwards ("auto" is the unset default)

@@ -319,3 +319,35 @@ def test_fuzz_small_shapes(emu: ModuleType, data: st.DataObject) -> None:
     got = emu.match_histograms(up, ref, bins)
     torch.testing.assert_close(emu.upsample_match(xt, scale, None, ref, a, bins), got, rtol=0, atol=0)
     torch.testing.assert_close(got, ops.match_histograms(up, ref, bins=bins), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PSR_CUDA_TILE_ROWS", "2"),
+        ("PSR_CUDA_TILE_ROWS", "3"),
+        ("PSR_CUDA_TILE_ROWS", "40"),
+        ("PSR_CUDA_PLANAR_MAX_PIXELS", "1"),
+    ],
+)
+def test_tuning_knobs_keep_the_bits(
+    emu: ModuleType, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """benchmarks/tune_cuda.py's knobs change the work split, never the result: tiles of 2, 3 (the
+    last one partial) or 40 input rows (taller than the image); float32 planes sorted one at a time."""
+    x = rand(rng, (1, 3, 20, 70), torch.float32)
+    x[0, 2, :, 30:] = 0.5
+    ref = rand(rng, (1, 3, 6, 9), torch.float32)
+    calls = [
+        lambda: emu.upsample_bicubic(x, 3, -0.75),
+        lambda: emu.upsample_match(x, 3, None, ref, -0.75, None),
+        lambda: emu.upsample_match(x, 3, None, None, -0.5, 128),
+        lambda: emu.match_histograms(x, ref, None),
+    ]
+    emu.launch_grids()
+    want = [c() for c in calls]
+    grids = emu.launch_grids()
+    monkeypatch.setenv(name, value)
+    for c, w in zip(calls, want, strict=True):
+        torch.testing.assert_close(c(), w, rtol=0, atol=0)
+    assert emu.launch_grids() != grids  # the knob did change the work split

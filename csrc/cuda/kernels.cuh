@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <utility>
@@ -151,10 +152,24 @@ struct BicubicSource {
 
 // Input rows per tile for P planes: the most (up to 16; each tile also computes the horizontal
 // pass of 4 halo rows) that still gives every SM a few resident blocks' worth of tiles.
+// A positive integer from the environment, else 0: tuning knobs for benchmarks/tune_cuda.py.
+inline int64_t tuning_env(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  return (*end == '\0' && n > 0) ? static_cast<int64_t>(n) : 0;
+}
+
 template <typename scalar_t>
 BicubicSource<scalar_t> BicubicSource<scalar_t>::for_planes(int64_t P, int sms) const {
   const int64_t col_tiles = (W + cols_per_tile() - 1) / cols_per_tile();
   BicubicSource s = *this;
+  const int64_t forced = tuning_env("PSR_CUDA_TILE_ROWS");  // tuning only: input rows per tile
+  if (forced > 0) {
+    s.band = static_cast<int>(forced < 1024 ? forced : 1024);
+    return s;
+  }
   s.band = 16;
   while (s.band > 1 && P * ((H + s.band - 1) / s.band) * col_tiles < int64_t(sms) * 16) s.band /= 2;
   return s;

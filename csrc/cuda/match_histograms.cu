@@ -28,7 +28,11 @@ constexpr int64_t kSmemBins = 8192;   // histograms up to this many bins live in
 constexpr int64_t kSmemEdges = 4096;  // edge maps up to this many edges too (32 KiB)
 // Exact mode sorts float32 planes of up to this many pixels a chunk of planes at a time (64-bit
 // keys: more bytes per item, far fewer launches); larger planes one at a time with 32-bit keys.
-constexpr int64_t kPlanarMaxPixels = int64_t(1) << 22;
+// PSR_CUDA_PLANAR_MAX_PIXELS overrides it (tuning only; 1 disables batching in effect).
+int64_t planar_max_pixels() {
+  const int64_t forced = tuning_env("PSR_CUDA_PLANAR_MAX_PIXELS");
+  return forced > 0 ? forced : int64_t(1) << 22;
+}
 
 template <typename T>
 T* as(at::Tensor& t) {
@@ -416,7 +420,7 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   if (!bins.has_value()) {
     const int64_t gy = max_grid_y();
-    if (sizeof(scalar_t) == 4 && P > 1 && n <= kPlanarMaxPixels) {  // float32 planes, a chunk per sort
+    if (sizeof(scalar_t) == 4 && P > 1 && n <= planar_max_pixels()) {  // float32 planes, a chunk per sort
       const Src src = src_in.for_planes(P, sms);
       const int64_t tpp = src.tiles_per_plane();
       const int64_t ppc = planes_per_chunk(n, P);

@@ -59,6 +59,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         psr_emu::cub_items_limit() = cub_items;
       },
       "grid_y"_a, "cub_items"_a, "Lower gridDim.y and CUB item limits (the ops split their work at them).");
+  m.def(
+      "launch_grids",
+      [] {
+        auto grids = psr_emu::launch_log();
+        psr_emu::launch_log().clear();
+        return grids;
+      },
+      "The (x, y, z) grids launched since the last call.");
   m.def("selftest_reverse", &emu_selftest::reverse, "x"_a, "sync"_a);
   m.def("selftest_divergent_sync", &emu_selftest::divergent_sync);
 }

@@ -1,0 +1,131 @@
+"""Sweep the CUDA kernels' two work-split guesses side by side, to set their defaults from measurements.
+
+* ``PSR_CUDA_TILE_ROWS``: input rows per tile of the bicubic source (default: the tallest of
+  16, 8, 4, 2, 1 that leaves every SM 16 tiles). Each tile also computes 4 halo rows, so taller is
+  less work, shorter is more parallelism. Timed on the binned fused op (bins 1024) at the sizes of
+  the GPU goal.
+* ``PSR_CUDA_PLANAR_MAX_PIXELS``: exact mode sorts float32 planes of up to this many pixels a chunk
+  of planes at a time with 64-bit keys (default 2^22), larger ones one plane at a time with 32-bit
+  keys. Timed on the exact fused op for RGB images, with batching off (1) and on (2^30).
+
+Medians of CUDA-event times; every setting of a case is timed in the same process, in turns. Run by
+``benchmarks/gpu_check.sh`` (step ``tune``):
+
+    python benchmarks/tune_cuda.py --markdown tune_cuda.md
+    python benchmarks/tune_cuda.py --device cpu --quick   # a dry run (the knobs act on CUDA only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from psr import ops  # noqa: E402
+
+BINNED = [(1, 1024, 8), (3, 512, 8), (3, 1024, 4), (3, 1024, 8)]  # (C, LR size, scale): outputs >= 100 MB
+EXACT = [(3, 128, 4), (3, 256, 4), (3, 512, 4), (3, 1024, 2)]
+ROWS = ["auto", "1", "2", "4", "8", "16", "32"]
+PLANAR = ["1", "default", str(2**30)]
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def sweep(name: str, values: list[str], fn: Callable[[], object], device: str, rounds: int) -> dict[str, float]:
+    """Median ms of fn per value of environment variable name, the values taken in turns."""
+    times: dict[str, list[float]] = {v: [] for v in values}
+    try:
+        for r in range(rounds + 1):
+            for v in values:
+                if v in ("auto", "default"):
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = v
+                t = timed(fn, device)
+                if r > 0:  # the first round warms up
+                    times[v].append(t)
+    finally:
+        os.environ.pop(name, None)
+    return {v: statistics.median(ts) for v, ts in times.items()}
+
+
+def table(title: str, values: list[str], rows: list[tuple[str, dict[str, float]]]) -> list[str]:
+    out = [f"### {title}", "", "| case | " + " | ".join(values) + " | best |", "|---|" + "---:|" * (len(values) + 1)]
+    for case, ms in rows:
+        best = min(ms, key=ms.__getitem__)
+        out.append(f"| {case} | " + " | ".join(f"{ms[v]:.3f}" for v in values) + f" | {best} |")
+    return out + [""]
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--rounds", type=int, default=15, help="timed rounds per case (after one warm-up round)")
+    p.add_argument("--quick", action="store_true", help="tiny cases, 2 rounds (a dry run, no meaningful times)")
+    p.add_argument("--markdown", type=Path, help="also write the tables here")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device", file=sys.stderr)
+        return 1
+    dev = torch.device(args.device)
+    rounds = 2 if args.quick else args.rounds
+    binned_cases = [(1, 16, 2)] if args.quick else BINNED
+    exact_cases = [(3, 16, 2)] if args.quick else EXACT
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "CPU"
+    out = [f"## CUDA work-split sweep on {name} (torch {torch.__version__}; ms, medians of {rounds})", ""]
+
+    rows = []
+    for c, size, s in binned_cases:
+        x = torch.rand(1, c, size, size, device=dev)
+        ms = sweep(
+            "PSR_CUDA_TILE_ROWS",
+            ROWS,
+            lambda x=x, s=s: ops.upsample_match(x, s, bins=1024, check=False),
+            args.device,
+            rounds,
+        )
+        rows.append((f"{c}x{size}^2 x{s}, {c * (size * s) ** 2 * 4 / 1e6:.0f} MB", ms))
+        print(rows[-1], flush=True)
+    out += table("binned fused op (bins 1024) by PSR_CUDA_TILE_ROWS", ROWS, rows)
+
+    rows = []
+    for c, size, s in exact_cases:
+        x = torch.rand(1, c, size, size, device=dev)
+        ms = sweep(
+            "PSR_CUDA_PLANAR_MAX_PIXELS",
+            PLANAR,
+            lambda x=x, s=s: ops.upsample_match(x, s, check=False),
+            args.device,
+            rounds,
+        )
+        rows.append((f"{c}x{size}^2 x{s}, planes of {(size * s) ** 2} px", ms))
+        print(rows[-1], flush=True)
+    out += table("exact fused op by PSR_CUDA_PLANAR_MAX_PIXELS (1: a plane at a time; 2^30: all batched)", PLANAR, rows)
+
+    text = "\n".join(out)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
