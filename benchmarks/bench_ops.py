@@ -50,24 +50,25 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed_ms(fn: Callable[[], object], device: str) -> float:
+    """Milliseconds of one call: CUDA events on "cuda", the wall clock elsewhere."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def median_ms(fn: Callable[[], object], device: str, repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
     sync(device)
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(timed_ms(fn, device) for _ in range(repeats))
 
 
 def paired_ms(f: Callable[[], object], g: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:

@@ -21,32 +21,21 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ops import timed_ms  # noqa: E402
+
 from psr import ops  # noqa: E402
 
 BINNED = [(1, 1024, 8), (3, 512, 8), (3, 1024, 4), (3, 1024, 8)]  # (C, LR size, scale): outputs >= 100 MB
 EXACT = [(3, 128, 4), (3, 256, 4), (3, 512, 4), (3, 1024, 2)]
 ROWS = ["auto", "1", "2", "4", "8", "16", "32"]
 PLANAR = ["1", "default", str(2**30)]
-
-
-def timed(fn: Callable[[], object], device: str) -> float:
-    if device == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def sweep(name: str, values: list[str], fn: Callable[[], object], device: str, rounds: int) -> dict[str, float]:
@@ -59,7 +48,7 @@ def sweep(name: str, values: list[str], fn: Callable[[], object], device: str, r
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = v
-                t = timed(fn, device)
+                t = timed_ms(fn, device)
                 if r > 0:  # the first round warms up
                     times[v].append(t)
     finally:
@@ -92,33 +81,32 @@ def main(argv: list[str]) -> int:
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "CPU"
     out = [f"## CUDA work-split sweep on {name} (torch {torch.__version__}; ms, medians of {rounds})", ""]
 
-    rows = []
-    for c, size, s in binned_cases:
-        x = torch.rand(1, c, size, size, device=dev)
-        ms = sweep(
-            "PSR_CUDA_TILE_ROWS",
-            ROWS,
-            lambda x=x, s=s: ops.upsample_match(x, s, bins=1024, check=False),
-            args.device,
-            rounds,
-        )
-        rows.append((f"{c}x{size}^2 x{s}, {c * (size * s) ** 2 * 4 / 1e6:.0f} MB", ms))
-        print(rows[-1], flush=True)
-    out += table("binned fused op (bins 1024) by PSR_CUDA_TILE_ROWS", ROWS, rows)
-
-    rows = []
-    for c, size, s in exact_cases:
-        x = torch.rand(1, c, size, size, device=dev)
-        ms = sweep(
+    sweeps = [  # knob, its values, cases, bins, title
+        ("PSR_CUDA_TILE_ROWS", ROWS, binned_cases, 1024, "binned fused op (bins 1024)"),
+        (
             "PSR_CUDA_PLANAR_MAX_PIXELS",
             PLANAR,
-            lambda x=x, s=s: ops.upsample_match(x, s, check=False),
-            args.device,
-            rounds,
-        )
-        rows.append((f"{c}x{size}^2 x{s}, planes of {(size * s) ** 2} px", ms))
-        print(rows[-1], flush=True)
-    out += table("exact fused op by PSR_CUDA_PLANAR_MAX_PIXELS (1: a plane at a time; 2^30: all batched)", PLANAR, rows)
+            exact_cases,
+            None,
+            "exact fused op (1: a plane at a time; 2^30: all batched)",
+        ),
+    ]
+    for knob, values, cases, bins, title in sweeps:
+        rows = []
+        for c, size, s in cases:
+            x = torch.rand(1, c, size, size, device=dev)
+            ms = sweep(
+                knob,
+                values,
+                lambda x=x, s=s, b=bins: ops.upsample_match(x, s, bins=b, check=False),
+                args.device,
+                rounds,
+            )
+            rows.append(
+                (f"{c}x{size}^2 x{s}: {c} planes of {(size * s) ** 2} px, {c * (size * s) ** 2 * 4 / 1e6:.0f} MB", ms)
+            )
+            print(rows[-1], flush=True)
+        out += table(f"{title} by {knob}", values, rows)
 
     text = "\n".join(out)
     print(text)
