@@ -1,7 +1,8 @@
 // CUDA building blocks shared by the three ops. Every kernel that needs source values gets them
 // from a "source": the plain source tensor, or bicubic(x) (+ residual) recomputed from the
-// low-resolution planes. A source hands each thread values of one plane, tile by tile, so the same arithmetic (explicit fma, hence bitwise identical in every
-// kernel) feeds the upsampling, min/max, histogram, sort-key and mapping passes.
+// low-resolution planes. A source hands each thread values of one plane, tile by tile, so the
+// same arithmetic (explicit fma, hence bitwise identical in every kernel) feeds the upsampling,
+// min/max, histogram, sort-key and mapping passes.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -73,7 +74,6 @@ constexpr int kSourceSmem = 2 * (kThreads + 4);  // shared scalars a source need
 
 template <typename scalar_t>
 struct BicubicSource {
-  static constexpr int kVals = 1;  // values per callback
   const scalar_t* x;
   const scalar_t* residual;  // (P, H * S, W * S) or nullptr
   int64_t H, W;
@@ -90,11 +90,10 @@ struct BicubicSource {
   // This source with tiles sized for kernels that cover P planes at once.
   BicubicSource for_planes(int64_t P, int sms) const;
 
-  // Calls f(v, first, count) for every output row of tile `tile` of plane p where this thread has
-  // a value: v[0] is the value at flat index first (count is 1). All threads of the block must
-  // call it (it synchronises); f must not synchronise.
+  // Calls f(value, i) for this thread's value at flat index i of plane p in every output row of
+  // tile `tile`. All threads of the block must call it (it synchronises); f must not synchronise.
   template <typename F>
-  __device__ void for_each_run(int64_t p, int64_t tile, scalar_t* smem, F&& f) const {
+  __device__ void for_each_value(int64_t p, int64_t tile, scalar_t* smem, F&& f) const {
     const int S = taps.S;
     const int cpt = cols_per_tile();
     const int64_t tiles_per_row = (W + cpt - 1) / cpt;
@@ -136,15 +135,14 @@ struct BicubicSource {
       win3 = win4;
       win4 = horizontal(q + 2);
       if (!active) continue;
-      int64_t first = q * S * ncols + col * S + rx;
-      for (int ry = 0; ry < S; ++ry, first += ncols) {
+      int64_t i = q * S * ncols + col * S + rx;  // output (q * S + ry, col * S + rx)
+      for (int ry = 0; ry < S; ++ry, i += ncols) {
         // Output row q * S + ry reads input rows q + offset - 1 .. q + offset + 2, offset 0 or -1.
         const scalar_t w0 = taps.w[ry][0], w1 = taps.w[ry][1], w2 = taps.w[ry][2], w3 = taps.w[ry][3];
-        scalar_t v[1];
-        v[0] = taps.offset[ry] < 0 ? fma_(w3, win3, fma_(w2, win2, fma_(w1, win1, w0 * win0)))
-                                   : fma_(w3, win4, fma_(w2, win3, fma_(w1, win2, w0 * win1)));
-        if (res != nullptr) v[0] = v[0] + __ldg(res + first);
-        f(v, first, 1);
+        scalar_t v = taps.offset[ry] < 0 ? fma_(w3, win3, fma_(w2, win2, fma_(w1, win1, w0 * win0)))
+                                         : fma_(w3, win4, fma_(w2, win3, fma_(w1, win2, w0 * win1)));
+        if (res != nullptr) v = v + __ldg(res + i);
+        f(v, i);
       }
     }
   }
@@ -179,7 +177,6 @@ BicubicSource<scalar_t> BicubicSource<scalar_t>::for_planes(int64_t P, int sms) 
 // kPlainRun per thread, kThreads apart (each load and store of a warp is coalesced).
 template <typename scalar_t>
 struct PlainSource {
-  static constexpr int kVals = 1;  // values per callback
   const scalar_t* p0;
   int64_t n;
 
@@ -189,15 +186,12 @@ struct PlainSource {
   }
   PlainSource for_planes(int64_t /*P*/, int /*sms*/) const { return *this; }
   template <typename F>
-  __device__ void for_each_run(int64_t p, int64_t tile, scalar_t* /*smem*/, F&& f) const {
+  __device__ void for_each_value(int64_t p, int64_t tile, scalar_t* /*smem*/, F&& f) const {
     const scalar_t* src = p0 + p * n;
 #pragma unroll
     for (int r = 0; r < kPlainRun; ++r) {
       const int64_t i = (tile * kPlainRun + r) * kThreads + threadIdx.x;
-      if (i < n) {
-        const scalar_t v[1] = {__ldg(src + i)};
-        f(v, i, 1);
-      }
+      if (i < n) f(__ldg(src + i), i);
     }
   }
 };

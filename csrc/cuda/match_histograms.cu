@@ -115,14 +115,9 @@ __global__ void __launch_bounds__(kThreads) key_kernel(Src src, int64_t plane0, 
   const int64_t at = (p - chunk0) * src.numel();
   KS hi = 0;
   if constexpr (sizeof(KS) > sizeof(typename KeyTraits<scalar_t>::key_t)) hi = static_cast<KS>(p - chunk0) << 32;
-  src.for_each_run(p, blockIdx.x, smem, [&](const scalar_t* v, int64_t first, int count) {
-#pragma unroll
-    for (int r = 0; r < Src::kVals; ++r) {
-      if (r < count) {
-        keys[at + first + r] = hi | static_cast<KS>(KeyTraits<scalar_t>::key(v[r]));
-        idx[at + first + r] = static_cast<uint32_t>(first + r);
-      }
-    }
+  src.for_each_value(p, blockIdx.x, smem, [&](scalar_t v, int64_t i) {
+    keys[at + i] = hi | static_cast<KS>(KeyTraits<scalar_t>::key(v));
+    idx[at + i] = static_cast<uint32_t>(i);
   });
 }
 
@@ -200,15 +195,10 @@ __global__ void __launch_bounds__(kThreads) minmax_kernel(Src src, int64_t plane
   const int64_t p = plane0 + blockIdx.y;
   K lo = ~K(0), hi = 0;
   for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
-    src.for_each_run(p, tile, smem, [&](const scalar_t* v, int64_t, int count) {
-#pragma unroll
-      for (int r = 0; r < Src::kVals; ++r) {
-        if (r < count) {
-          const K k = KeyTraits<scalar_t>::key(v[r]);
-          lo = k < lo ? k : lo;
-          hi = k > hi ? k : hi;
-        }
-      }
+    src.for_each_value(p, tile, smem, [&](scalar_t v, int64_t) {
+      const K k = KeyTraits<scalar_t>::key(v);
+      lo = k < lo ? k : lo;
+      hi = k > hi ? k : hi;
     });
   }
   lo = warp_min(lo);
@@ -268,19 +258,14 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
     }
   };
   for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
-    src.for_each_run(p, tile, smem, [&](const scalar_t* v, int64_t, int count) {
-#pragma unroll
-      for (int r = 0; r < Src::kVals; ++r) {
-        if (r < count) {
-          const int64_t b = bn.bin((static_cast<double>(v[r]) - bn.lo) * bn.factor);
-          if (b != cur) {
-            flush();
-            cur = b;
-            count_cur = 0;
-          }
-          ++count_cur;
-        }
+    src.for_each_value(p, tile, smem, [&](scalar_t v, int64_t) {
+      const int64_t b = bn.bin((static_cast<double>(v) - bn.lo) * bn.factor);
+      if (b != cur) {
+        flush();
+        cur = b;
+        count_cur = 0;
       }
+      ++count_cur;
     });
   }
   flush();
@@ -328,28 +313,16 @@ __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
   const scalar_t top = varies ? scalar_t(0) : static_cast<scalar_t>(uv[p * m + mu[p] - 1]);
   scalar_t* plane_out = out + p * src.numel();
   for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
-    src.for_each_run(p, tile, smem, [&](const scalar_t* v, int64_t first, int count) {
-      scalar_t w[Src::kVals];
+    src.for_each_value(p, tile, smem, [&](scalar_t v, int64_t i) {
       if (varies) {
-#pragma unroll
-        for (int r = 0; r < Src::kVals; ++r) {
-          if (r < count) {
-            const double pos = (static_cast<double>(v[r]) - bn.lo) * bn.factor;
-            const int64_t k = bn.bin(pos);
-            double t = pos - static_cast<double>(k);
-            t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
-            const double e0 = e[k], e1 = e[k + 1];
-            w[r] = static_cast<scalar_t>(e0 + t * (e1 - e0));
-          }
-        }
+        const double pos = (static_cast<double>(v) - bn.lo) * bn.factor;
+        const int64_t k = bn.bin(pos);
+        double t = pos - static_cast<double>(k);
+        t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
+        const double e0 = e[k], e1 = e[k + 1];
+        plane_out[i] = static_cast<scalar_t>(e0 + t * (e1 - e0));
       } else {
-#pragma unroll
-        for (int r = 0; r < Src::kVals; ++r) w[r] = top;
-      }
-      scalar_t* dst = plane_out + first;
-#pragma unroll
-      for (int r = 0; r < Src::kVals; ++r) {
-        if (r < count) dst[r] = w[r];
+        plane_out[i] = top;
       }
     });
   }

@@ -15,8 +15,8 @@ __global__ void __launch_bounds__(kThreads) upsample_kernel(BicubicSource<scalar
   const int64_t tpp = src.tiles_per_plane();
   const int64_t p = plane0 + blockIdx.x / tpp;
   scalar_t* plane_out = out + p * src.numel();
-  src.for_each_run(p, blockIdx.x % tpp, smem, [&](const scalar_t* v, int64_t first, int count) {
-    plane_out[first] = v[0];  // count is 1: a warp writes 32 consecutive values
+  src.for_each_value(p, blockIdx.x % tpp, smem, [&](scalar_t v, int64_t i) {
+    plane_out[i] = v;  // a warp writes 32 consecutive values
   });
 }
 
