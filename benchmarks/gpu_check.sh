@@ -30,7 +30,9 @@
 #   6. GPU training for PSR_GPU_TRAIN_MINUTES (default 1.5) each: x4-perceptual fine-tuned from
 #      x4-pixel at the paper's batch 4 x 288^2, and the starry_night style at 256^2; each exported
 #      with its validation and Set5 scores to $OUT/weights/ (compare with the shipped ones there)
-# Every step is time-boxed and logs to $OUT; a failing step does not stop the later ones (the
+# The plan adds up to more than the deadline: a default run reaches the later steps only when the
+# earlier ones finish early; name the steps a run needs, e.g. PSR_GPU_STEPS="build tests sanitize
+# bench profile tune" for the ops alone. Every step is time-boxed and logs to $OUT; a failing step does not stop the later ones (the
 # script exits non-zero at the end if any failed). On exit the logs, JSON and Markdown files are
 # packed into $OUT/logs.tar.gz (the device tool returns at most 8 files); summary.txt and
 # weights/*.safetensors stay as they are. PSR_GPU_STEPS="build tests bench" picks steps.

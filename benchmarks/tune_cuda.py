@@ -6,7 +6,8 @@
   the GPU goal.
 * ``PSR_CUDA_PLANAR_MAX_PIXELS``: exact mode sorts float32 planes of up to this many pixels a chunk
   of planes at a time with 64-bit keys (default 2^22), larger ones one plane at a time with 32-bit
-  keys. Timed on the exact fused op for RGB images, with batching off (1) and on (2^30).
+  keys. Timed on the exact fused op for RGB images with planes of 2^18 to 2^24 pixels (the last above
+  the default), with batching off (1), the default, and always on (2^30).
 
 Medians of CUDA-event times; every setting of a case is timed in the same process, in turns. Run by
 ``benchmarks/gpu_check.sh`` (step ``tune``):
@@ -33,7 +34,7 @@ from bench_ops import timed_ms  # noqa: E402
 from psr import ops  # noqa: E402
 
 BINNED = [(1, 1024, 8), (3, 512, 8), (3, 1024, 4), (3, 1024, 8)]  # (C, LR size, scale): outputs >= 100 MB
-EXACT = [(3, 128, 4), (3, 256, 4), (3, 512, 4), (3, 1024, 2)]
+EXACT = [(3, 128, 4), (3, 256, 4), (3, 512, 4), (3, 1024, 2), (3, 1024, 4)]  # planes of 2^18 .. 2^24 px
 ROWS = ["auto", "1", "2", "4", "8", "16", "32"]
 PLANAR = ["1", "default", str(2**30)]
 

@@ -111,15 +111,19 @@ def test_emulator_shares_memory_and_needs_the_barrier(emu: ModuleType, rng: np.r
     assert not torch.equal(emu.selftest_reverse(x, False), x.flip(0))
 
 
-def test_emulator_reports_a_divergent_barrier(emu: ModuleType) -> None:
+@pytest.mark.parametrize(
+    ("selftest", "message"), [("selftest_divergent_sync", "deadlock"), ("selftest_exited_lanes", "left the kernel")]
+)
+def test_emulator_reports_lanes_missing_a_shuffle(emu: ModuleType, selftest: str, message: str) -> None:
+    """A full-mask shuffle that some lanes skip (they go on to a barrier, or leave the kernel)."""
     code = (
         "import importlib.machinery, importlib.util, torch\n"
         f"l = importlib.machinery.ExtensionFileLoader({Path(emu.__file__).stem!r}, {emu.__file__!r})\n"
         "s = importlib.util.spec_from_file_location(l.name, l.path, loader=l)\n"
-        "m = importlib.util.module_from_spec(s); l.exec_module(m); m.selftest_divergent_sync()\n"
+        f"m = importlib.util.module_from_spec(s); l.exec_module(m); m.{selftest}()\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "deadlock" in r.stderr
+    assert r.returncode != 0 and message in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------------------ upsample_bicubic
@@ -267,8 +271,9 @@ def test_grid_sizes_do_not_change_results(emu: ModuleType, rng: np.random.Genera
 def test_work_split_at_the_limits(emu: ModuleType, rng: np.random.Generator, grid_y: int, cub_items: int) -> None:
     """With gridDim.y and the items of a batched CUB call limited, the planes go in chunks. (3, 300):
     exact mode sorts 1 plane per chunk, the reference 2, the 64-bin histograms are scanned 4 planes at
-    a time, 256-bin ones 1; the binned passes take 3 planes per launch. (2, 700): 3 planes per exact
-    chunk, keyed in two launches each (2 + 1 planes), 5 per reference chunk. Same bits as in one go."""
+    a time, 256-bin ones 1; the binned passes take 3 planes per launch. (2, 700): exact chunks of
+    3, 3, 3 and 1 planes, the 3-plane ones keyed in two launches (2 + 1 planes), 5 planes per
+    reference chunk. Same bits as in one go."""
     src = torch.from_numpy(rng.normal(size=(2, 5, 15, 13))).float()
     ref = torch.from_numpy(rng.random((2, 5, 9, 13)) ** 2).float()
     x = rand(rng, (2, 5, 5, 4), torch.float32)
@@ -302,8 +307,9 @@ def test_scale_one_wide_rows(emu: ModuleType, rng: np.random.Generator, dtype: t
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_small_shapes(emu: ModuleType, data: st.DataObject) -> None:
-    """Random small shapes (1-pixel axes, rows past a tile), scales 1-8, three kernels, ties: the
-    emulated CUDA ops against the pure-torch reference, skimage and their own composition."""
+    """Random small shapes (1-pixel axes, rows past a tile), scales 1-8, three kernels, ties, float32
+    and float64: the emulated CUDA ops against the pure-torch reference, skimage, their own
+    composition and the CPU kernel."""
     n, c = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
     h, w = data.draw(st.integers(1, 7)), data.draw(st.sampled_from([1, 2, 5, 33, 70]))
     scale = data.draw(st.integers(1, 8))
@@ -339,7 +345,8 @@ def test_tuning_knobs_keep_the_bits(
     emu: ModuleType, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
     """benchmarks/tune_cuda.py's knobs change the work split, never the result: tiles of 2, 3 (the
-    last one partial) or 40 input rows (taller than the image); float32 planes sorted one at a time."""
+    last one partial) or 40 input rows (taller than the image; the default here is 1); float32 planes
+    sorted one at a time."""
     x = rand(rng, (1, 3, 20, 70), torch.float32)
     x[0, 2, :, 30:] = 0.5
     ref = rand(rng, (1, 3, 6, 9), torch.float32)

@@ -67,7 +67,8 @@ inline Taps<scalar_t> make_taps(int S, double a) {
 // thread t owns output column phase t % S of input column t / S of the tile. Horizontal pass
 // first: for every input row of the tile (and two rows above and below) each thread computes its
 // one horizontal value from the row staged in shared memory, keeping the last five in registers,
-// so an output is 4 register FMAs and the block synchronises once per input row (S output rows).
+// so an output is 3 FMAs and a multiply on registers and the block synchronises once per input
+// row (S output rows).
 // A thread's values run down its column (vertically adjacent pixels); a warp's are 32 consecutive
 // pixels of a row (coalesced). Needs kSourceSmem scalars of shared memory.
 constexpr int kSourceSmem = 2 * (kThreads + 4);  // shared scalars a source needs: two staged rows
@@ -148,8 +149,6 @@ struct BicubicSource {
   }
 };
 
-// Input rows per tile for P planes: the most (up to 16; each tile also computes the horizontal
-// pass of 4 halo rows) that still gives every SM a few resident blocks' worth of tiles.
 // A positive integer from the environment, else 0: tuning knobs for benchmarks/tune_cuda.py.
 inline int64_t tuning_env(const char* name) {
   const char* v = std::getenv(name);
@@ -159,6 +158,8 @@ inline int64_t tuning_env(const char* name) {
   return (*end == '\0' && n > 0) ? static_cast<int64_t>(n) : 0;
 }
 
+// Input rows per tile for P planes: the most (up to 16; each tile also computes the horizontal
+// pass of 4 halo rows) that still gives every SM a few resident blocks' worth of tiles.
 template <typename scalar_t>
 BicubicSource<scalar_t> BicubicSource<scalar_t>::for_planes(int64_t P, int sms) const {
   const int64_t col_tiles = (W + cols_per_tile() - 1) / cols_per_tile();

@@ -1,14 +1,15 @@
 // CUDA histogram matching, per plane (sample x channel), with the CPU kernel's semantics
 // (csrc/cpu/match_histograms.cpp has the derivation).
 //
-// Reference, all planes at once: keys sorted with CUB (float32: one sort, the plane index in the
-// keys' high word), unique values and their quantiles compacted with one scan.
+// Reference, all planes of a chunk (at most chunk_items() items) at once: keys sorted with CUB
+// (float32: one sort, the plane index in the keys' high word; float64: a sort per plane), unique
+// values and their quantiles compacted with one scan.
 // Exact mode: (key, index) pairs from the source, CUB radix sort (per plane, or float32 planes a
 // chunk at a time with the plane in the keys' high word), then one pass over the sorted keys maps
 // each tie group's upper quantile through its plane's reference and writes the group's pixels.
-// Binned mode, all planes at once: min/max (atomics on order-preserving keys), a histogram
-// privatised in shared memory with run-aggregated increments, one scan, the edge map, and a
-// mapping pass with the edge map in shared memory. Nothing here synchronises with the host; the
+// Binned mode, all planes at once: min/max (atomics on order-preserving keys), a histogram with
+// run-aggregated increments (privatised in shared memory up to kSmemBins bins), one scan per chunk,
+// the edge map, and a mapping pass (the edge map in shared memory up to kSmemEdges edges). Nothing here synchronises with the host; the
 // source's values are recomputed by each pass (for bicubic, from the low-resolution planes).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -63,7 +64,8 @@ unsigned blocks_for(int64_t n) {
 
 constexpr int64_t kMaxItems = std::numeric_limits<int>::max();  // CUB's item counts are int here
 
-// Whole planes per chunk of at most chunk_items() items (chunks keep CUB calls within int counts).
+// Whole planes per chunk of at most chunk_items() items, but at least one plane (of at most
+// kMaxItems), so CUB calls stay within int counts and batched scratch memory stays bounded.
 int64_t planes_per_chunk(int64_t per_plane, int64_t P) {
   return std::max<int64_t>(1, std::min<int64_t>(P, chunk_items() / std::max<int64_t>(per_plane, 1)));
 }

@@ -7,11 +7,12 @@
 // alternates between forwards and backwards at every barrier phase, so a missing __syncthreads
 // shows as a wrong result rather than by luck. __syncthreads releases when every live thread of
 // the block waits there (threads that left the kernel no longer count, as on the GPU). Warp
-// intrinsics exchange values at a warp barrier and insist on full masks with all 32 lanes alive
-// and taking part: a divergent one is a deadlock, which is reported (the process aborts). Launch
-// limits are checked as a Hopper GPU checks them (grid y/z <= 65535 or a lower limit a test sets, <= 1024 threads, <= 48 KiB of
-// dynamic shared memory without opt-in); static and dynamic shared memory start every block as
-// 0xff bytes (NaN), so reads before writes show. Device memory is host memory: the ops take CPU tensors.
+// intrinsics exchange values at a warp barrier and insist on full masks with all 32 lanes taking
+// part: lanes that miss one (waiting at a barrier, or gone from the kernel) are reported and the
+// process aborts. Launch limits are checked as a Hopper GPU checks them (grid y/z <= 65535 or a
+// lower limit a test sets, <= 1024 threads, <= 48 KiB of static + dynamic shared memory without
+// opt-in); static and dynamic shared memory start every block as 0xff bytes (NaN), so reads
+// before writes show. Device memory is host memory: the ops take CPU tensors.
 #pragma once
 
 #include <algorithm>
@@ -83,9 +84,10 @@ inline int& num_sms() {
   return n;
 }
 
-// The gridDim.y limit launches check (65535 on the GPU) and the most items a batched CUB call may
-// take (chunk_items() there): the ops split their work at these, and tests lower them to reach
-// those paths.
+// The gridDim.y limit launches check (65535 on the GPU) and the items per chunk of planes the ops
+// batch into one CUB call (chunk_items() there): the ops split their work at these, and tests
+// lower them to reach those paths. Here every CUB call is checked against the limit, per-plane
+// ones too, so a test keeps single planes below it.
 inline int64_t& grid_y_limit() {
   static int64_t n = 65535;
   return n;
@@ -229,6 +231,12 @@ inline void run_block(Block& b, int threads, dim3 grid, dim3 block, uint3 bid) {
         if (s != State::Done && s != State::AtSync) all_sync = false;
       }
       if (warp_ready && !warp_blocked) {
+        for (int t = w0; t < std::min(threads, w0 + 32); ++t) {
+          if (b.fibers[t].state == State::Done) {
+            threadIdx = {static_cast<unsigned>(t), 0, 0};
+            fail("a warp intrinsic that lanes of the warp left the kernel without reaching");
+          }
+        }
         for (int t = w0; t < std::min(threads, w0 + 32); ++t) {
           if (b.fibers[t].state == State::AtWarp) b.fibers[t].state = State::Ready;
         }

@@ -1,5 +1,6 @@
 // psr's CUDA ops built for the CPU emulator (cuda_emu.h): the csrc/cuda/*.cu files compiled as
-// C++, their host code unchanged, their kernels run on OS threads. Built by tests/test_cuda_emu.py.
+// C++, their host code unchanged, their kernels run as fibers on the calling thread. Built by
+// tests/test_cuda_emu.py.
 #include <torch/extension.h>
 
 #include "cuda_emu.h"
@@ -9,8 +10,9 @@
 #include "../../csrc/cuda/upsample_match.cu"
 
 // Self-tests of the emulator: a block reverses 256 values through shared memory, with or without
-// the barrier between the writes and the reads (without it the result must come out wrong), and a
-// kernel where a warp shuffle names lanes that never take part (the emulator must report a deadlock).
+// the barrier between the writes and the reads (without it the result must come out wrong), and
+// kernels where a warp shuffle names lanes that wait at a barrier or have left the kernel (the
+// emulator must report them).
 namespace emu_selftest {
 
 __global__ void reverse_kernel(const float* x, float* y, bool sync) {
@@ -18,6 +20,12 @@ __global__ void reverse_kernel(const float* x, float* y, bool sync) {
   s[threadIdx.x] = x[threadIdx.x];
   if (sync) __syncthreads();
   y[threadIdx.x] = s[blockDim.x - 1 - threadIdx.x];
+}
+
+__global__ void exited_lanes_kernel(float* y) {
+  float v = static_cast<float>(threadIdx.x);
+  if (threadIdx.x % 32 >= 7) return;  // 25 lanes leave; the shuffle below names them all
+  y[threadIdx.x] = __shfl_xor_sync(0xffffffffu, v, 1);
 }
 
 __global__ void divergent_sync_kernel(float* y) {
@@ -38,6 +46,11 @@ at::Tensor reverse(const at::Tensor& x, bool sync) {
 void divergent_sync() {
   at::Tensor y = at::empty({64}, at::kFloat);
   psr_emu::launch(divergent_sync_kernel, dim3(1), dim3(64), 0, nullptr, y.data_ptr<float>());
+}
+
+void exited_lanes() {
+  at::Tensor y = at::empty({64}, at::kFloat);
+  psr_emu::launch(exited_lanes_kernel, dim3(1), dim3(64), 0, nullptr, y.data_ptr<float>());
 }
 
 }  // namespace emu_selftest
@@ -69,4 +82,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "The (x, y, z) grids launched since the last call.");
   m.def("selftest_reverse", &emu_selftest::reverse, "x"_a, "sync"_a);
   m.def("selftest_divergent_sync", &emu_selftest::divergent_sync);
+  m.def("selftest_exited_lanes", &emu_selftest::exited_lanes);
 }
