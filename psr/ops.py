@@ -9,6 +9,10 @@ backends give the same results to floating-point rounding; :func:`backend` says 
 The wrappers validate their arguments and refuse NaN/Inf (``check=False`` skips that test, which
 costs one host synchronisation on CUDA). Half and bfloat16 inputs are computed in float32 and
 cast back.
+
+Two environment variables tune how the CUDA kernels split their work, never their results (for
+``benchmarks/tune_cuda.py``): ``PSR_CUDA_TILE_ROWS`` (input rows per bicubic tile) and
+``PSR_CUDA_PLANAR_MAX_PIXELS`` (largest float32 plane that exact mode sorts together with others).
 """
 
 from __future__ import annotations
