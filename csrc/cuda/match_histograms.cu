@@ -134,6 +134,7 @@ __global__ void tie_map_kernel(const KS* s, const uint32_t* idx, int64_t items, 
                                const double* uv, const int64_t* mu, int64_t m, scalar_t* out) {
   PSR_GRID_STRIDE(t, (items + kTieChunk - 1) / kTieChunk) {
     const int64_t i1 = (t + 1) * kTieChunk < items ? (t + 1) * kTieChunk : items;
+    int64_t plane = -1, jr = -1;  // the reference interval of the last group (quantiles only grow in a plane)
     for (int64_t i = t * kTieChunk; i < i1;) {
       const KS key = s[i];
       int64_t j = i + 1;
@@ -148,8 +149,12 @@ __global__ void tie_map_kernel(const KS* s, const uint32_t* idx, int64_t items, 
         end = lo;
       }
       const int64_t p = i / n;  // the group's plane (within the launch)
+      if (p != plane) {
+        plane = p;
+        jr = -1;
+      }
       const double q = static_cast<double>(end - p * n) / static_cast<double>(n);
-      const scalar_t v = static_cast<scalar_t>(np_interp(q, uq + p * m, uv + p * m, mu[p]));
+      const scalar_t v = static_cast<scalar_t>(np_interp_forward(q, uq + p * m, uv + p * m, mu[p], jr));
       scalar_t* o = out + p * n;
       for (; i < j; ++i) o[idx[i]] = v;
     }
