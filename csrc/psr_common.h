@@ -167,7 +167,8 @@ PSR_HD double np_interp(double x, const double* xp, const double* fp, int64_t m)
 
 // np_interp for x visited in nondecreasing order: j carries the interval index from call to call
 // (start at -1). A few steps forward, else a binary search of the rest; the same result.
-PSR_HD double np_interp_forward(double x, const double* xp, const double* fp, int64_t m, int64_t& j) {
+PSR_HD double np_interp_forward(double x, const double* xp, const double* fp, int64_t m, int64_t& j,
+                                const double* slopes = nullptr) {
   if (m == 1) return fp[0];
   if (x > xp[m - 1]) return fp[m - 1];
   int steps = 0;
@@ -176,7 +177,7 @@ PSR_HD double np_interp_forward(double x, const double* xp, const double* fp, in
     ++steps;
   }
   if (steps == 4 && j + 1 < m && xp[j + 1] <= x) j = j + 1 + search_right(xp + j + 1, m - j - 1, x);
-  return interp_at(x, xp, fp, m, j);
+  return interp_at(x, xp, fp, m, j, slopes);
 }
 
 }  // namespace psr

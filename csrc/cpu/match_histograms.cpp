@@ -279,16 +279,13 @@ void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar
     int64_t i = blk * chunk;
     const int64_t end = std::min(n, i + chunk);
     while (i > 0 && i < end && PT::key(s[i]) == PT::key(s[i - 1])) ++i;
-    if (i >= end) return;
-    // Interval of xp holding the current quantile: found once, then advanced (q only grows).
-    int64_t j = search_right(xp, m, static_cast<double>(i + 1) / static_cast<double>(n));
+    int64_t j = -1;  // interval of xp holding the current quantile (q only grows)
     while (i < end) {
       const uint64_t k = PT::key(s[i]);
       int64_t e = i + 1;
       while (e < n && PT::key(s[e]) == k) ++e;
       const double q = static_cast<double>(e) / static_cast<double>(n);
-      while (j + 1 < m && xp[j + 1] <= q) ++j;
-      const scalar_t v = static_cast<scalar_t>(m == 1 ? fp[0] : interp_at(q, xp, fp, m, j, slope));
+      const scalar_t v = static_cast<scalar_t>(np_interp_forward(q, xp, fp, m, j, slope));
       for (int64_t t = i; t < e; ++t) {
         if (t + kPrefetchAhead < n) prefetch_for_write(&o[PT::index(s[t + kPrefetchAhead])]);
         o[PT::index(s[t])] = v;

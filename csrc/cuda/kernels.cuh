@@ -71,7 +71,8 @@ inline Taps<scalar_t> make_taps(int S, double a) {
 // row (S output rows).
 // A thread's values run down its column (vertically adjacent pixels); a warp's are 32 consecutive
 // pixels of a row (coalesced). Needs kSourceSmem scalars of shared memory.
-constexpr int kSourceSmem = 2 * (kThreads + 4);  // shared scalars a source needs: two staged rows
+constexpr int kStagedRow = kThreads + 4;        // scalars of one staged input row (a tile and its halo)
+constexpr int kSourceSmem = 2 * kStagedRow;     // shared scalars a source needs: two staged rows
 
 template <typename scalar_t>
 struct BicubicSource {
@@ -85,9 +86,8 @@ struct BicubicSource {
   __host__ __device__ int64_t cols() const { return W * taps.S; }
   __host__ __device__ int64_t numel() const { return rows() * cols(); }
   __host__ __device__ int cols_per_tile() const { return kThreads / taps.S; }
-  __host__ __device__ int64_t tiles_per_plane() const {
-    return ((H + band - 1) / band) * ((W + cols_per_tile() - 1) / cols_per_tile());
-  }
+  __host__ __device__ int64_t col_tiles() const { return (W + cols_per_tile() - 1) / cols_per_tile(); }
+  __host__ __device__ int64_t tiles_per_plane() const { return ((H + band - 1) / band) * col_tiles(); }
   // This source with tiles sized for kernels that cover P planes at once.
   BicubicSource for_planes(int64_t P, int sms) const;
 
@@ -97,9 +97,8 @@ struct BicubicSource {
   __device__ void for_each_value(int64_t p, int64_t tile, scalar_t* smem, F&& f) const {
     const int S = taps.S;
     const int cpt = cols_per_tile();
-    const int64_t tiles_per_row = (W + cpt - 1) / cpt;
-    const int64_t q_first = (tile / tiles_per_row) * band;
-    const int64_t c0 = (tile % tiles_per_row) * cpt;
+    const int64_t q_first = (tile / col_tiles()) * band;
+    const int64_t c0 = (tile % col_tiles()) * cpt;
     const int64_t q_end = q_first + band < H ? q_first + band : H;
     const int tc = static_cast<int>(threadIdx.x) / S, rx = static_cast<int>(threadIdx.x) % S;
     const int64_t col = c0 + tc;
@@ -113,7 +112,7 @@ struct BicubicSource {
     int buf = 0;
     auto horizontal = [&](int64_t q) {
       const scalar_t* row = plane + pad_index(q, H, taps.symmetric) * W;
-      scalar_t* staged = smem + buf * (kThreads + 4);
+      scalar_t* staged = smem + buf * kStagedRow;
       buf ^= 1;
       for (int c = threadIdx.x; c < cpt + 4; c += blockDim.x) {  // cpt + 4 exceeds kThreads at S = 1
         const int64_t j = c0 + c - 2;
@@ -162,7 +161,6 @@ inline int64_t tuning_env(const char* name) {
 // pass of 4 halo rows) that still gives every SM a few resident blocks' worth of tiles.
 template <typename scalar_t>
 BicubicSource<scalar_t> BicubicSource<scalar_t>::for_planes(int64_t P, int sms) const {
-  const int64_t col_tiles = (W + cols_per_tile() - 1) / cols_per_tile();
   BicubicSource s = *this;
   const int64_t forced = tuning_env("PSR_CUDA_TILE_ROWS");  // tuning only: input rows per tile
   if (forced > 0) {
@@ -170,7 +168,7 @@ BicubicSource<scalar_t> BicubicSource<scalar_t>::for_planes(int64_t P, int sms) 
     return s;
   }
   s.band = 16;
-  while (s.band > 1 && P * ((H + s.band - 1) / s.band) * col_tiles < int64_t(sms) * 16) s.band /= 2;
+  while (s.band > 1 && P * s.tiles_per_plane() < int64_t(sms) * 16) s.band /= 2;
   return s;
 }
 
@@ -207,6 +205,17 @@ inline int64_t max_grid_y() { return 65535; }                               // g
 // (about 36 bytes an item in exact mode) must stay small next to the images (2^24: ~600 MB).
 inline int64_t chunk_items() { return int64_t(1) << 24; }
 
+// Streaming multiprocessors of the current device (grid sizes follow it).
+inline int num_sms() {
+  static int cached[64] = {};  // per device: the attribute cannot change
+  int device = 0, n = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  if (device >= 0 && device < 64 && cached[device] > 0) return cached[device];
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  if (device >= 0 && device < 64) cached[device] = n;
+  return n;
+}
+
 // Every kernel launch goes through here (not <<<>>> at the call sites), so that the CPU emulator
 // can run the same host code.
 template <typename... KArgs, typename... Args>
@@ -220,25 +229,11 @@ inline cudaStream_t current_stream() { return nullptr; }
 struct DeviceGuard {
   explicit DeviceGuard(const c10::Device&) {}
 };
-using ::psr_emu::chunk_items;  // both settable, so that tests reach the chunked paths with small inputs
-using ::psr_emu::launch;
+using ::psr_emu::chunk_items;  // the three settable, so that tests reach the chunked paths and other
+using ::psr_emu::launch;       // grid sizes with small inputs
 using ::psr_emu::max_grid_y;
+inline int num_sms() { return ::psr_emu::num_sms(); }
 #endif
-
-// Streaming multiprocessors of the current device (grid sizes follow it).
-inline int num_sms() {
-  int device = 0, n = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-#ifndef PSR_CUDA_EMU
-  static int cached[64] = {};  // per device: the attribute cannot change
-  if (device >= 0 && device < 64 && cached[device] > 0) return cached[device];
-#endif
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-#ifndef PSR_CUDA_EMU
-  if (device >= 0 && device < 64) cached[device] = n;
-#endif
-  return n;
-}
 
 // Histogram matching on CUDA (match_histograms.cu). source: a plain (N, C, H, W) tensor, or
 // undefined when bicubic is given: then the source is upsample(x, S, a) + residual.

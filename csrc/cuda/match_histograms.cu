@@ -53,7 +53,29 @@ struct CubTemp {
     if (!t.defined() || static_cast<size_t>(t.numel()) < bytes) t = buffer<uint8_t>(static_cast<int64_t>(bytes), *like);
     return t.data_ptr();
   }
+  // CUB's two-call protocol: call(nullptr, bytes) sizes the scratch, call(scratch, bytes) runs.
+  template <typename Call>
+  void run(const Call& call) {
+    size_t bytes = 0;
+    C10_CUDA_CHECK(call(nullptr, bytes));
+    C10_CUDA_CHECK(call(get(bytes), bytes));
+  }
 };
+
+// Sort bits of 64-bit keys with a plane index (< np) above a 32-bit value key.
+int plane_key_end_bit(int64_t np) {
+  int end_bit = 32;
+  while (end_bit < 64 && (int64_t(1) << (end_bit - 32)) < np) ++end_bit;
+  return end_bit;
+}
+
+// Launches fn(p0, np) for the planes [0, P) in runs of at most gridDim.y's limit (blockIdx.y is
+// the plane after p0).
+template <typename Fn>
+void for_grid_rows(int64_t P, const Fn& fn) {
+  const int64_t gy = max_grid_y();
+  for (int64_t p0 = 0; p0 < P; p0 += gy) fn(p0, std::min(gy, P - p0));
+}
 
 unsigned blocks_for(int64_t n) {
   return static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(num_sms()) * 32));
@@ -83,9 +105,13 @@ __global__ void ref_keys_kernel(const scalar_t* ref, int64_t items, int64_t m, b
   }
 }
 
-// flags[i] = 1 where sorted element i ends a run of equal values (or its plane).
+// Whether sorted element i ends a run of equal values or its plane of m.
+__device__ __forceinline__ bool ends_run(const uint64_t* s, int64_t i, int64_t m) {
+  return (i + 1) % m == 0 || s[i] != s[i + 1];
+}
+
 __global__ void tail_flags_kernel(const uint64_t* s, int64_t items, int64_t m, uint32_t* flags) {
-  PSR_GRID_STRIDE(i, items) { flags[i] = ((i + 1) % m == 0 || s[i] != s[i + 1]) ? 1u : 0u; }
+  PSR_GRID_STRIDE(i, items) { flags[i] = ends_run(s, i, m) ? 1u : 0u; }
 }
 
 // Per plane p: uq[p][j], uv[p][j] the upper quantile and value of unique value j, mu[p] their count.
@@ -95,7 +121,7 @@ __global__ void ref_unique_kernel(const uint64_t* s, const uint32_t* pos, int64_
   using K = typename KeyTraits<scalar_t>::key_t;
   PSR_GRID_STRIDE(i, items) {
     const int64_t p = i / m, i0 = p * m;
-    if ((i + 1) % m == 0 || s[i] != s[i + 1]) {
+    if (ends_run(s, i, m)) {
       const int64_t j = pos[i] - pos[i0];
       uq[i0 + j] = static_cast<double>(i - i0 + 1) / static_cast<double>(m);
       uv[i0 + j] = static_cast<double>(KeyTraits<scalar_t>::value(static_cast<K>(s[i])));
@@ -353,7 +379,6 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   TORCH_CHECK(n < kMaxItems && m < kMaxItems, "psr::match_histograms: at most 2^31 - 1 pixels per channel on CUDA, got ",
               n, " and ", m);
   CubTemp temp{at::Tensor(), &out};
-  size_t bytes = 0;
   const int sms = num_sms();
 
   // Reference CDF of every plane: uq, uv (P, m) doubles, mu (P) counts. A chunk of planes is
@@ -370,28 +395,20 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
       const int64_t np = std::min(ppc, P - p0), it = np * m;
       launch(ref_keys_kernel<scalar_t>, blocks_for(it), kThreads, 0, stream, r + p0 * m, it, m, plane_bits,
              as<uint64_t>(k_in));
-      if (plane_bits) {
-        int end_bit = 32;
-        while (end_bit < 64 && (int64_t(1) << (end_bit - 32)) < np) ++end_bit;
-        C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, bytes, as<uint64_t>(k_in), as<uint64_t>(k_out),
-                                                     static_cast<int>(it), 0, end_bit, stream));
-        C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.get(bytes), bytes, as<uint64_t>(k_in),
-                                                     as<uint64_t>(k_out), static_cast<int>(it), 0, end_bit, stream));
-      } else {
-        for (int64_t p = 0; p < np; ++p) {
-          C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, bytes, as<uint64_t>(k_in) + p * m,
-                                                       as<uint64_t>(k_out) + p * m, static_cast<int>(m), 0, 64,
-                                                       stream));
-          C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.get(bytes), bytes, as<uint64_t>(k_in) + p * m,
-                                                       as<uint64_t>(k_out) + p * m, static_cast<int>(m), 0, 64,
-                                                       stream));
-        }
+      // float32: one sort of the chunk; float64: one per plane (its m slots), all 64 bits.
+      const int64_t sorts = plane_bits ? 1 : np, len = plane_bits ? it : m;
+      const int end_bit = plane_bits ? plane_key_end_bit(np) : 64;
+      for (int64_t k = 0; k < sorts; ++k) {
+        temp.run([&](void* t, size_t& bytes) {
+          return cub::DeviceRadixSort::SortKeys(t, bytes, as<uint64_t>(k_in) + k * len, as<uint64_t>(k_out) + k * len,
+                                                static_cast<int>(len), 0, end_bit, stream);
+        });
       }
       launch(tail_flags_kernel, blocks_for(it), kThreads, 0, stream, as<uint64_t>(k_out), it, m, as<uint32_t>(flags));
-      C10_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, as<uint32_t>(flags), as<uint32_t>(pos),
-                                                  static_cast<int>(it), stream));
-      C10_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.get(bytes), bytes, as<uint32_t>(flags), as<uint32_t>(pos),
-                                                  static_cast<int>(it), stream));
+      temp.run([&](void* t, size_t& bytes) {
+        return cub::DeviceScan::ExclusiveSum(t, bytes, as<uint32_t>(flags), as<uint32_t>(pos), static_cast<int>(it),
+                                             stream);
+      });
       launch(ref_unique_kernel<scalar_t>, blocks_for(it), kThreads, 0, stream, as<uint64_t>(k_out),
              as<uint32_t>(pos), it, m, as<double>(uq) + p0 * m, as<double>(uv) + p0 * m, as<int64_t>(mu) + p0);
     }
@@ -399,7 +416,6 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
 
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   if (!bins.has_value()) {
-    const int64_t gy = max_grid_y();
     if (sizeof(scalar_t) == 4 && P > 1 && n <= planar_max_pixels()) {  // float32 planes, a chunk per sort
       const Src src = src_in.for_planes(P, sms);
       const int64_t tpp = src.tiles_per_plane();
@@ -408,19 +424,15 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
                  i_in = buffer<uint32_t>(ppc * n, out), i_out = buffer<uint32_t>(ppc * n, out);
       for (int64_t c0 = 0; c0 < P; c0 += ppc) {
         const int64_t np = std::min(ppc, P - c0), it = np * n;
-        for (int64_t g0 = c0; g0 < c0 + np; g0 += gy) {
-          launch(key_kernel<scalar_t, Src, uint64_t>,
-                 dim3(static_cast<unsigned>(tpp), static_cast<unsigned>(std::min(gy, c0 + np - g0))), kThreads, 0,
-                 stream, src, g0, c0, as<uint64_t>(k_in), as<uint32_t>(i_in));
-        }
-        int end_bit = 32;
-        while (end_bit < 64 && (int64_t(1) << (end_bit - 32)) < np) ++end_bit;
-        C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, as<uint64_t>(k_in), as<uint64_t>(k_out),
-                                                      as<uint32_t>(i_in), as<uint32_t>(i_out), static_cast<int>(it), 0,
-                                                      end_bit, stream));
-        C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.get(bytes), bytes, as<uint64_t>(k_in),
-                                                      as<uint64_t>(k_out), as<uint32_t>(i_in), as<uint32_t>(i_out),
-                                                      static_cast<int>(it), 0, end_bit, stream));
+        for_grid_rows(np, [&](int64_t g0, int64_t ng) {
+          launch(key_kernel<scalar_t, Src, uint64_t>, dim3(static_cast<unsigned>(tpp), static_cast<unsigned>(ng)),
+                 kThreads, 0, stream, src, c0 + g0, c0, as<uint64_t>(k_in), as<uint32_t>(i_in));
+        });
+        const int end_bit = plane_key_end_bit(np);
+        temp.run([&](void* t, size_t& bytes) {
+          return cub::DeviceRadixSort::SortPairs(t, bytes, as<uint64_t>(k_in), as<uint64_t>(k_out), as<uint32_t>(i_in),
+                                                 as<uint32_t>(i_out), static_cast<int>(it), 0, end_bit, stream);
+        });
         launch(tie_map_kernel<scalar_t, uint64_t>, blocks_for((it + kTieChunk - 1) / kTieChunk), kThreads, 0, stream,
                as<uint64_t>(k_out), as<uint32_t>(i_out), it, n, as<double>(uq) + c0 * m, as<double>(uv) + c0 * m,
                as<int64_t>(mu) + c0, m, o + c0 * n);
@@ -434,12 +446,11 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
     for (int64_t p = 0; p < P; ++p) {
       launch(key_kernel<scalar_t, Src, K>, static_cast<unsigned>(tpp), kThreads, 0, stream, src, p, p, as<K>(k_in),
              as<uint32_t>(i_in));
-      C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, as<K>(k_in), as<K>(k_out), as<uint32_t>(i_in),
-                                                    as<uint32_t>(i_out), static_cast<int>(n), 0,
-                                                    KeyTraits<scalar_t>::bits, stream));
-      C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.get(bytes), bytes, as<K>(k_in), as<K>(k_out),
-                                                    as<uint32_t>(i_in), as<uint32_t>(i_out), static_cast<int>(n), 0,
-                                                    KeyTraits<scalar_t>::bits, stream));
+      temp.run([&](void* t, size_t& bytes) {
+        return cub::DeviceRadixSort::SortPairs(t, bytes, as<K>(k_in), as<K>(k_out), as<uint32_t>(i_in),
+                                               as<uint32_t>(i_out), static_cast<int>(n), 0, KeyTraits<scalar_t>::bits,
+                                               stream);
+      });
       launch(tie_map_kernel<scalar_t, K>, blocks_for((n + kTieChunk - 1) / kTieChunk), kThreads, 0, stream,
              as<K>(k_out), as<uint32_t>(i_out), n, n, as<double>(uq) + p * m, as<double>(uv) + p * m,
              as<int64_t>(mu) + p, m, o + p * n);
@@ -463,33 +474,28 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   at::Tensor em = buffer<double>(P * (nbins + 1), out);
   const bool shared_hist = nbins <= kSmemBins;
   const size_t hist_smem = shared_hist ? static_cast<size_t>(nbins) * sizeof(unsigned int) : 0;
-  const int64_t gy = max_grid_y();
-  for (int64_t p0 = 0; p0 < P; p0 += gy) {
-    const int64_t np = std::min<int64_t>(gy, P - p0);
+  // Per plane the histogram needs only that plane's min/max: both kernels run on each run of rows.
+  for_grid_rows(P, [&](int64_t p0, int64_t np) {
     launch(minmax_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, 0, stream, src, p0, mn, mx);
-  }
-  for (int64_t p0 = 0; p0 < P; p0 += gy) {
-    const int64_t np = std::min<int64_t>(gy, P - p0);
     launch(hist_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, hist_smem, stream, src, p0, mn, mx, nbins,
            hist, shared_hist);
-  }
+  });
   const int64_t ppc = planes_per_chunk(nbins, P);
   for (int64_t p0 = 0; p0 < P; p0 += ppc) {
     const int64_t it = std::min(ppc, P - p0) * nbins;
-    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, bytes, hist + p0 * nbins,
-                                                as<unsigned long long>(cum) + p0 * nbins, static_cast<int>(it), stream));
-    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp.get(bytes), bytes, hist + p0 * nbins,
-                                                as<unsigned long long>(cum) + p0 * nbins, static_cast<int>(it), stream));
+    temp.run([&](void* t, size_t& bytes) {
+      return cub::DeviceScan::InclusiveSum(t, bytes, hist + p0 * nbins, as<unsigned long long>(cum) + p0 * nbins,
+                                           static_cast<int>(it), stream);
+    });
   }
   launch(edge_kernel, blocks_for(P * (nbins + 1)), kThreads, 0, stream, as<unsigned long long>(cum), P, nbins, ppc, n,
          as<double>(uq), as<double>(uv), as<int64_t>(mu), m, as<double>(em));
   const bool shared_edges = nbins + 1 <= kSmemEdges;
   const size_t edge_smem = shared_edges ? static_cast<size_t>(nbins + 1) * sizeof(double) : 0;
-  for (int64_t p0 = 0; p0 < P; p0 += gy) {
-    const int64_t np = std::min<int64_t>(gy, P - p0);
+  for_grid_rows(P, [&](int64_t p0, int64_t np) {
     launch(map_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, edge_smem, stream, src, p0, mn, mx, nbins,
            as<double>(em), as<double>(uv), as<int64_t>(mu), m, o, shared_edges);
-  }
+  });
 }
 
 }  // namespace

@@ -39,11 +39,11 @@ static at::Tensor upsample_bicubic_cuda(const at::Tensor& x_in, int64_t scale, d
     const BicubicSource<scalar_t> src = BicubicSource<scalar_t>{x.const_data_ptr<scalar_t>(), nullptr, H, W,
                                                                 make_taps<scalar_t>(static_cast<int>(scale), a), 1}
                                             .for_planes(N * C, num_sms());
-    const int64_t bpp = src.tiles_per_plane();
-    const int64_t max_planes = std::max<int64_t>(1, (int64_t(1) << 31) / bpp - 1);
+    const int64_t tpp = src.tiles_per_plane();
+    const int64_t max_planes = std::max<int64_t>(1, (int64_t(1) << 31) / tpp - 1);
     for (int64_t p0 = 0; p0 < N * C; p0 += max_planes) {
       const int64_t np = std::min(max_planes, N * C - p0);
-      launch(upsample_kernel<scalar_t>, static_cast<unsigned>(np * bpp), kThreads, 0, stream,
+      launch(upsample_kernel<scalar_t>, static_cast<unsigned>(np * tpp), kThreads, 0, stream,
           src, p0, out.mutable_data_ptr<scalar_t>());
     }
   });

@@ -15,19 +15,16 @@
 // before writes show. Device memory is host memory: the ops take CPU tensors.
 #pragma once
 
+#include <ucontext.h>
+
 #include <algorithm>
-#include <chrono>
-#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <mutex>
-#include <numeric>
 #include <functional>
-#include <ucontext.h>
+#include <numeric>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -42,7 +39,7 @@
 // GPU): here every thread of a block takes the same slices, in declaration order, of the block's
 // shared buffer, which like dynamic shared memory starts every block as 0xff bytes (NaN), so a
 // read of shared memory that no thread of the block wrote shows.
-#define __shared__ static  // (not used by the kernels; a plain static would be shared by every block)
+#define __shared__ __shared__is_not_emulated_declare_with_PSR_SHARED_ARRAY  // a static would span blocks
 #define PSR_SHARED_ARRAY(T, name, n) T* const name = ::psr_emu::static_shared<T>(n)
 #define PSR_EXTERN_SHARED(T, name) T* name = reinterpret_cast<T*>(::psr_emu::dynamic_smem())
 
@@ -53,23 +50,10 @@ struct dim3 {
   unsigned x, y, z;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-struct float2 {
-  float x, y;
-};
-struct float4 {
-  float x, y, z, w;
-};
-struct double2 {
-  double x, y;
-};
-inline float2 make_float2(float x, float y) { return {x, y}; }
-inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-inline double2 make_double2(double x, double y) { return {x, y}; }
 
 using cudaStream_t = struct CUstream_st*;
 using cudaError_t = int;
 constexpr cudaError_t cudaSuccess = 0;
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
 
 inline uint3 threadIdx{0, 0, 0};  // the running fiber's: every fiber runs on the launching thread
 inline uint3 blockIdx{0, 0, 0};
@@ -309,40 +293,6 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
   return r;
 }
 
-template <typename T>
-inline T __shfl_sync(unsigned mask, T v, int src_lane) {
-  ::psr_emu::check_full(mask);
-  ::psr_emu::exchange_begin(v);
-  const T r = ::psr_emu::slot_value<T>(src_lane & 31);
-  ::psr_emu::park(::psr_emu::State::AtWarp);
-  return r;
-}
-
-template <typename T>
-inline unsigned __match_any_sync(unsigned mask, T v) {
-  ::psr_emu::check_full(mask);
-  ::psr_emu::exchange_begin(v);
-  unsigned peers = 0;
-  for (int l = 0; l < 32; ++l) {
-    if (::psr_emu::slot_value<T>(l) == v) peers |= 1u << l;
-  }
-  ::psr_emu::park(::psr_emu::State::AtWarp);
-  return peers;
-}
-
-inline unsigned __ballot_sync(unsigned mask, int pred) {
-  ::psr_emu::check_full(mask);
-  ::psr_emu::exchange_begin(static_cast<uint32_t>(pred != 0));
-  unsigned bits = 0;
-  for (int l = 0; l < 32; ++l) bits |= ::psr_emu::slot_value<uint32_t>(l) << l;
-  ::psr_emu::park(::psr_emu::State::AtWarp);
-  return bits;
-}
-
-inline int __popc(unsigned x) { return __builtin_popcount(x); }
-inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
-inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
-inline int __clz(unsigned x) { return x == 0 ? 32 : __builtin_clz(x); }
 
 template <typename T>
 inline T atomicAdd(T* a, T v) {
@@ -363,14 +313,6 @@ inline T atomicMax(T* a, T v) {
   return old;
 }
 
-inline cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
-  return cudaSuccess;
-}
-inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
-  *value = ::psr_emu::num_sms();
-  return cudaSuccess;
-}
 inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t = nullptr) {
   std::memset(p, value, bytes);
   return cudaSuccess;
