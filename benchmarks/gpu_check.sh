@@ -31,11 +31,11 @@
 #      x4-pixel at the paper's batch 4 x 288^2, and the starry_night style at 256^2; each exported
 #      with its validation and Set5 scores to $OUT/weights/ (compare with the shipped ones there)
 # The plan adds up to more than the deadline: a default run reaches the later steps only when the
-# earlier ones finish early; name the steps a run needs, e.g. PSR_GPU_STEPS="build tests sanitize
-# bench profile tune" for the ops alone. Every step is time-boxed and logs to $OUT; a failing step does not stop the later ones (the
-# script exits non-zero at the end if any failed). On exit the logs, JSON and Markdown files are
-# packed into $OUT/logs.tar.gz (the device tool returns at most 8 files); summary.txt and
-# weights/*.safetensors stay as they are. PSR_GPU_STEPS="build tests bench" picks steps.
+# earlier ones finish early; PSR_GPU_STEPS names the steps a run needs, e.g. "build tests sanitize
+# bench profile tune" for the ops alone. Every step is time-boxed and logs to $OUT; a failing step
+# does not stop the later ones (the script exits non-zero at the end if any failed). On exit the
+# logs, JSON and Markdown files are packed into $OUT/logs.tar.gz (the device tool returns at most
+# 8 files); summary.txt and weights/*.safetensors stay as they are.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -106,6 +106,13 @@ step() {  # step NAME LIMIT_S LOGFILE CMD...
 
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
+# Whether a step that uses the compiled ops can run: built here, or the build not asked for.
+have_ops() {
+  if [ "$built" -eq 1 ] || ! want build; then return 0; fi
+  log "skip $1: the build failed"
+  return 1
+}
+
 # 0. environment ------------------------------------------------------------------------------
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv || true
@@ -138,73 +145,53 @@ assert ops.backend('cuda') == 'extension', ops.backend('cuda')
 fi
 
 # 2. CUDA tests ---------------------------------------------------------------------------------
-if want tests; then
-  if [ "$built" -eq 1 ] || ! want build; then
-    # All of tests/test_ops.py: the [cuda]-parametrised tests compare the CUDA kernels with the
-    # same independent references as the CPU ones (and the CPU ones run on this image too). The
-    # compile-only and wheel tests are for CI machines.
-    step tests 240 tests_cuda.log $PY -m pytest -q -rs -p no:cacheprovider tests/test_ops.py \
-      -k "not cuda_sources_compile and not wheel" -o addopts="" --junitxml="$OUT/tests_cuda.xml"
-    grep -E "passed|failed|error" "$OUT/tests_cuda.log" | tail -n 3 | tee -a "$summary"
-    # The other CUDA-parametrised tests: psr.upscale / the models / bf16 training on the GPU.
-    step tests_more 150 tests_more.log $PY -m pytest -q -rs -p no:cacheprovider tests/test_api.py \
-      tests/test_models.py tests/test_stylize.py tests/test_train.py -k "cuda or intensity_backward" -o addopts=""
-    grep -E "passed|failed|error" "$OUT/tests_more.log" | tail -n 3 | tee -a "$summary"
-    if grep -q "SKIPPED.*no CUDA device" "$OUT/tests_cuda.log"; then
-      log "FAIL: the CUDA tests were skipped (torch sees no CUDA device)"
-      status=1
-    fi
-  else
-    log "skip tests: the build failed"
+if want tests && have_ops tests; then
+  # All of tests/test_ops.py: the [cuda]-parametrised tests compare the CUDA kernels with the
+  # same independent references as the CPU ones (and the CPU ones run on this image too). The
+  # compile-only and wheel tests are for CI machines.
+  step tests 240 tests_cuda.log $PY -m pytest -q -rs -p no:cacheprovider tests/test_ops.py \
+    -k "not cuda_sources_compile and not wheel" -o addopts="" --junitxml="$OUT/tests_cuda.xml"
+  grep -E "passed|failed|error" "$OUT/tests_cuda.log" | tail -n 3 | tee -a "$summary"
+  # The other CUDA-parametrised tests: psr.upscale / the models / bf16 training on the GPU.
+  step tests_more 150 tests_more.log $PY -m pytest -q -rs -p no:cacheprovider tests/test_api.py \
+    tests/test_models.py tests/test_stylize.py tests/test_train.py -k "cuda or intensity_backward" -o addopts=""
+  grep -E "passed|failed|error" "$OUT/tests_more.log" | tail -n 3 | tee -a "$summary"
+  if grep -q "SKIPPED.*no CUDA device" "$OUT/tests_cuda.log"; then
+    log "FAIL: the CUDA tests were skipped (torch sees no CUDA device)"
+    status=1
   fi
 fi
 
 # 3. compute-sanitizer ------------------------------------------------------------------------
-if want sanitize; then
-  if [ "$built" -eq 1 ] || ! want build; then
-    SAN=$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")
-    for tool in memcheck racecheck; do
-      # Without torch's caching allocator every tensor is its own allocation, so memcheck sees a
-      # read past a tensor's end (inside a pooled block it would not).
-      step "sanitize_$tool" 100 "sanitize_$tool.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool "$tool" --error-exitcode 1 \
-        $PY benchmarks/gpu_sanitize_ops.py
-      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|all ok|FAILED" "$OUT/sanitize_$tool.log" | tail -n 3 | tee -a "$summary"
-    done
-  else
-    log "skip sanitize: the build failed"
-  fi
+if want sanitize && have_ops sanitize; then
+  SAN=$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")
+  for tool in memcheck racecheck; do
+    # Without torch's caching allocator every tensor is its own allocation, so memcheck sees a
+    # read past a tensor's end (inside a pooled block it would not).
+    step "sanitize_$tool" 100 "sanitize_$tool.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool "$tool" --error-exitcode 1 \
+      $PY benchmarks/gpu_sanitize_ops.py
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|all ok|FAILED" "$OUT/sanitize_$tool.log" | tail -n 3 | tee -a "$summary"
+  done
 fi
 
 # 3b. benchmark ---------------------------------------------------------------------------------
-if want bench; then
-  if [ "$built" -eq 1 ] || ! want build; then
-    step bench 240 bench_cuda.log $PY benchmarks/bench_ops.py --device cuda --sizes 256 512 1024 \
-      --json "$OUT/bench_cuda.json" --markdown "$OUT/bench_cuda.md"
-    grep -E "^- GOAL|bandwidth" "$OUT/bench_cuda.log" | tee -a "$summary"
-  else
-    log "skip bench: the build failed"
-  fi
+if want bench && have_ops bench; then
+  step bench 240 bench_cuda.log $PY benchmarks/bench_ops.py --device cuda --sizes 256 512 1024 \
+    --json "$OUT/bench_cuda.json" --markdown "$OUT/bench_cuda.md"
+  grep -E "^- GOAL|bandwidth" "$OUT/bench_cuda.log" | tee -a "$summary"
 fi
 
 # 3c. per-kernel profile ------------------------------------------------------------------------
-if want profile; then
-  if [ "$built" -eq 1 ] || ! want build; then
-    step profile 90 profile_ops.log $PY benchmarks/profile_ops.py --device "$DEV" --markdown "$OUT/profile_ops.md" \
-      ${PSR_GPU_QUICK:+--quick}
-  else
-    log "skip profile: the build failed"
-  fi
+if want profile && have_ops profile; then
+  step profile 90 profile_ops.log $PY benchmarks/profile_ops.py --device "$DEV" --markdown "$OUT/profile_ops.md" \
+    ${PSR_GPU_QUICK:+--quick}
 fi
 
 # 3d. work-split sweep ----------------------------------------------------------------------------
-if want tune; then
-  if [ "$built" -eq 1 ] || ! want build; then
-    step tune 90 tune_cuda.log $PY benchmarks/tune_cuda.py --device "$DEV" --markdown "$OUT/tune_cuda.md" \
-      ${PSR_GPU_QUICK:+--quick}
-    grep -E "^\|" "$OUT/tune_cuda.log" | tee -a "$summary"
-  else
-    log "skip tune: the build failed"
-  fi
+if want tune && have_ops tune; then
+  step tune 90 tune_cuda.log $PY benchmarks/tune_cuda.py --device "$DEV" --markdown "$OUT/tune_cuda.md" \
+    ${PSR_GPU_QUICK:+--quick}
+  grep -E "^\|" "$OUT/tune_cuda.log" | tee -a "$summary"
 fi
 
 # 4. upscale and stylize speed -----------------------------------------------------------------

@@ -12,10 +12,21 @@ histogram paths; a residual and a separate reference.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import torch
 
 from psr import ops
+
+
+def both(name: str, op: Callable[..., torch.Tensor], *args: object, **kwargs: object) -> tuple:
+    """(name, op on CUDA copies of the tensor arguments, op on the CPU originals)."""
+
+    def cuda(v: object) -> object:
+        return v.cuda() if isinstance(v, torch.Tensor) else v
+
+    on_gpu = op(*map(cuda, args), **{k: cuda(v) for k, v in kwargs.items()})
+    return name, on_gpu, op(*args, **kwargs)
 
 
 def main() -> int:
@@ -28,52 +39,25 @@ def main() -> int:
         x = torch.rand((2, 3, 37, 300), generator=g, dtype=dtype)
         ref = torch.rand((2, 3, 11, 13), generator=g, dtype=dtype)
         res = torch.rand((2, 3, 111, 900), generator=g, dtype=dtype) * 0.1
-        xc, refc, resc = x.cuda(), ref.cuda(), res.cuda()
         atol = 1e-5 if dtype == torch.float32 else 1e-12
-        cases = []
-        for a in (-0.75, -0.5):
-            cases.append((f"upsample_bicubic a={a}", ops.upsample_bicubic(xc, 3, a=a), ops.upsample_bicubic(x, 3, a=a)))
+        cases = [both(f"upsample_bicubic a={a}", ops.upsample_bicubic, x, 3, a=a) for a in (-0.75, -0.5)]
         # Scale 1 (a tile row stages 260 values with 256 threads) and 8, on a few rows.
         for s in (1, 8):
-            cases.append(
-                (f"upsample_bicubic x{s}", ops.upsample_bicubic(xc[:, :, :9], s), ops.upsample_bicubic(x[:, :, :9], s))
-            )
-            cases.append(
-                (
-                    f"upsample_match x{s} bins=64",
-                    ops.upsample_match(xc[:, :, :9], s, bins=64),
-                    ops.upsample_match(x[:, :, :9], s, bins=64),
-                )
-            )
+            cases.append(both(f"upsample_bicubic x{s}", ops.upsample_bicubic, x[:, :, :9], s))
+            cases.append(both(f"upsample_match x{s} bins=64", ops.upsample_match, x[:, :, :9], s, bins=64))
         # Ties for the real CUB sorts: quantised values, two identical planes (their keys differ only
         # in the plane bits when float32 planes are sorted together), a plane of -0.0 and +0.0.
         xq = (x[:, :, :20, :50] * 4).round() / 4
         xq[1, 2] = xq[0, 2]
         xq[0, 0, :10] = -0.0
         xq[0, 0, 10:] = 0.0
-        cases.append(("match_histograms ties", ops.match_histograms(xq.cuda(), refc), ops.match_histograms(xq, ref)))
+        cases.append(both("match_histograms ties", ops.match_histograms, xq, ref))
         # One plane: exact mode's per-plane sort (several float32 planes are sorted together).
-        cases.append(
-            (
-                "match_histograms 1 plane",
-                ops.match_histograms(xc[:1, :1], refc[:1, :1]),
-                ops.match_histograms(x[:1, :1], ref[:1, :1]),
-            )
-        )
+        cases.append(both("match_histograms 1 plane", ops.match_histograms, x[:1, :1], ref[:1, :1]))
         for bins in (None, 64, 9000):
+            cases.append(both(f"match_histograms bins={bins}", ops.match_histograms, x, ref, bins=bins))
             cases.append(
-                (
-                    f"match_histograms bins={bins}",
-                    ops.match_histograms(xc, refc, bins=bins),
-                    ops.match_histograms(x, ref, bins=bins),
-                )
-            )
-            cases.append(
-                (
-                    f"upsample_match bins={bins}",
-                    ops.upsample_match(xc, 3, residual=resc, reference=refc, bins=bins),
-                    ops.upsample_match(x, 3, residual=res, reference=ref, bins=bins),
-                )
+                both(f"upsample_match bins={bins}", ops.upsample_match, x, 3, residual=res, reference=ref, bins=bins)
             )
         torch.cuda.synchronize()
         for name, got, want in cases:

@@ -19,6 +19,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ops import sync  # noqa: E402
+
 from psr import ops  # noqa: E402
 
 CASES = [(1, 1024, 8), (3, 512, 8), (3, 1024, 4), (3, 1024, 8)]  # (C, LR size, scale)
@@ -48,13 +51,11 @@ def main(argv: list[str]) -> int:
         for mode, bins in (("binned 1024", 1024), ("exact", None)):
             for _ in range(3):
                 ops.upsample_match(x, s, bins=bins, check=False)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+            sync(dev.type)
             with profile(activities=activities) as prof:
                 for _ in range(args.calls):
                     ops.upsample_match(x, s, bins=bins, check=False)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
+                sync(dev.type)
             title = f"## {c}x{size}^2 x{s}, {mode}: totals over {args.calls} calls"
             table = prof.key_averages().table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=70)
             print(f"\n{title}\n{table}", flush=True)
