@@ -206,25 +206,27 @@ def test_cli_style_training_lowers_style_loss_resumes_and_exports(
 
     data, style = style_setup
     a, b = tmp_path / "a", tmp_path / "b"
-    common = ["--content-weight", "0.01", "--iterations", "24", "--val-every", "4", "--checkpoint-every", "8"]
+    common = ["--content-weight", "0.01", "--iterations", "40", "--val-every", "4", "--checkpoint-every", "8"]
     assert main(_flags(data, style, a, *common)) == 0
     vals = _val(a)
-    assert [r["it"] for r in vals] == [4, 8, 12, 16, 20, 24]
+    assert [r["it"] for r in vals] == list(range(4, 41, 4))
     styles = [r["val_style"] for r in vals]
-    # Small noisy batches: compare the mean of the last two validations with the first two.
-    assert np.mean(styles[-2:]) < 0.7 * np.mean(styles[:2]), styles
-    # Stop at 8, resume to 24: bit-exact on the CPU.
+    # Small noisy batches on random images: the mean of the last three validations against the
+    # first. Over 24 seeds that ratio was 0.21-0.59 (median 0.36); at 24 iterations with a
+    # two-by-two comparison it reached 0.78, so this test failed now and then.
+    assert np.mean(styles[-3:]) < 0.75 * styles[0], styles
+    # Stop at 8, resume to 40: bit-exact on the CPU.
     assert main(_flags(data, style, b, *common, "--stop-at", "8")) == 0
     assert main(_flags(data, style, b, *common, "--resume")) == 0
     sa, sb = train.load_checkpoint(a / "checkpoint.pt"), train.load_checkpoint(b / "checkpoint.pt")
-    assert sa["task"] == sb["task"] == "style" and sb["iteration"] == 24
+    assert sa["task"] == sb["task"] == "style" and sb["iteration"] == 40
     assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
     # Export: the style format with the Gram check of the validation split.
     out = tmp_path / "stripes.safetensors"
     assert main(["export", str(a), "-o", str(out), "--which", "last"]) == 0
     meta = read_metadata(out)
     assert meta["task"] == "style" and meta["name"] == "stripes"
-    assert meta["iterations"] == 24 and meta["style_image"] == "stripes.png"
+    assert meta["iterations"] == 40 and meta["style_image"] == "stripes.png"
     check = meta["gram_check"]
     assert check["images"] == 1 and set(check) >= {"relu2_2", "relu3_3", "all_lower"}
     assert check["relu2_2"]["ratio"] == pytest.approx(check["relu2_2"]["output"] / check["relu2_2"]["input"])
