@@ -54,9 +54,12 @@ def resolve_model(model: str | os.PathLike | nn.Module | None, scale: int, devic
     if model is None:
         name = f"x{scale}-pixel"
         if not (WEIGHTS_DIR / f"{name}.safetensors").is_file():
+            from .weights import list_models
+
+            shipped = ", ".join(f"{k} (x{v.get('scale')})" for k, v in sorted(list_models(task="sr").items()))
             raise ValueError(
-                f"scale={scale}: no shipped model {name!r} yet; pass model='bicubic' or a weights file "
-                f"(shipped: {', '.join(sorted(p.stem for p in WEIGHTS_DIR.glob('*.safetensors'))) or 'none'})"
+                f"scale={scale}: no shipped model {name!r}; pass model='bicubic' or a weights file "
+                f"(shipped upscaling models: {shipped or 'none'})"
             )
         model = name
     if isinstance(model, str) and model == BICUBIC:
@@ -70,6 +73,8 @@ def resolve_model(model: str | os.PathLike | nn.Module | None, scale: int, devic
             f"model must be None, 'bicubic', a shipped name, a path or an nn.Module, got {type(model).__name__}"
         )
     net_scale = getattr(net, "scale", None)
+    if net_scale is None and isinstance(model, nn.Module):
+        return net  # a plain module: its output shape is checked on the first tile instead
     if net_scale != scale:
         raise ValueError(f"model {getattr(net, 'name', model)!r} upscales by {net_scale}, but scale={scale} was asked")
     return net
@@ -116,8 +121,70 @@ def _check_dtype(dtype: np.dtype) -> None:
         raise TypeError(f"image dtype must be an integer or floating type, got {dtype}")
 
 
+# With channel_axis="auto", a last axis this small that is not 1, 3 or 4 could be channels or a
+# very narrow image: refuse to guess.
+_AUTO_MIN_WIDTH = 8
+
+
+def _check_flag(name: str, value: Any) -> bool | None:
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    raise TypeError(f"{name} must be None, True or False, got {value!r}")
+
+
+def _channel_layout(
+    shape: tuple[int, ...], channel_axis: int | str | None, rgb: bool | None, kind: str
+) -> tuple[int | None, bool]:
+    """(channel axis normalised to >= 0 or None, whether it holds RGB(A)) for an image of ``shape``."""
+    ndim = len(shape)
+    if isinstance(channel_axis, str) and channel_axis == "auto":
+        if kind == "torch":
+            if ndim not in (2, 3, 4):
+                raise ValueError(
+                    f"image: a tensor must be (H, W), (C, H, W) or (N, C, H, W) with channel_axis='auto', got "
+                    f"shape {shape}; pass channel_axis for other layouts"
+                )
+            ch_axis = None if ndim == 2 else ndim - 3
+            if ch_axis is not None and shape[ch_axis] not in (1, 3, 4):
+                raise ValueError(
+                    f"image: tensor channels must be 1, 3 or 4, got {shape[ch_axis]} in shape {shape}; pass "
+                    "channel_axis (None: a stack of gray images) for other layouts"
+                )
+        elif ndim >= 3 and shape[-1] in (1, 3, 4):
+            ch_axis = ndim - 1
+        elif ndim >= 3 and shape[-1] < _AUTO_MIN_WIDTH:
+            raise ValueError(
+                f"image: shape {shape} is ambiguous with channel_axis='auto' (a last axis of {shape[-1]} is "
+                f"neither 1, 3 nor 4 channels); pass channel_axis=-1 for {shape[-1]} channels or channel_axis=None "
+                f"for a stack of {shape[-2]}x{shape[-1]} images"
+            )
+        else:
+            ch_axis = None
+        default_rgb = ch_axis is not None and shape[ch_axis] in (3, 4)
+    elif channel_axis is None:
+        ch_axis, default_rgb = None, False
+    elif isinstance(channel_axis, (int, np.integer)) and not isinstance(channel_axis, (bool, np.bool_)):
+        if kind == "pil":
+            raise ValueError(f"channel_axis={channel_axis!r}: a PIL image's layout is fixed; leave channel_axis='auto'")
+        if not -ndim <= channel_axis < ndim:
+            raise ValueError(f"channel_axis={channel_axis} is out of range for an image of shape {shape}")
+        if ndim < 3:
+            raise ValueError(f"channel_axis={channel_axis} needs an image with 3 or more dimensions, got shape {shape}")
+        ch_axis, default_rgb = int(channel_axis) % ndim, False
+    else:
+        raise ValueError(f"channel_axis must be 'auto', None or an integer, got {channel_axis!r}")
+    if channel_axis is None and kind == "pil":
+        raise ValueError("channel_axis=None: a PIL image's layout is fixed; leave channel_axis='auto'")
+    is_rgb = default_rgb if rgb is None else rgb
+    if is_rgb and (ch_axis is None or shape[ch_axis] not in (3, 4)):
+        got = "no channel axis" if ch_axis is None else f"{shape[ch_axis]} channels"
+        raise ValueError(f"rgb=True needs 3 or 4 channels on the channel axis, got {got} in shape {shape}")
+    return ch_axis, is_rgb
+
+
 def _canonical(image: Any, channel_axis: int | str | None, rgb: bool | None) -> tuple[np.ndarray, _Layout]:
     """(B, H, W, C) numpy array (any dtype) plus the layout to undo it."""
+    rgb = _check_flag("rgb", rgb)
     arr, kind, pil_mode = _as_array(image)
     torch_device = None
     if kind == "torch":
@@ -125,49 +192,19 @@ def _canonical(image: Any, channel_axis: int | str | None, rgb: bool | None) -> 
         assert isinstance(t, torch.Tensor)
         if t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"image dtype must be an integer or floating type, got {t.dtype}")
-        if t.ndim not in (2, 3, 4):
-            raise ValueError(f"image: a tensor must be (H, W), (C, H, W) or (N, C, H, W), got shape {tuple(t.shape)}")
-        if t.ndim >= 3 and t.shape[-3] not in (1, 3, 4):
-            raise ValueError(f"image: tensor channels must be 1, 3 or 4, got {t.shape[-3]} in shape {tuple(t.shape)}")
         torch_device = t.device
         tdtype = t.dtype
         # bfloat16 has no numpy twin; compute in float32 and cast back at the end.
-        a = (t.detach().float() if t.dtype in (torch.bfloat16, torch.float16) else t.detach()).cpu().numpy()
-        if t.ndim == 2:
-            ch_axis, is_rgb = None, False
-        else:
-            ch_axis, is_rgb = t.ndim - 3, t.shape[-3] in (3, 4)
-        arr = a
+        arr = (t.detach().float() if t.dtype in (torch.bfloat16, torch.float16) else t.detach()).cpu().numpy()
     else:
         assert isinstance(arr, np.ndarray)
         tdtype = arr.dtype
         _check_dtype(arr.dtype)
-        if arr.ndim < 2:
-            raise ValueError(f"image must have at least 2 dimensions (H, W), got shape {arr.shape}")
-        if arr.ndim > _MAX_NDIM:
-            raise ValueError(f"image has {arr.ndim} dimensions; at most {_MAX_NDIM} are supported")
-        if channel_axis == "auto":
-            if arr.ndim >= 3 and arr.shape[-1] in (3, 4):
-                ch_axis, is_rgb = arr.ndim - 1, True if rgb is None else bool(rgb)
-            elif arr.ndim == 3 and arr.shape[-1] == 1:
-                ch_axis, is_rgb = 2, False
-            else:
-                ch_axis, is_rgb = None, False
-        elif channel_axis is None:
-            ch_axis, is_rgb = None, False
-        elif isinstance(channel_axis, (int, np.integer)) and not isinstance(channel_axis, bool):
-            if not -arr.ndim <= channel_axis < arr.ndim:
-                raise ValueError(f"channel_axis={channel_axis} is out of range for an image of shape {arr.shape}")
-            ch_axis = int(channel_axis) % arr.ndim
-            is_rgb = bool(rgb)
-            if arr.ndim < 3:
-                raise ValueError(
-                    f"channel_axis={channel_axis} needs an image with 3 or more dimensions, got shape {arr.shape}"
-                )
-        else:
-            raise ValueError(f"channel_axis must be 'auto', None or an integer, got {channel_axis!r}")
-        if is_rgb and arr.shape[ch_axis] not in (3, 4):  # type: ignore[index]
-            raise ValueError(f"rgb=True needs 3 or 4 channels on channel_axis, got {arr.shape[ch_axis]}")  # type: ignore[index]
+    if arr.ndim < 2:
+        raise ValueError(f"image must have at least 2 dimensions (H, W), got shape {tuple(arr.shape)}")
+    if arr.ndim > _MAX_NDIM:
+        raise ValueError(f"image has {arr.ndim} dimensions; at most {_MAX_NDIM} are supported")
+    ch_axis, is_rgb = _channel_layout(tuple(arr.shape), channel_axis, rgb, kind)
     if any(s == 0 for s in arr.shape):
         raise ValueError(f"image is empty: shape {tuple(arr.shape)} has a zero-size axis")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -181,8 +218,6 @@ def _canonical(image: Any, channel_axis: int | str | None, rgb: bool | None) -> 
     else:  # independent gray channels: fold channels into the batch
         b = moved.reshape(-1, *moved.shape[-3:])
         canon = np.moveaxis(b, -1, 1).reshape(-1, *b.shape[1:3], 1)
-    if min(canon.shape[1:3]) < 1:
-        raise ValueError(f"image is empty: shape {tuple(arr.shape)}")
     return canon, layout
 
 
@@ -243,7 +278,10 @@ class _Intensity:
     dtype: np.dtype
 
     def forward(self, a: np.ndarray) -> np.ndarray:
-        return ((a.astype(np.float32) - np.float32(self.lo)) / np.float32(self.hi - self.lo)).astype(np.float32)
+        if a.dtype.itemsize <= 2 or a.dtype == np.float32:  # exact enough in float32 (uint16 is exact)
+            return ((a.astype(np.float32) - np.float32(self.lo)) / np.float32(self.hi - self.lo)).astype(np.float32)
+        # 32/64-bit ints and float64: subtract in float64, or values far from 0 lose their low bits.
+        return ((a.astype(np.float64) - self.lo) / (self.hi - self.lo)).astype(np.float32)
 
     def backward(self, y: np.ndarray) -> np.ndarray:
         v = y.astype(np.float64) * (self.hi - self.lo) + self.lo
@@ -296,6 +334,11 @@ def _intensity(canon: np.ndarray, rgb: bool, normalize: tuple[float, float] | No
     if dtype == np.uint8:
         return _Intensity(0.0, 255.0, clip_lo, clip_hi, dtype)
     if normalize is None:
+        if dtype.kind in "ui" and dtype.itemsize >= 4:
+            raise ValueError(
+                f"normalize=None maps {dtype}'s full range to [0, 1], which the network's float32 cannot "
+                "resolve; use normalize=(lo, hi) percentiles (the default (0.1, 99.9))"
+            )
         if dtype.kind in "ui":
             return _Intensity(float(clip_lo[0]), float(clip_hi[0]), clip_lo, clip_hi, dtype)
         if clip_lo.min() < 0 or clip_hi.max() > 1:
@@ -385,6 +428,8 @@ def _resolve_device(device: str | torch.device, image: Any) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}") from None
+    if dev.type == "meta":
+        raise ValueError(f"device={device!r}: the meta device holds no data; use 'cpu', 'cuda' or 'auto'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked but CUDA is not available")
     return dev
@@ -429,20 +474,30 @@ def upscale(
     model : str, path or nn.Module, optional
         A shipped name (see :func:`psr.list_models`), a weights file, a module mapping RGB [0, 1]
         (N, 3, H, W) to (N, 3, fH, fW), or ``"bicubic"`` for the MATLAB-compatible bicubic
-        baseline. Default: the shipped ``x{scale}-pixel``.
+        baseline. Default: the shipped ``x{scale}-pixel``. A plain name (no path separator, no
+        ``.safetensors`` suffix) of a shipped model loads it even where a file or folder of that
+        name exists in the working directory; write ``./name`` for the local file. A module without
+        a ``scale`` attribute is trusted to upscale by ``scale`` and its output shape is checked;
+        its tiles overlap by 16 input pixels unless it has a ``receptive_radius`` attribute.
     match_histogram : bool, optional
         Match each output channel's histogram to the LR input's (the paper's post-processing), once
         over the whole image. Default: the model's own default, chosen on validation data.
     channel_axis : "auto", None or int
-        ``"auto"``: a last axis of 3 or 4 is RGB(A) (1 is a gray channel), otherwise no channel
-        axis. ``None``: every axis before the last two is a stack of gray images. An integer names
-        the channel axis; each channel is then a gray image unless ``rgb=True``.
+        ``"auto"``: for numpy, a last axis of 3 or 4 is RGB(A) and 1 is a gray channel, whatever
+        the number of leading (stack) axes; a last axis of 2 or 5-7 is ambiguous and refused; any
+        other shape has no channel axis. For tensors, (C, H, W) or (N, C, H, W) with C in
+        {1, 3, 4}. ``None``: every axis before the last two is a stack of gray images. An integer
+        names the channel axis (numpy and tensors); each channel is then a gray image unless
+        ``rgb=True``. PIL images take only ``"auto"``.
     rgb : bool, optional
-        Treat the channel axis as RGB(A) (only with an integer ``channel_axis``).
+        Whether the channel axis holds RGB(A) (True needs 3 or 4 channels). Default: True for a
+        3- or 4-channel axis found by ``"auto"``, else False; ``rgb=False`` upscales 3 or 4
+        channels as independent gray images.
     normalize : (lo, hi) or None
         For inputs other than uint8: percentiles mapped to 0 and 1 before the network and back
-        after, computed once over the whole input. ``None``: floats are already in [0, 1], ints
-        use their dtype's full range.
+        after, computed once over the whole input. ``None``: floats are already in [0, 1], 8- and
+        16-bit ints use their dtype's full range (refused for 32/64-bit ints, whose full range
+        the network's float32 cannot resolve).
     tile : int or None
         Tile size in input pixels; ``None`` processes each image whole. Tiles overlap so that the
         result equals the whole-image result.
@@ -476,6 +531,7 @@ def upscale(
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 8):
         raise ValueError(f"tile must be None or an integer >= 8, got {tile!r}")
     bf16 = _check_precision(precision)
+    match_histogram = _check_flag("match_histogram", match_histogram)
     dev = _resolve_device(device, image)
     net = resolve_model(model, scale, dev)
     if tile_overlap is None:
@@ -510,6 +566,12 @@ def upscale(
                 y = y.contiguous()
             else:
                 y = _forward(net, colour.contiguous())
+            if y.shape != (1, 3, (y1 - y0) * scale, (x1 - x0) * scale):
+                raise ValueError(
+                    f"model {getattr(net, 'name', type(net).__name__)!r} returned shape {tuple(y.shape)} for an "
+                    f"input of shape {tuple(colour.shape)}; expected (1, 3, {(y1 - y0) * scale}, {(x1 - x0) * scale}) "
+                    f"at scale={scale}"
+                )
             if c < 3:  # gray through the RGB network: averaged back
                 y = y.mean(dim=1, keepdim=True)
             if c == 4:  # alpha is coverage, not image content: bicubic, never the network
@@ -548,13 +610,37 @@ def upscale(
 
 
 class Upscaler(nn.Module):
-    """A thin module over :func:`upscale` for RGB float tensors (N, 3, H, W) in [0, 1]."""
+    """A thin module over :func:`upscale` for RGB float tensors (N, 3, H, W) in [0, 1].
+
+    The network is a registered submodule, so ``.to(device)`` moves it and inputs on that device
+    run there; ``"bicubic"`` has no parameters. Inference only: :func:`upscale` runs under
+    ``torch.no_grad`` and its output carries no gradient (train with :mod:`psr.train`).
+    Other keyword arguments go to :func:`upscale` (``normalize`` defaults to None: inputs are
+    already in [0, 1]).
+    """
 
     def __init__(self, scale: int = 4, model: str | os.PathLike | nn.Module | None = None, **kwargs: Any) -> None:
         super().__init__()
         self.scale = scale
-        self.model = model
+        # A fresh copy for named models, not the cache psr.upscale shares: .to() and .half() on
+        # this module must not change other callers' network.
+        if isinstance(model, nn.Module) or (isinstance(model, str) and model == BICUBIC):
+            self.net = resolve_model(model, scale, torch.device("cpu"))
+        else:
+            if model is None:
+                resolve_model(None, scale, torch.device("cpu"))  # the clear error for an unshipped scale
+                model = f"x{scale}-pixel"
+            self.net = load_model(model, device="cpu")
+            if self.net.scale != scale:
+                raise ValueError(f"model {self.net.name!r} upscales by {self.net.scale}, but scale={scale} was asked")
         self.kwargs = {"normalize": None, **kwargs}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upscale(x, self.scale, model=self.model, **self.kwargs)
+        params = list(self.net.parameters())
+        if params and params[0].dtype != torch.float32:
+            raise ValueError(
+                f"Upscaler runs its network in float32, but its parameters are {params[0].dtype}; "
+                "pass precision='bfloat16' instead of calling .half() or .bfloat16()"
+            )
+        kwargs = {"device": params[0].device if params else x.device, **self.kwargs}
+        return upscale(x, self.scale, model=self.net, **kwargs)

@@ -57,9 +57,24 @@ def save_weights(path: str | os.PathLike, model: SRNet | StyleNet, metadata: dic
         tmp.unlink(missing_ok=True)
 
 
+def _is_plain_name(name_or_path: str | os.PathLike) -> bool:
+    """A string with no path separator and no .safetensors suffix: a shipped name, if one exists."""
+    s = str(name_or_path)
+    return isinstance(name_or_path, str) and "/" not in s and os.sep not in s and not s.endswith(".safetensors")
+
+
 def _resolve(name_or_path: str | os.PathLike, task: str = "sr") -> Path:
+    # A shipped name wins over a file or folder of that name in the working directory (a run
+    # folder called "x4-pixel" must not shadow the default model): write "./x4-pixel" for that.
+    if _is_plain_name(name_or_path) and (WEIGHTS_DIR / f"{name_or_path}.safetensors").is_file():
+        return WEIGHTS_DIR / f"{name_or_path}.safetensors"
     p = Path(name_or_path)
-    if p.suffix == ".safetensors" or p.exists() or os.sep in str(name_or_path):
+    if p.suffix == ".safetensors" or p.exists() or os.sep in str(name_or_path) or "/" in str(name_or_path):
+        if p.is_dir():
+            raise ValueError(
+                f"weights file {str(p)!r} is a folder; expected a .safetensors file (`psr export RUN -o FILE` "
+                "makes one from a training run)"
+            )
         if not p.is_file():
             raise FileNotFoundError(f"weights file {str(p)!r} does not exist")
         return p

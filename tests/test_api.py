@@ -283,6 +283,18 @@ def test_model_defaults_and_mismatch(tmp_path: Path) -> None:
         (torch.zeros(1, 1, 1, 4, 4), {}, ValueError, "tensor must be"),
         (torch.zeros(4, 4, dtype=torch.complex64), {}, TypeError, "dtype"),
         (Image.new("CMYK", (4, 4)), {}, ValueError, "PIL mode"),
+        (np.zeros((6, 9, 2)), {}, ValueError, "ambiguous"),
+        (np.zeros((3, 6, 9, 5)), {}, ValueError, "ambiguous"),
+        (np.zeros((6, 9)), {"rgb": True}, ValueError, "rgb=True needs 3 or 4 channels"),
+        (np.zeros((6, 9, 10)), {"rgb": True}, ValueError, "rgb=True needs 3 or 4 channels"),
+        (np.zeros((3, 6, 9)), {"channel_axis": None, "rgb": True}, ValueError, "rgb=True"),
+        (np.zeros((6, 9, 3)), {"rgb": "no"}, TypeError, "rgb must be None, True or False"),
+        (np.zeros((6, 9, 3)), {"match_histogram": "no"}, TypeError, "match_histogram must be None, True or False"),
+        (np.zeros((6, 9)), {"device": "meta"}, ValueError, "meta device"),
+        (Image.new("RGB", (4, 4)), {"channel_axis": None}, ValueError, "PIL image's layout is fixed"),
+        (Image.new("RGB", (4, 4)), {"channel_axis": 0}, ValueError, "PIL image's layout is fixed"),
+        (np.zeros((6, 9), np.int32), {"normalize": None}, ValueError, "normalize=None maps int32"),
+        (np.zeros((6, 9), np.uint64), {"normalize": None}, ValueError, "normalize=None maps uint64"),
     ],
 )
 def test_bad_input(tiny_model: Path, image: object, kwargs: dict, exc: type, match: str) -> None:
@@ -355,6 +367,10 @@ def test_intensity_backward_in_torch_equals_numpy(dtype: type, normalize: tuple 
         canon = rng.random((1, 13, 17, 3)).astype(dtype)
     if normalize is None and info is None:
         canon = np.clip(canon, 0, 1)
+    if normalize is None and np.dtype(dtype).itemsize >= 4 and info is not None:
+        with pytest.raises(ValueError, match="normalize=None maps int32's full range"):
+            _intensity(canon, True, normalize)
+        return
     inten = _intensity(canon, True, normalize)
     y = rng.uniform(-0.3, 1.3, size=(29, 31, 3)).astype(np.float32)
     span = inten.hi - inten.lo
@@ -389,3 +405,102 @@ def test_numpy_images_on_cuda_agree_with_cpu(tiny_model: Path, rng: np.random.Ge
     assert diff.max() <= (1 if dtype == np.uint8 else 1e-5), diff.max()
     if dtype == np.uint8:  # float32 results differ in the last bits almost everywhere; uint8 rarely
         assert np.mean(diff > 0) < 0.01
+
+
+# --------------------------------------------------------------------------------- review fixes
+
+
+def test_trailing_gray_channel_in_stacks(tiny_model: Path, rng: np.random.Generator) -> None:
+    """(Z, H, W, 1) is a stack of gray images with a channel axis, as (H, W, 1) is: each slice as
+    its own (H, W) image (before, only 3-D arrays were read so and (Z, H, W, 1) came out as
+    (Z, H, 4W, 4))."""
+    stack = rng.integers(0, 256, (3, 7, 9, 1), dtype=np.uint8)
+    out = psr.upscale(stack, 4, model=tiny_model)
+    assert out.shape == (3, 28, 36, 1)
+    for z in range(3):
+        np.testing.assert_array_equal(
+            out[z, ..., 0], psr.upscale(np.ascontiguousarray(stack[z, ..., 0]), 4, model=tiny_model)
+        )
+    # Explicit layouts for what "auto" refuses: 2 or 5 channels, or a stack of narrow images.
+    two = rng.random((7, 9, 2)).astype(np.float32)
+    out = psr.upscale(two, 4, model="bicubic", channel_axis=-1, normalize=None)
+    assert out.shape == (28, 36, 2)
+    np.testing.assert_array_equal(
+        out[..., 1], psr.upscale(np.ascontiguousarray(two[..., 1]), 4, model="bicubic", normalize=None)
+    )
+    narrow = psr.upscale(two, 4, model="bicubic", channel_axis=None, normalize=None)
+    assert narrow.shape == (7, 36, 8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_channel_axis_and_rgb_are_honoured(tiny_model: Path, device: str) -> None:
+    """Tensors take channel_axis and rgb as numpy arrays do (they were silently ignored)."""
+    hwc = torch.rand(7, 9, 3, device=device)
+    out = psr.upscale(hwc, 4, model=tiny_model, channel_axis=-1, normalize=None)
+    assert isinstance(out, torch.Tensor) and out.shape == (28, 36, 3) and out.device.type == device
+    want = psr.upscale(hwc.cpu().numpy(), 4, model=tiny_model, channel_axis=-1, normalize=None)
+    np.testing.assert_allclose(out.cpu().numpy(), want, atol=1e-6)
+    out = psr.upscale(hwc, 4, model=tiny_model, channel_axis=-1, rgb=True, normalize=None)
+    want = psr.upscale(hwc.cpu().numpy(), 4, model=tiny_model, normalize=None)  # "auto": RGB last
+    np.testing.assert_allclose(out.cpu().numpy(), want, atol=1e-6)
+    chw = hwc.permute(2, 0, 1)
+    per_channel = psr.upscale(chw, 4, model=tiny_model, rgb=False, normalize=None)
+    for k in range(3):
+        one = psr.upscale(chw[k], 4, model=tiny_model, normalize=None)
+        torch.testing.assert_close(per_channel[k], one, atol=1e-6, rtol=0)
+    assert not torch.allclose(per_channel, psr.upscale(chw, 4, model=tiny_model, normalize=None), atol=1e-3)
+    stack = psr.upscale(torch.rand(2, 5, 6, device=device), 4, model="bicubic", channel_axis=None, normalize=None)
+    assert stack.shape == (2, 20, 24)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint32, np.uint64])
+def test_wide_integers_keep_their_low_bits(dtype: type, rng: np.random.Generator) -> None:
+    """Values far from zero are mapped to [0, 1] in float64: an offset of 10^9 shifts the result by
+    exactly that (the float32 subtraction it replaced was off by up to 40 counts)."""
+    g = rng.integers(0, 256, (11, 13))
+    offset = 10**9
+    out = psr.upscale((g + offset).astype(dtype), 4, model="bicubic")
+    assert out.dtype == dtype
+    ref = np.rint(imresize(g.astype(np.float64), 4.0))
+    assert np.abs(out.astype(np.float64) - offset - ref).max() <= 1
+
+
+def test_plain_module_without_scale_and_output_check(rng: np.random.Generator) -> None:
+    img = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    out = psr.upscale(img, 4, model=torch.nn.Upsample(scale_factor=4, mode="nearest"))
+    np.testing.assert_array_equal(out, np.repeat(np.repeat(img, 4, axis=0), 4, axis=1))
+    with pytest.raises(ValueError, match=r"returned shape \(1, 3, 14, 18\).*expected \(1, 3, 28, 36\)"):
+        psr.upscale(img, 4, model=torch.nn.Upsample(scale_factor=2, mode="nearest"))
+
+
+def test_shipped_name_wins_over_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not (Path(psr.weights.WEIGHTS_DIR) / "x4-pixel.safetensors").exists():
+        pytest.skip("no shipped x4-pixel")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x4-pixel").mkdir()  # e.g. a training run folder named after its model
+    img = np.random.default_rng(3).integers(0, 256, (9, 11), dtype=np.uint8)
+    assert psr.upscale(img, 4).shape == (36, 44)
+    assert psr.upscale(img, 4, model="x4-pixel").shape == (36, 44)
+    with pytest.raises(ValueError, match="is a folder"):
+        psr.upscale(img, 4, model="./x4-pixel")
+    with pytest.raises(ValueError) as info:
+        psr.upscale(img, 3)
+    assert "wave" not in str(info.value) and "starry_night" not in str(info.value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_upscaler_registers_its_network(tiny_model: Path, device: str) -> None:
+    mod = psr.Upscaler(4, model=tiny_model)
+    assert len(list(mod.parameters())) > 0
+    mod = mod.to(device)
+    assert all(p.device.type == device for p in mod.parameters())
+    x = torch.rand(1, 3, 5, 7)  # on the CPU: runs where the module lives, returns to the input's device
+    y = mod(x.to(device))
+    assert y.device.type == device and y.shape == (1, 3, 20, 28)
+    torch.testing.assert_close(y.cpu(), psr.upscale(x, 4, model=tiny_model, normalize=None), atol=1e-5, rtol=0)
+    assert psr.Upscaler(4, model="bicubic")(x).shape == (1, 3, 20, 28)
+    with pytest.raises(ValueError, match="precision='bfloat16'"):
+        mod.half()(x.to(device))
+    # The module's copy is its own: moving it does not move psr.upscale's cached network.
+    if (Path(psr.weights.WEIGHTS_DIR) / "x4-pixel.safetensors").exists():
+        assert psr.Upscaler(4).net is not resolve_model(None, 4, torch.device("cpu"))
