@@ -1,7 +1,12 @@
 """The ``psr`` command line: upscale files, train, export, evaluate, benchmark, build the extension.
 
 Subcommand modules are imported only when their subcommand runs, so ``psr upscale`` never loads
-torchvision or the training stack.
+torchvision or the training stack: ``train``, ``export`` and ``eval`` are listed by placeholder
+parsers and get their real ones only when named on the command line.
+
+Exit status: 0 on success, 2 for usage and input errors (bad arguments, missing or unreadable
+inputs, outputs that exist, unknown models), 1 for failures at run time (out of memory, a write
+error). Errors are one line on stderr; ``PSR_DEBUG=1`` re-raises them with their traceback.
 """
 
 from __future__ import annotations
@@ -10,51 +15,212 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main", "build_parser", "read_image", "write_image"]
+__all__ = ["main", "build_parser", "read_image", "write_image", "UsageError"]
 
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _SAMPLES = ("astronaut", "chelsea", "coffee", "camera")
+# Suffixes that name an image format psr does not write: ``-o out.webp`` is refused, not made a folder.
+_IMAGE_LIKE = frozenset(
+    ".webp .bmp .dib .gif .apng .ico .icns .cur .tga .jp2 .j2k .jpx .jpf .jxl .jfif .jpe .exr .hdr .pfm "
+    ".pbm .pgm .ppm .pnm .psd .dds .qoi .pcx .sgi .ras .xbm .xpm .heic .heif .avif .svg .dng .raw .cr2 "
+    ".nef .arw .fits .fit".split()
+)
+_BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+_BENCH_KNOWN = ("ops", "stylize", "train", "upscale")  # when benchmarks/ is absent (an installed wheel)
+# Modes Pillow writes to each format (what a result of the input's mode can be saved as).
+_WRITABLE = {"JPEG": ("L", "RGB"), "PNG": ("1", "L", "LA", "I;16", "P", "RGB", "RGBA")}
+_LAZY_HELP = {
+    "train": "train a network (psr train --help)",
+    "export": "export a training run as a shipped-weights file",
+    "eval": "evaluate models on a benchmark set",
+}
+_EPILOG = """\
+exit status:
+  0  success
+  1  a failure at run time: out of memory, a device or write error, a failed build
+  2  a usage or input error: bad arguments, missing or unreadable inputs, outputs that
+     exist (without --overwrite), unknown models or styles
+Errors are printed on one line; set PSR_DEBUG=1 to see their Python traceback."""
+_EPILOG_SHORT = "exit status: 0 success, 1 a failure at run time, 2 a usage or input error (see psr --help)"
+
+
+class UsageError(SystemExit):
+    """A usage or input error: :func:`main` prints it on one line and exits with status 2.
+
+    A :class:`SystemExit` so that a subcommand's ``run`` called outside :func:`main` still stops
+    with the message rather than a traceback.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# argument types
+
+
+def _tile_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value != 0 and value < 8:
+        raise argparse.ArgumentTypeError(f"must be 0 (the whole image at once) or at least 8 pixels, got {value}")
+    return value
+
+
+def _scale_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 2 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"must be an integer from 2 to 8, got {value}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
 # image files
 
 
-def read_image(path: Path) -> tuple[object, dict]:
-    """Array or PIL image plus what is needed to write a matching output (format, resolution)."""
+def _pil_result_mode(mode: str, transparency: bool) -> str:
+    """The mode :func:`read_image` gives a PIL image of ``mode`` (and the result keeps)."""
+    if mode in ("L", "LA", "RGB", "RGBA", "I;16", "I", "F"):
+        return mode
+    if mode.startswith("I;16"):
+        return "I;16"
+    if mode in ("1", "La"):
+        return {"1": "L", "La": "LA"}[mode]
+    return "RGBA" if ("A" in mode or "a" in mode or transparency) else "RGB"
+
+
+def _array_mode(dtype: Any, shape: tuple[int, ...]) -> str | None:
+    """The PIL mode ``Image.fromarray`` gives an array of this dtype and shape, or None."""
     import numpy as np
 
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
+    dtype = np.dtype(dtype)
+    if len(shape) == 2:
+        return {"u1": "L", "u2": "I;16", "i4": "I", "f4": "F", "b1": "1"}.get(f"{dtype.kind}{dtype.itemsize}")
+    if len(shape) == 3 and dtype == np.uint8:
+        return {2: "LA", 3: "RGB", 4: "RGBA"}.get(shape[-1])
+    return None
 
-        with tifffile.TiffFile(path) as tif:
-            data = tif.asarray()
-            page = tif.pages[0]
-            tags = page.tags
-            info: dict = {"format": "tiff", "imagej": tif.is_imagej, "imagej_metadata": tif.imagej_metadata}
-            if "XResolution" in tags and "YResolution" in tags:
-                info["resolution"] = (tags["XResolution"].value, tags["YResolution"].value)
-                unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 1
-                info["resolutionunit"] = int(unit)
-            info["photometric"] = (
-                "rgb" if (data.ndim >= 3 and data.shape[-1] in (3, 4) and page.photometric == 2) else None
-            )
-        return np.asarray(data), info
-    from PIL import Image
+
+def _probe(path: Path) -> str | None:
+    """Check that ``path`` opens as an image (header only); the PIL mode of its result, or None."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return _array_mode(series.dtype, tuple(series.shape))
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return _pil_result_mode(im.mode, "transparency" in im.info)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{path}: cannot read it as an image ({_describe(exc)})") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _read_tiff(path: Path) -> tuple[Any, dict]:
+    import numpy as np
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data = np.asarray(series.asarray())
+        axes = str(series.axes)
+        page = tif.pages[0]
+        tags = page.tags
+        info: dict = {"format": "tiff", "imagej": tif.is_imagej, "axes": axes}
+        if tif.is_imagej:
+            info["imagej_metadata"] = dict(tif.imagej_metadata or {})
+        if "XResolution" in tags and "YResolution" in tags:
+            info["resolution"] = (tags["XResolution"].value, tags["YResolution"].value)
+            unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 1
+            info["resolutionunit"] = int(unit)
+        rgb = page.photometric == 2  # RGB
+    if len(axes) != data.ndim:  # never seen; fall back to psr.upscale's own reading of the shape
+        info["axes"] = None
+        return data, info
+    # The network sees planes of Y and X; only samples (S) are channels, every other axis is a stack.
+    if "S" in axes:
+        s = axes.index("S")
+        info["channel_axis"] = s
+        info["rgb"] = rgb and data.shape[s] in (3, 4)
+        if info["rgb"]:
+            info["photometric"] = "rgb"
+            info["planarconfig"] = "contig" if s == data.ndim - 1 else "separate"
+    else:
+        info["channel_axis"] = None
+    return data, info
+
+
+def read_image(path: Path) -> tuple[Any, dict]:
+    """Array or PIL image plus what is needed to process it and write a matching output.
+
+    TIFF: the first series as an array, with its axes (``info["axes"]``, tifffile's, e.g. ``ZYX``
+    or ``TZCYX``), its resolution and its ImageJ metadata; ``info["channel_axis"]`` and
+    ``info["rgb"]`` say how :func:`psr.upscale` must read it (only samples are channels).
+    PNG/JPEG: a PIL image turned upright by its EXIF orientation, with its DPI (``info["dpi"]``);
+    gray+alpha is an (H, W, 2) array with ``info["mode"] == "LA"`` (gray and alpha are processed
+    apart, see :func:`_process`); 32-bit and float images are arrays too.
+    """
+    import numpy as np
+
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return _read_tiff(path)
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("P", "LA", "PA", "CMYK", "YCbCr", "1"):
-            im = im.convert("RGBA" if ("A" in im.mode or "transparency" in im.info) else "RGB")
-        elif im.mode in ("I;16B", "I;16L"):
-            im = im.convert("I;16")
-        elif im.mode in ("I", "F"):
-            return np.asarray(im), {"format": "pil-array", "mode": im.mode}
-        return im.copy(), {"format": "pil"}
+        transparency = "transparency" in im.info
+        dpi = im.info.get("dpi")
+        orientation = im.getexif().get(0x0112, 1)
+        im = ImageOps.exif_transpose(im)  # upright pixels; the copy has no orientation tag
+    info: dict = {"format": "pil"}
+    if dpi and all(float(d) > 0 for d in dpi):
+        # Orientations 5-8 swap the axes, and with them the horizontal and vertical densities.
+        info["dpi"] = (float(dpi[1]), float(dpi[0])) if orientation in (5, 6, 7, 8) else (float(dpi[0]), float(dpi[1]))
+    mode = _pil_result_mode(im.mode, transparency)
+    if mode != im.mode:
+        im = im.convert(mode)
+    info["mode"] = mode
+    if mode in ("I", "F", "LA"):
+        return np.asarray(im), {**info, "format": "pil-array"}
+    return im, info
+
+
+def _process(
+    image: Any,
+    info: dict,
+    run: Callable[..., Any],
+    run_alpha: Callable[[Any], Any],
+) -> Any:
+    """``run(image, channel_axis=..., rgb=...)`` as :func:`read_image` says to read ``image``.
+
+    Gray+alpha: ``run`` on the gray plane, ``run_alpha`` on the alpha plane (alpha is coverage,
+    not content: psr upscales it with the bicubic baseline, as :func:`psr.upscale` does for RGBA).
+    """
+    import numpy as np
+
+    if info.get("mode") == "LA":
+        arr = np.asarray(image)
+        gray = run(np.ascontiguousarray(arr[..., 0]), channel_axis=None, rgb=None)
+        alpha = run_alpha(np.ascontiguousarray(arr[..., 1]))
+        return np.stack([gray, alpha], axis=-1)
+    channel_axis = info.get("channel_axis", "auto")
+    rgb = info.get("rgb") if isinstance(channel_axis, int) else None
+    return run(image, channel_axis=channel_axis, rgb=rgb)
 
 
 def _fraction_times(value: object, f: int) -> object:
@@ -64,12 +230,43 @@ def _fraction_times(value: object, f: int) -> object:
     return float(value) * f  # type: ignore[arg-type]
 
 
+def _as_float(value: object) -> float:
+    if isinstance(value, tuple) and len(value) == 2:
+        return float(value[0]) / float(value[1]) if value[1] else 0.0
+    return float(value)  # type: ignore[arg-type]
+
+
+# ImageJ metadata that tifffile computes from the shape and axes, or that holds pixel coordinates
+# (overlays, ROIs) that upscaling invalidates; the rest (unit, spacing, finterval, fps, loop, min,
+# max, mode, Ranges, LUTs, Labels, Info, Properties, ...) still holds for the upscaled image.
+_IMAGEJ_DROP = frozenset({"ImageJ", "images", "channels", "slices", "frames", "hyperstack", "axes", "Overlays", "ROI"})
+
+
+def _imagej_metadata(info: dict, scale: int) -> dict:
+    meta = {k: v for k, v in (info.get("imagej_metadata") or {}).items() if k not in _IMAGEJ_DROP}
+    for key in ("xorigin", "yorigin"):  # in pixels: the origin's pixel coordinate grows with the pixels
+        if isinstance(meta.get(key), (int, float)):
+            meta[key] = meta[key] * scale
+    if info.get("axes"):
+        meta["axes"] = info["axes"]
+    return meta
+
+
 def write_image(path: Path, image: object, info: dict, scale: int) -> None:
-    """Write atomically (temp file, then rename) so a failed write leaves no half-written file."""
+    """Write atomically (temp file, then rename) so a failed write leaves no half-written file.
+
+    Metadata follows the image: TIFF axes, ImageJ metadata, resolution and DPI (pixels per unit
+    grow by ``scale``: the pixel size shrinks by it). EXIF orientation is not written: read_image
+    already turned the pixels upright.
+    """
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    dpi = info.get("dpi")
+    if dpi is None and info.get("resolutionunit") in (2, 3) and "resolution" in info:
+        per_inch = 1.0 if info["resolutionunit"] == 2 else 2.54  # INCH or CENTIMETER
+        dpi = tuple(_as_float(v) * per_inch for v in info["resolution"])
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -84,22 +281,36 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
                     kwargs["resolutionunit"] = info.get("resolutionunit", 1)
                 if info.get("photometric"):
                     kwargs["photometric"] = info["photometric"]
+                    if info.get("planarconfig") and not info.get("imagej"):
+                        kwargs["planarconfig"] = info["planarconfig"]
                 if info.get("imagej") and arr.dtype in (np.uint8, np.uint16, np.float32):
                     kwargs["imagej"] = True
-                    meta = dict(info.get("imagej_metadata") or {})
-                    kwargs["metadata"] = {k: meta[k] for k in ("unit", "spacing", "axes") if k in meta}
+                    kwargs["metadata"] = _imagej_metadata(info, scale)
                     kwargs.pop("resolutionunit", None)
-            elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
-                kwargs["photometric"] = "rgb"
+                elif info.get("axes"):
+                    kwargs["metadata"] = {"axes": info["axes"]}
+            else:
+                if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+                    kwargs["photometric"] = "rgb"
+                if dpi:
+                    kwargs["resolution"] = (dpi[0] * scale, dpi[1] * scale)
+                    kwargs["resolutionunit"] = "INCH"
             tifffile.imwrite(tmp, arr, **kwargs)
         else:
             from PIL import Image
 
-            im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+            if isinstance(image, Image.Image):
+                im = image
+            else:
+                arr = np.asarray(image)
+                im = Image.fromarray(arr.astype(arr.dtype.newbyteorder("="), copy=False))  # e.g. big-endian TIFF
             fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}[path.suffix.lower()]
-            if fmt == "JPEG" and im.mode not in ("L", "RGB"):
-                raise ValueError(f"{path}: JPEG cannot store mode {im.mode}; write a .png or .tif instead")
-            im.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+            if im.mode not in _WRITABLE[fmt]:
+                raise ValueError(f"{path}: {fmt} cannot store mode {im.mode}; write a .png or .tif instead")
+            save: dict = {"quality": 95} if fmt == "JPEG" else {}
+            if dpi:
+                save["dpi"] = (dpi[0] * scale, dpi[1] * scale)
+            im.save(tmp, format=fmt, **save)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -107,63 +318,180 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
 
 
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
+    """The image files named or held (not recursively) by ``inputs``; a file named twice counts once."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in _SUFFIXES)
             if not found:
-                raise SystemExit(f"psr upscale: no {'/'.join(_SUFFIXES)} files in {p}")
+                raise UsageError(f"no {'/'.join(_SUFFIXES)} files in {p}")
             files += found
         elif p.is_file():
             if p.suffix.lower() not in _SUFFIXES:
-                raise SystemExit(f"psr upscale: {p}: unsupported file type; expected one of {', '.join(_SUFFIXES)}")
+                raise UsageError(f"{p}: unsupported file type; expected one of {', '.join(_SUFFIXES)}")
             files.append(p)
+        elif p.exists():
+            raise UsageError(f"{p}: not a file or folder")
         else:
-            raise SystemExit(f"psr upscale: {p}: no such file or directory")
-    return files
+            raise UsageError(f"{p}: no such file or directory")
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def _plan_outputs(
+    files: Sequence[Path], out: Path, name: Callable[[Path], str], overwrite: bool
+) -> list[tuple[Path, Path]]:
+    """``(input, target)`` pairs, all checked before any work so that nothing is left half done.
+
+    ``out`` is the target itself for one input and a file name with a supported suffix (or an
+    existing file of one), otherwise a folder that gets ``name(input)`` for each input. Refused:
+    an image suffix psr cannot write, a file name for several inputs, an existing file where a
+    folder is needed, two inputs with the same target, existing targets without ``overwrite``,
+    unreadable inputs, and results their target format cannot store (e.g. alpha in a JPEG).
+    """
+    suffix = out.suffix.lower()
+    supported = ", ".join(_SUFFIXES)
+    if out.is_dir():
+        single = False
+    elif suffix in _SUFFIXES:
+        if len(files) > 1:
+            what = "is an existing file" if out.exists() else "looks like a file name"
+            raise UsageError(
+                f"-o {out} {what}, but there are {len(files)} inputs: -o must be a folder for several inputs"
+            )
+        single = True
+    elif suffix in _IMAGE_LIKE:
+        raise UsageError(f"-o {out}: cannot write {suffix} files; supported: {supported} (or name a folder)")
+    elif out.exists():
+        raise UsageError(f"-o {out} is an existing file, not a folder")
+    else:
+        single = False
+    folder = out.parent if single else out
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"-o {out}: {parent} is a file, not a folder")
+            break
+    plan = [(f, out if single else out / name(f)) for f in files]
+
+    by_target: dict[Path, list[Path]] = {}
+    for f, target in plan:
+        by_target.setdefault(target, []).append(f)
+    clashes = [(t, srcs) for t, srcs in by_target.items() if len(srcs) > 1]
+    if clashes:
+        lines = "; ".join(f"{t} <- {', '.join(map(str, srcs))}" for t, srcs in clashes)
+        raise UsageError(
+            f"several inputs would be written to the same file: {lines}; give them separate -o folders or rename them"
+        )
+    if not overwrite:
+        existing = [t for _, t in plan if t.exists()]
+        if existing:
+            more = f" (and {len(existing) - 3} more)" if len(existing) > 3 else ""
+            shown = ", ".join(map(str, existing[:3]))
+            raise UsageError(f"{shown}{more} exists; pass --overwrite to replace it")
+    for f, target in plan:
+        if target.exists() and target.is_dir():
+            raise UsageError(f"{target} is a folder; cannot write {f} there")
+        mode = _probe(f)
+        fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(target.suffix.lower())
+        if fmt is not None and mode not in _WRITABLE[fmt]:
+            what = f"mode {mode}" if mode else "this kind of image (a stack, several channels, or its dtype)"
+            alt = ".png or .tif" if mode in _WRITABLE["PNG"] else ".tif"
+            raise UsageError(f"{f}: {fmt} cannot store {what} (-o {out}); write a {alt} instead")
+    return plan
+
+
+def _read(path: Path) -> tuple[Any, dict]:
+    """:func:`read_image`, with a failure named as an input error (the header already opened)."""
+    try:
+        return read_image(path)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{path}: cannot read it as an image ({_describe(exc)})") from exc
 
 
 # ---------------------------------------------------------------------------------------------
 # subcommands
 
 
+def _check_model(args: argparse.Namespace) -> str | None:
+    """The ``model`` argument for :func:`psr.upscale`, checked against ``--scale`` before any work."""
+    from .weights import list_models, read_metadata
+
+    if args.bicubic or args.model == "bicubic":
+        return "bicubic"
+    if args.model is None:
+        models = list_models()
+        if f"x{args.scale}-pixel" not in models:
+            scales = sorted({int(m["scale"]) for m in models.values() if isinstance(m.get("scale"), int)})
+            shipped = ", ".join(f"x{s}" for s in scales) or "none"
+            raise UsageError(
+                f"--scale {args.scale}: no shipped model upscales by {args.scale} (shipped scales: {shipped}); "
+                "use --bicubic or --model FILE"
+            )
+        return None
+    try:
+        meta = read_metadata(args.model)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(f"--model {args.model}: {exc}") from None
+    if meta.get("task", "sr") != "sr":
+        raise UsageError(f"--model {args.model} is a {meta.get('task')} model; use psr stylize for styles")
+    scale = meta.get("scale", (meta.get("config") or {}).get("scale"))
+    if scale is not None and int(scale) != args.scale:
+        raise UsageError(f"--model {args.model} upscales by {scale}, not {args.scale}; pass --scale {scale}")
+    return args.model
+
+
 def _cmd_upscale(args: argparse.Namespace) -> int:
+    if args.sample:
+        return _upscale_sample(args)
+    if not args.inputs:
+        raise UsageError("give INPUT files/folders or --sample NAME")
+    model = _check_model(args)
+    files = _collect_inputs(args.inputs)
+    plan = _plan_outputs(
+        files, Path(args.output), lambda f: f"{f.stem}_x{args.scale}{f.suffix.lower()}", args.overwrite
+    )
+
     from tqdm import tqdm
 
     from .api import upscale
 
-    if args.sample:
-        return _upscale_sample(args)
-    if not args.inputs:
-        raise SystemExit("psr upscale: give INPUT files/folders or --sample NAME")
-    files = _collect_inputs(args.inputs)
-    out = Path(args.output)
-    single_file = len(files) == 1 and out.suffix.lower() in _SUFFIXES
-    model = "bicubic" if args.bicubic else args.model
-    with tqdm(total=len(files), unit="image", disable=args.quiet, desc="upscale") as bar:
-        for f in files:
-            image, info = read_image(f)
-            tile_bar = tqdm(leave=False, unit="tile", disable=args.quiet, desc=f.name)
+    tile = args.tile or None
+    with tqdm(total=len(plan), unit="image", disable=args.quiet, desc="upscale") as bar:
+        for f, target in plan:
+            image, info = _read(f)
+            with tqdm(leave=False, unit="tile", disable=args.quiet, desc=f.name) as tile_bar:
 
-            def progress(done: int, total: int, tile_bar: tqdm = tile_bar) -> None:
-                tile_bar.total = total
-                tile_bar.update(done - tile_bar.n)
+                def progress(done: int, total: int, tile_bar: tqdm = tile_bar) -> None:
+                    tile_bar.total = total
+                    tile_bar.update(done - tile_bar.n)
 
-            result = upscale(
-                image,
-                args.scale,
-                model=model,
-                match_histogram=args.match_histogram,
-                tile=args.tile or None,
-                device=args.device,
-                precision=args.precision,
-                progress=progress,
-            )
-            tile_bar.close()
-            target = out if single_file else out / f"{f.stem}_x{args.scale}{f.suffix.lower()}"
-            if target.exists() and not args.overwrite:
-                raise SystemExit(f"psr upscale: {target} exists; pass --overwrite to replace it")
+                def run(img: Any, progress: Callable[[int, int], None] = progress, **layout: Any) -> Any:
+                    return upscale(
+                        img,
+                        args.scale,
+                        model=model,
+                        match_histogram=args.match_histogram,
+                        tile=tile,
+                        device=args.device,
+                        precision=args.precision,
+                        progress=progress,
+                        **layout,
+                    )
+
+                def run_alpha(alpha: Any) -> Any:
+                    return upscale(alpha, args.scale, model="bicubic", tile=tile, device=args.device)
+
+                result = _process(image, info, run, run_alpha)
             write_image(target, result, info, args.scale)
             bar.set_postfix_str(str(target))
             bar.update(1)
@@ -180,7 +508,8 @@ def _upscale_sample(args: argparse.Namespace) -> int:
     from .resize import imresize
 
     if args.sample not in _SAMPLES:
-        raise SystemExit(f"psr upscale: --sample must be one of {', '.join(_SAMPLES)}")
+        raise UsageError(f"--sample must be one of {', '.join(_SAMPLES)}")
+    model = _check_model(args)
     import skimage.data
 
     hr = getattr(skimage.data, args.sample)()
@@ -188,7 +517,6 @@ def _upscale_sample(args: argparse.Namespace) -> int:
         hr = np.stack([hr] * 3, axis=-1)
     hr = hr[: hr.shape[0] - hr.shape[0] % args.scale, : hr.shape[1] - hr.shape[1] % args.scale]
     lr = np.moveaxis(imresize(np.moveaxis(hr, -1, 0), 1 / args.scale), 0, -1)  # MATLAB bicubic, uint8
-    model = "bicubic" if args.bicubic else args.model
     sr = upscale(
         lr, args.scale, model=model, match_histogram=args.match_histogram, device=args.device, precision=args.precision
     )
@@ -271,13 +599,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return int(evaluate.run(args) or 0)
 
 
+def _bench_choices() -> tuple[str, ...]:
+    """The benchmarks present in the source tree's benchmarks/ (bench_NAME.py), else the known ones."""
+    found = sorted(p.stem[len("bench_") :] for p in _BENCHMARKS.glob("bench_*.py")) if _BENCHMARKS.is_dir() else []
+    return tuple(found) or _BENCH_KNOWN
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
-    root = Path(__file__).resolve().parent.parent / "benchmarks"
-    script = root / f"bench_{args.what}.py"
+    script = _BENCHMARKS / f"bench_{args.what}.py"
     if not script.is_file():
-        raise SystemExit(f"psr bench: {script} not found (benchmarks live in the source tree)")
+        raise UsageError(f"{script} not found (benchmarks live in the source tree)")
     sys.argv = [str(script), *args.rest]
     runpy.run_path(str(script), run_name="__main__")
     return 0
@@ -289,49 +622,78 @@ def _cmd_build_ext(args: argparse.Namespace) -> int:
     try:
         path = _build.build(force=args.force, verbose=args.verbose)
     except RuntimeError as exc:
-        print(f"psr build-ext: {exc}", file=sys.stderr)
+        print(f"psr build-ext: error: {exc}", file=sys.stderr)
         return 1
     print(f"psr extension built: {path} (CUDA kernels: {_build.extension_info()['cuda']})")
     return 0
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from . import train
-
-    p = sub.add_parser("train", help="train a network", description=train.__doc__)
-    train.add_arguments(p)
-    p.set_defaults(func=_cmd_train)
-    if hasattr(train, "add_export_arguments"):
-        e = sub.add_parser("export", help="export a training run as a shipped-weights file")
-        train.add_export_arguments(e)
-        e.set_defaults(func=_cmd_export)
+def _cmd_placeholder(args: argparse.Namespace) -> int:
+    # Only reached if build_parser did not see the command name; build the real parser and rerun.
+    return main([args.command, *args.rest])
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> None:
+def _add_heavy(sub: argparse._SubParsersAction, name: str, real: bool) -> None:
+    """Register ``train``, ``export`` or ``eval``: the real parser, or a placeholder that lists it."""
+    if not real:
+        p = sub.add_parser(name, help=_LAZY_HELP[name], add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=_cmd_placeholder)
+        return
+    if name in ("train", "export"):
+        from . import train
+
+        if name == "train":
+            p = sub.add_parser(name, help=_LAZY_HELP[name], description=train.__doc__)
+            train.add_arguments(p)
+            p.set_defaults(func=_cmd_train)
+        else:
+            p = sub.add_parser(name, help=_LAZY_HELP[name])
+            train.add_export_arguments(p)
+            p.set_defaults(func=_cmd_export)
+        return
     evaluate = importlib.import_module("psr.evaluate")
-
-    p = sub.add_parser("eval", help="evaluate models on a benchmark set", description=evaluate.__doc__)
+    p = sub.add_parser(name, help=_LAZY_HELP[name], description=evaluate.__doc__)
     evaluate.add_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="psr", description="Perceptual-loss super-resolution.")
+    """The ``psr`` parser for ``argv``.
+
+    ``train``, ``export`` and ``eval`` import the training stack to build their options, so they
+    get their real parsers only when ``argv`` names them (or when ``argv`` is None: everything);
+    otherwise placeholders list them in ``psr --help`` and in "invalid choice" messages.
+    """
+    parser = argparse.ArgumentParser(
+        prog="psr",
+        description="Perceptual-loss super-resolution.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"psr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("upscale", help="upscale image files (PNG, JPEG, TIFF)")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
-    p.add_argument("-o", "--output", required=True, help="output folder, or a file name for a single input")
-    p.add_argument("--scale", type=int, default=4)
+    p = sub.add_parser("upscale", help="upscale image files (PNG, JPEG, TIFF)", epilog=_EPILOG_SHORT)
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="image files or folders (a file given twice is upscaled once)"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output folder (made if needed; it gets NAME_x{scale}.EXT for each input), or a .png/.jpg/.tif file "
+        "name for a single input",
+    )
+    p.add_argument("--scale", type=_scale_arg, default=4, help="upscaling factor, 2 to 8 (default 4)")
     p.add_argument("--model", default=None, help="shipped model name or weights file (default x{scale}-pixel)")
     p.add_argument("--bicubic", action="store_true", help="MATLAB-compatible bicubic instead of a network")
     hm = p.add_mutually_exclusive_group()
     hm.add_argument("--match-histogram", dest="match_histogram", action="store_true", default=None)
     hm.add_argument("--no-match-histogram", dest="match_histogram", action="store_false")
-    p.add_argument("--tile", type=int, default=256, help="tile size in input pixels (0: whole image)")
+    p.add_argument("--tile", type=_tile_arg, default=256, help="tile size in input pixels, >= 8 (0: whole image)")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--precision",
@@ -339,12 +701,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         choices=("float32", "bfloat16"),
         help="network arithmetic: bfloat16 is 3-4x faster on bf16-capable CPUs and GPUs (about -0.001 dB)",
     )
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--sample", choices=_SAMPLES, help="demo: downscale a bundled photo and upscale it back")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_upscale)
 
-    p = sub.add_parser("stylize", help="stylise image files (real-time style transfer)")
+    p = sub.add_parser("stylize", help="stylise image files (real-time style transfer)", epilog=_EPILOG_SHORT)
     importlib.import_module("psr.stylize").add_arguments(p)
     p.set_defaults(func=_cmd_stylize)
 
@@ -353,7 +715,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
-    p.add_argument("what", choices=("upscale", "ops", "train"))
+    p.add_argument("what", choices=_bench_choices())
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)
 
@@ -362,26 +724,40 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_cmd_build_ext)
 
-    # Heavy subcommands register only when asked for, so `psr upscale` stays light.
-    command = next((a for a in (argv or []) if not a.startswith("-")), None)
-    if command in (None, "train", "export"):
-        _add_train(sub)
-    if command in (None, "eval"):
-        _add_eval(sub)
+    # Heavy subcommands get their real parsers only when asked for, so `psr upscale` stays light.
+    command = None if argv is None else next((a for a in argv if not a.startswith("-")), None)
+    for name in ("train", "export", "eval"):
+        _add_heavy(sub, name, real=argv is None or command == name)
     return parser
 
 
+def _error(args: argparse.Namespace, message: object, status: int) -> int:
+    text = str(message)
+    prefix = f"psr {getattr(args, 'command', '')}".rstrip()
+    print(text if text.startswith(prefix + ":") else f"{prefix}: error: {text}", file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``psr``; returns the exit status (0 ok, 1 a failure at run time, 2 a usage or input error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    debug = bool(os.environ.get("PSR_DEBUG"))
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        if os.environ.get("PSR_DEBUG"):
+    except SystemExit as exc:  # UsageError, or a subcommand's SystemExit("message")
+        if debug or not isinstance(exc.code, str):
             raise
-        print(f"psr {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(args, exc.code, 2)
+    except (ValueError, TypeError, FileNotFoundError) as exc:  # bad arguments, found out by the API
+        if debug:
+            raise
+        return _error(args, exc, 2)
+    except (OSError, RuntimeError, MemoryError) as exc:  # disk, device, out of memory
+        if debug:
+            raise
+        return _error(args, f"{_describe(exc)} (PSR_DEBUG=1 for a traceback)", 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -53,6 +53,12 @@ def _cached_style(name: str, device: str) -> StyleNet:
 def resolve_style(style: str | os.PathLike | nn.Module, device: torch.device) -> nn.Module:
     """The network for ``style``: a shipped style name, a style weights file, or a module.
 
+    A string with no path separator (neither ``os.sep`` nor ``"/"``) that does not end in
+    ``.safetensors`` and names a shipped style (``psr/weights/<name>.safetensors``) is that shipped
+    style, even if a file or folder of that name exists in the working directory: to load a local
+    file of that name, write ``./wave``. Anything else (a ``PathLike``, a string with a separator
+    or the ``.safetensors`` suffix, or an existing file that is not a shipped name) is a path.
+
     Raises
     ------
     ValueError
@@ -65,18 +71,26 @@ def resolve_style(style: str | os.PathLike | nn.Module, device: torch.device) ->
         raise TypeError(
             f"style must be a shipped style name, a weights file or an nn.Module, got {type(style).__name__}"
         )
-    p = Path(style)
-    is_path = p.suffix == ".safetensors" or os.sep in str(style) or p.exists()
-    if not is_path and not (WEIGHTS_DIR / f"{style}.safetensors").is_file():
-        shipped = sorted(list_models(task="style"))
-        if not shipped:
+    text = os.fspath(style)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    has_sep = any(sep in text for sep in seps)
+    bare = isinstance(style, str) and not has_sep and not text.endswith(".safetensors")
+    shipped = WEIGHTS_DIR / f"{text}.safetensors"
+    if bare and shipped.is_file():
+        return _cached_style(str(shipped), str(device))  # by its full path: no local file can shadow it
+    if bare and (not text or not Path(text).exists()):
+        names = sorted(list_models(task="style"))
+        if not names:
             raise ValueError(
-                f"style={str(style)!r}: no style models are shipped yet; train one with "
+                f"style={text!r}: no style models are shipped yet; train one with "
                 "`psr train --task style --style IMAGE --out RUN`, export it with `psr export RUN -o FILE`, "
                 "and pass style=FILE"
             )
-        raise ValueError(f"style={str(style)!r} is unknown; shipped styles: {', '.join(shipped)}, or a weights file")
-    return _cached_style(str(style), str(device))
+        raise ValueError(f"style={text!r} is unknown; shipped styles: {', '.join(names)}, or a weights file")
+    # A path: spelled with a separator, so that no name lookup downstream takes it for a shipped style.
+    return _cached_style(text if has_sep else os.path.join(os.curdir, text), str(device))
 
 
 def _check_unit(value: Any, name: str) -> float:
@@ -224,6 +238,41 @@ class Stylizer(nn.Module):
         return stylize(x, self.style, **self.kwargs)
 
 
+def _rgb8(image: Any) -> np.ndarray:
+    """A picture as uint8 RGB (H, W, 3) for :func:`style_grid`'s panels.
+
+    16-bit images are divided by 257 (the uint16 range onto the uint8 one) and 32-bit integer and
+    float images by their own maximum, instead of being clipped to 255 as Pillow's ``convert``
+    does; gray becomes three equal channels and alpha is dropped.
+    """
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+            arr: np.ndarray = np.asarray(image)
+        elif image.mode in ("1", "L", "LA", "La"):
+            arr = np.asarray(image.convert("L"))
+        else:
+            arr = np.asarray(image.convert("RGB"))
+    else:
+        arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # gray or RGB with alpha: the picture only
+        arr = arr[..., : arr.shape[-1] - 1]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3) or arr.dtype.kind not in "uif":
+        raise ValueError(f"image must be gray (H, W) or RGB (H, W, 3), or a PIL image, got {arr.dtype} {arr.shape}")
+    if arr.dtype != np.uint8:
+        a = arr.astype(np.float64)
+        if arr.dtype == np.uint16:
+            a = a / 257.0
+        else:
+            top = float(a.max())
+            a = a * (255.0 / top) if top > 0 else np.zeros_like(a)
+        arr = np.rint(np.clip(a, 0, 255)).astype(np.uint8)
+    return np.repeat(arr[..., None], 3, axis=-1) if arr.ndim == 2 else arr
+
+
 def style_grid(
     image: Any,
     styles: list[str | os.PathLike | nn.Module] | None = None,
@@ -233,7 +282,9 @@ def style_grid(
 ) -> np.ndarray:
     """A uint8 RGB row: ``image`` then its stylisation by each style, each ``size`` pixels high.
 
-    ``styles`` defaults to every shipped style (ValueError if there is none). For the README grid.
+    ``image``: a PIL image of any mode, or a gray or RGB array (uint8, uint16, or other integers
+    and floats scaled by their maximum; see :func:`_rgb8`). ``styles`` defaults to every shipped
+    style (ValueError if there is none). For the README grid.
     """
     from PIL import Image
 
@@ -243,9 +294,7 @@ def style_grid(
             raise ValueError("styles=None: no style models are shipped yet")
     if isinstance(size, bool) or not isinstance(size, int) or size < 16:
         raise ValueError(f"size must be an integer >= 16, got {size!r}")
-    arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ValueError(f"image must be RGB uint8 (H, W, 3) or a PIL image, got {arr.dtype} {arr.shape}")
+    arr = _rgb8(image)
     h, w = arr.shape[:2]
     small = np.asarray(Image.fromarray(arr).resize((max(1, round(w * size / h)), size), Image.LANCZOS))
     tiles = [small] + [stylize(small, s, device=device) for s in styles]
@@ -260,21 +309,42 @@ def style_grid(
 # command line: ``psr stylize``
 
 
+def _strength_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``psr stylize``'s options to ``p``."""
-    p.add_argument("inputs", nargs="*", help="image files or folders (PNG, JPEG, TIFF)")
-    p.add_argument("-o", "--output", default="stylized", help="output file (one input) or folder")
+    from .cli import _tile_arg
+
+    p.add_argument("inputs", nargs="*", help="image files or folders (PNG, JPEG, TIFF; a file given twice runs once)")
     p.add_argument(
-        "--style", default=None, help="shipped style name or style weights file (default starry_night; --grid: all)"
+        "-o",
+        "--output",
+        default="stylized",
+        help="output folder (made if needed; it gets NAME_STYLE.EXT for each input), or a .png/.jpg/.tif file "
+        "name for a single input",
     )
-    p.add_argument("--strength", type=float, default=1.0, help="blend with the input, 0..1")
+    p.add_argument(
+        "--style",
+        default=None,
+        help="shipped style name or style weights file (default starry_night; --grid: all). A shipped name wins "
+        "over a file or folder of that name in the working directory: write ./NAME for the local one",
+    )
+    p.add_argument("--strength", type=_strength_arg, default=1.0, help="blend with the input, 0..1")
     p.add_argument("--preserve-color", action="store_true", help="transfer luminance only, keep the input's colours")
-    p.add_argument("--tile", type=int, default=512, help="tile size in pixels (0: whole image)")
+    p.add_argument("--tile", type=_tile_arg, default=512, help="tile size in pixels, >= 8 (0: whole image)")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--precision", default="float32", choices=("float32", "bfloat16"), help="network arithmetic (as psr upscale)"
     )
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--list", action="store_true", help="list the shipped styles and exit")
     p.add_argument(
         "--grid",
@@ -285,11 +355,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``psr stylize``; returns the exit status."""
-    from tqdm import tqdm
+def _open_picture(path: Path) -> Any:
+    """``path`` as an upright PIL image (EXIF orientation applied), for ``--grid``."""
+    from PIL import Image, ImageOps
 
-    from .cli import _SUFFIXES, _collect_inputs, read_image, write_image
+    from .cli import UsageError, _describe
+
+    if not path.is_file():
+        raise UsageError(f"{path}: {'not a file' if path.exists() else 'no such file or directory'}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{path}: cannot read it as an image ({_describe(exc)})") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``psr stylize``; returns the exit status.
+
+    Input and output errors raise :class:`psr.cli.UsageError` (a SystemExit; ``psr`` exits with 2),
+    all found before any stylisation: see :func:`psr.cli._plan_outputs`.
+    """
+    from .cli import UsageError, _collect_inputs, _plan_outputs, _process, _read, write_image
 
     if args.list:
         styles = list_models(task="style")
@@ -299,45 +389,52 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:20s} style image {meta.get('style_image')}  iterations {meta.get('iterations')}")
         return 0
     if not args.inputs:
-        raise SystemExit("psr stylize: give INPUT files or folders")
+        raise UsageError("give INPUT files or folders")
+    try:
+        dev = _resolve_device(args.device, None)
+        if args.grid is None or args.style is not None:  # fail before any work on an unknown style
+            resolve_style(args.style or "starry_night", dev)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
     if args.grid is not None:
         from PIL import Image
 
         if len(args.inputs) != 1:
-            raise SystemExit("psr stylize --grid: give exactly one INPUT image")
+            raise UsageError("--grid: give exactly one INPUT image")
+        picture = _open_picture(Path(args.inputs[0]))
         styles = None if args.style is None else [args.style]
         try:
-            grid = style_grid(Image.open(args.inputs[0]), styles, device=args.device)
+            grid = style_grid(picture, styles, device=dev)
         except ValueError as exc:
-            raise SystemExit(f"psr stylize --grid: {exc}") from None
+            raise UsageError(f"--grid: {exc}") from None
         args.grid.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(args.grid)
         return 0
     style = args.style or "starry_night"
-    files = _collect_inputs(args.inputs)
-    out = Path(args.output)
-    single_file = len(files) == 1 and out.suffix.lower() in _SUFFIXES
     tag = Path(str(style)).stem
-    try:
-        dev = _resolve_device(args.device, None)
-        resolve_style(style, dev)  # fail before any work on an unknown style
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        raise SystemExit(f"psr stylize: {exc}") from None
-    with tqdm(total=len(files), unit="image", disable=args.quiet, desc="stylize") as bar:
-        for f in files:
-            image, info = read_image(f)
-            target = out if single_file else out / f"{f.stem}_{tag}{f.suffix.lower()}"
-            if target.exists() and not args.overwrite:
-                raise SystemExit(f"psr stylize: {target} exists; pass --overwrite to replace it")
-            result = stylize(
-                image,
-                style,
-                strength=args.strength,
-                preserve_color=args.preserve_color,
-                tile=args.tile or None,
-                device=dev,
-                precision=args.precision,
-            )
+    files = _collect_inputs(args.inputs)
+    plan = _plan_outputs(files, Path(args.output), lambda f: f"{f.stem}_{tag}{f.suffix.lower()}", args.overwrite)
+
+    from tqdm import tqdm
+
+    tile = args.tile or None
+    with tqdm(total=len(plan), unit="image", disable=args.quiet, desc="stylize") as bar:
+        for f, target in plan:
+            image, info = _read(f)
+
+            def one(img: Any, **layout: Any) -> Any:
+                return stylize(
+                    img,
+                    style,
+                    strength=args.strength,
+                    preserve_color=args.preserve_color,
+                    tile=tile,
+                    device=dev,
+                    precision=args.precision,
+                    **layout,
+                )
+
+            result = _process(image, info, one, lambda alpha: alpha)  # alpha is kept as is
             write_image(target, result, info, 1)
             bar.set_postfix_str(str(target))
             bar.update(1)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
+from PIL import Image, ImageOps
 
 import psr
-from psr.cli import main
+import psr.weights
+from psr.cli import build_parser, main
+
+from .conftest import make_tiny_model
 
 
-def test_png_round_trip(tmp_path: Path, tiny_model: Path, rng: np.random.Generator) -> None:
+def test_png_round_trip(
+    tmp_path: Path, tiny_model: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
     arr = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
     src = tmp_path / "in.png"
     Image.fromarray(arr).save(src)
@@ -22,9 +30,11 @@ def test_png_round_trip(tmp_path: Path, tiny_model: Path, rng: np.random.Generat
     assert main(["upscale", str(src), "-o", str(out), "--model", str(tiny_model), "--quiet"]) == 0
     got = np.asarray(Image.open(out))
     np.testing.assert_array_equal(got, psr.upscale(arr, 4, model=tiny_model))
-    # Existing outputs are not overwritten silently.
-    with pytest.raises(SystemExit, match="exists"):
-        main(["upscale", str(src), "-o", str(out), "--model", str(tiny_model), "--quiet"])
+    # Existing outputs are not overwritten silently: a usage error (status 2), the file untouched.
+    before = out.read_bytes()
+    assert main(["upscale", str(src), "-o", str(out), "--model", str(tiny_model), "--quiet"]) == 2
+    assert out.read_bytes() == before
+    assert "exists; pass --overwrite" in capsys.readouterr().err
 
 
 def test_tiff16_keeps_dtype_and_scales_pixel_size(tmp_path: Path, tiny_model: Path, rng: np.random.Generator) -> None:
@@ -61,12 +71,12 @@ def test_folder_bicubic_and_gray_png16(tmp_path: Path) -> None:
 
 
 def test_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit, match="no such file"):
-        main(["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o")])
+    assert main(["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o")]) == 2
+    assert "no such file" in capsys.readouterr().err
     bad = tmp_path / "x.gif"
     bad.write_bytes(b"GIF89a")
-    with pytest.raises(SystemExit, match="unsupported file type"):
-        main(["upscale", str(bad), "-o", str(tmp_path / "o")])
+    assert main(["upscale", str(bad), "-o", str(tmp_path / "o")]) == 2
+    assert "unsupported file type" in capsys.readouterr().err
     src = tmp_path / "ok.png"
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(src)
     assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--model", "no-such-model", "--quiet"]) == 2
@@ -96,3 +106,301 @@ def test_models_listing(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert set(listed) == set(psr.list_models())
+
+
+# ---------------------------------------------------------------------------------------------
+# review fixes: TIFF axes, input and output checks before any work, metadata, wording, exit codes
+
+
+def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """stderr of a failed command: exactly one line, no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("axes", "shape", "dtype"),
+    [
+        ("ZYX", (3, 9, 7), np.uint16),
+        ("ZYX", (5, 7, 3), np.uint16),  # X = 3 is not RGB: the stack is upscaled along Y and X only
+        ("TYX", (2, 7, 9), np.uint16),
+        ("CYX", (2, 9, 5), np.float32),
+        ("TZCYX", (2, 3, 2, 5, 7), np.uint16),
+        ("YXS", (7, 9, 3), np.uint8),
+    ],
+)
+def test_imagej_axes_and_metadata_round_trip(
+    tmp_path: Path, rng: np.random.Generator, axes: str, shape: tuple[int, ...], dtype: type
+) -> None:
+    arr = (rng.random(shape) * 4000).astype(dtype) if dtype != np.uint8 else rng.integers(0, 256, shape, np.uint8)
+    src = tmp_path / "stack.tif"
+    meta = {"axes": axes, "spacing": 2.5, "unit": "um", "finterval": 0.75, "Info": "psr test", "mode": "grayscale"}
+    if axes == "YXS":
+        del meta["mode"]
+    tifffile.imwrite(src, arr, imagej=True, metadata=meta, resolution=(3.0, 3.0))
+    out = tmp_path / "out.tif"
+    assert main(["upscale", str(src), "-o", str(out), "--bicubic", "--scale", "2", "--quiet"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        series = tif.series[0]
+        got, got_axes, ij = series.asarray(), series.axes, tif.imagej_metadata
+        xres = tif.pages[0].tags["XResolution"].value
+    assert tif.is_imagej and got_axes == axes
+    expect = psr.upscale(arr, 2, model="bicubic", channel_axis="auto" if axes.endswith("S") else None)
+    assert got.dtype == arr.dtype and got.shape == expect.shape
+    np.testing.assert_array_equal(got, expect)
+    for key in ("spacing", "unit", "finterval", "Info"):  # the Z step, time step and notes hold as they were
+        assert ij[key] == meta[key], (key, ij)
+    assert xres[0] / xres[1] == pytest.approx(6.0)  # 3 pixels per um -> 6: the pixel size is halved
+
+
+def test_planar_rgb_tiff_stays_planar_rgb(tmp_path: Path, rng: np.random.Generator) -> None:
+    arr = rng.integers(0, 256, (3, 9, 11), np.uint8)
+    src = tmp_path / "planar.tif"
+    tifffile.imwrite(src, arr, photometric="rgb", planarconfig="separate")
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--bicubic", "--scale", "2", "--quiet"]) == 0
+    with tifffile.TiffFile(tmp_path / "o" / "planar_x2.tif") as tif:
+        got, page = tif.asarray(), tif.pages[0]
+        assert page.photometric == 2 and page.planarconfig == 2
+    np.testing.assert_array_equal(got, psr.upscale(arr, 2, model="bicubic", channel_axis=0, rgb=True))
+
+
+def test_unreadable_inputs_and_bad_outputs_are_one_line_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rng: np.random.Generator
+) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(rng.integers(0, 256, 37, np.uint8).tobytes())
+    good = tmp_path / "good.png"
+    Image.fromarray(rng.integers(0, 256, (7, 9), np.uint8)).save(good)
+    assert main(["upscale", str(good), str(bad), "-o", str(tmp_path / "o"), "--bicubic", "--quiet"]) == 2
+    assert f"{bad}: cannot read it as an image" in _err_line(capsys)
+    assert not (tmp_path / "o").exists()  # checked before good.png was upscaled
+    existing = tmp_path / "existing_file"
+    existing.write_text("not a folder")
+    assert main(["upscale", str(good), str(good.with_name("g2.png")), "-o", str(existing), "--quiet"]) == 2
+    assert "no such file" in _err_line(capsys)
+    Image.open(good).save(good.with_name("g2.png"))
+    assert main(["upscale", str(good), str(good.with_name("g2.png")), "-o", str(existing), "--bicubic"]) == 2
+    assert f"-o {existing} is an existing file" in _err_line(capsys)
+    monkeypatch.setenv("PSR_DEBUG", "1")  # the traceback on request
+    with pytest.raises(SystemExit, match="cannot read it as an image"):
+        main(["upscale", str(bad), "-o", str(tmp_path / "o"), "--bicubic"])
+
+
+def test_batch_targets_are_checked_before_any_work(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d1, d2, out = tmp_path / "d1", tmp_path / "d2", tmp_path / "out"
+    for d in (d1, d2):
+        d.mkdir()
+        Image.fromarray(rng.integers(0, 256, (5, 7, 3), np.uint8)).save(d / "a.png")
+    Image.fromarray(rng.integers(0, 256, (9, 5), np.uint8)).save(d2 / "b.png")
+    for extra in ([], ["--overwrite"]):  # two inputs, one target: refused, --overwrite or not
+        assert main(["upscale", str(d1), str(d2), "-o", str(out), "--bicubic", "--scale", "2", *extra]) == 2
+        err = _err_line(capsys)
+        assert str(out / "a_x2.png") in err and str(d1 / "a.png") in err and str(d2 / "a.png") in err
+        assert not out.exists()
+    # The same file named twice (or through its folder) is upscaled once.
+    assert main(["upscale", str(d2), str(d2 / "b.png"), "-o", str(out), "--bicubic", "--scale", "2", "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "b_x2.png"]
+    # Existing targets are found before the first image is written.
+    (out / "a_x2.png").unlink()
+    assert main(["upscale", str(d2), "-o", str(out), "--bicubic", "--scale", "2", "--quiet"]) == 2
+    assert "b_x2.png exists" in _err_line(capsys)
+    assert not (out / "a_x2.png").exists()
+
+
+def test_output_names_with_unsupported_or_file_suffixes(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for p in (a, b):
+        Image.fromarray(rng.integers(0, 256, (7, 5, 3), np.uint8)).save(p)
+    assert main(["upscale", str(a), "-o", str(tmp_path / "out.webp"), "--bicubic"]) == 2
+    err = _err_line(capsys)
+    assert "cannot write .webp" in err and ".png, .jpg, .jpeg, .tif, .tiff" in err
+    assert not (tmp_path / "out.webp").exists()
+    assert main(["upscale", str(a), str(b), "-o", str(tmp_path / "new.png"), "--bicubic"]) == 2
+    assert "-o must be a folder for several inputs" in _err_line(capsys)
+    assert not (tmp_path / "new.png").exists()
+    folder = tmp_path / "shots.png"  # an existing folder is a folder, whatever its name
+    folder.mkdir()
+    assert main(["upscale", str(a), str(b), "-o", str(folder), "--bicubic", "--quiet"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["a_x4.png", "b_x4.png"]
+
+
+def _jpeg_with_orientation(path: Path, upright: np.ndarray, dpi: tuple[int, int]) -> None:
+    """Store ``upright`` rotated as a camera does, with EXIF orientation 6 to turn it back."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    stored = np.rot90(upright, 1)  # 90 CCW: what a sensor held sideways records
+    Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=100, exif=exif, dpi=dpi)
+
+
+def test_exif_orientation_applied_and_dpi_scaled(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upright = np.repeat(np.repeat(rng.integers(0, 256, (5, 9, 3), np.uint8), 3, 0), 3, 1)  # 15 x 27, blocky
+    src = tmp_path / "photo.jpg"
+    _jpeg_with_orientation(src, upright, dpi=(72, 150))
+    out = tmp_path / "out"
+    assert main(["upscale", str(src), "-o", str(out), "--bicubic", "--scale", "2", "--quiet"]) == 0
+    im = Image.open(out / "photo_x2.jpg")
+    assert im.size == (54, 30) and im.getexif().get(0x0112) is None  # upright pixels, no tag
+    assert im.info["dpi"] == (300, 144)  # x and y swapped by the rotation, then doubled
+    expect = psr.upscale(np.asarray(ImageOps.exif_transpose(Image.open(src))), 2, model="bicubic")
+    assert np.abs(np.asarray(im).astype(int) - expect).mean() < 4  # JPEG rounding only
+    png = tmp_path / "scan.png"
+    Image.fromarray(rng.integers(0, 256, (7, 11), np.uint8)).save(png, dpi=(96, 120))
+    assert main(["upscale", str(png), "-o", str(out), "--bicubic", "--scale", "3", "--quiet"]) == 0
+    assert Image.open(out / "scan_x3.png").info["dpi"] == pytest.approx((288, 360), abs=0.05)
+    assert main(["upscale", str(png), "-o", str(out / "scan.tif"), "--bicubic", "--scale", "3", "--quiet"]) == 0
+    with tifffile.TiffFile(out / "scan.tif") as tif:
+        xres, unit = tif.pages[0].tags["XResolution"].value, tif.pages[0].tags["ResolutionUnit"].value
+    assert xres[0] / xres[1] == pytest.approx(288, abs=0.05) and int(unit) == 2  # INCH
+
+
+def test_checks_come_before_the_network(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psr.api
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("upscale ran before the checks")
+
+    monkeypatch.setattr(psr.api, "upscale", no_work)
+    rgba, la = tmp_path / "rgba.png", tmp_path / "la.png"
+    Image.fromarray(rng.integers(0, 256, (9, 7, 4), np.uint8)).save(rgba)
+    Image.fromarray(rng.integers(0, 256, (5, 11, 2), np.uint8), "LA").save(la)
+    for src in (rgba, la):
+        assert main(["upscale", str(src), "-o", str(tmp_path / "x.jpg"), "--bicubic"]) == 2
+        assert "JPEG cannot store mode" in _err_line(capsys)
+    existing = tmp_path / "done.png"
+    existing.write_bytes(b"")
+    assert main(["upscale", str(rgba), "-o", str(existing), "--bicubic"]) == 2
+    assert "exists" in _err_line(capsys)
+
+
+def test_cli_wording_for_scale_tile_and_model(
+    tmp_path: Path,
+    tiny_model: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    src = tmp_path / "x.png"
+    Image.fromarray(rng.integers(0, 256, (7, 9, 3), np.uint8)).save(src)
+    monkeypatch.setattr(psr.weights, "WEIGHTS_DIR", tmp_path)  # shipped: only an x4 model
+    make_tiny_model(tmp_path / "x4-pixel.safetensors")
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--scale", "3"]) == 2
+    err = _err_line(capsys)
+    assert "use --bicubic or --model FILE" in err and "x4" in err and "model=" not in err
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--scale", "2", "--model", str(tiny_model)]) == 2
+    assert "pass --scale 4" in _err_line(capsys)
+    for bad in ("4", "-1", "x"):
+        with pytest.raises(SystemExit) as exc:
+            main(["upscale", str(src), "-o", str(tmp_path / "o"), "--tile", bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "--tile" in err and "tile must be None" not in err
+    with pytest.raises(SystemExit):
+        main(["upscale", str(src), "-o", str(tmp_path / "o"), "--scale", "9"])
+    assert "from 2 to 8" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_exit_status_is_documented_and_consistent(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psr.api
+    import psr.cli
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "exit status:" in text and "usage or input error" in text and "PSR_DEBUG" in text
+    src = tmp_path / "x.png"
+    Image.fromarray(rng.integers(0, 256, (5, 9), np.uint8)).save(src)
+    # Input and usage errors: 2, as argparse's own.
+    assert main(["upscale", str(tmp_path / "none.png"), "-o", str(tmp_path / "o")]) == 2
+    assert main(["upscale", "-o", str(tmp_path / "o")]) == 2
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "no.safetensors")]) == 2
+    capsys.readouterr()
+
+    # Failures at run time: 1, on one line.
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(psr.api, "upscale", out_of_memory)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--bicubic", "--quiet"]) == 1
+    assert "CUDA out of memory" in _err_line(capsys)
+    monkeypatch.undo()
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(psr.cli, "write_image", disk_full)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--bicubic", "--quiet"]) == 1
+    assert "No space left on device" in _err_line(capsys)
+
+
+def test_help_lists_every_command_and_upscale_stays_light(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["nosuch"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for name in ("upscale", "stylize", "models", "bench", "build-ext", "train", "export", "eval"):
+        assert f"'{name}'" in err, (name, err)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    assert all(f"    {name} " in listing for name in ("train", "export", "eval")), listing
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])  # the real parser, with its options
+    assert "--data" in capsys.readouterr().out
+    src = tmp_path / "x.png"
+    Image.fromarray(rng.integers(0, 256, (5, 7, 3), np.uint8)).save(src)
+    code = (
+        "import sys\nfrom psr.cli import main\n"
+        f"assert main(['upscale', {str(src)!r}, '-o', {str(tmp_path / 'o')!r}, '--bicubic', '--quiet']) == 0\n"
+        "bad = [m for m in ('psr.train', 'torchvision', 'triton', 'torch._dynamo') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "o" / "x_x4.png").is_file()
+
+
+def test_bench_choices_follow_the_scripts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import psr.cli
+
+    def choices() -> tuple[str, ...]:
+        sub = next(a for a in build_parser(["bench"])._actions if isinstance(a, argparse._SubParsersAction))
+        return tuple(sub.choices["bench"]._actions[1].choices)
+
+    root = Path(psr.cli.__file__).resolve().parent.parent / "benchmarks"
+    if root.is_dir():
+        assert set(choices()) == {p.stem[len("bench_") :] for p in root.glob("bench_*.py")}
+        assert "stylize" in choices()
+    monkeypatch.setattr(psr.cli, "_BENCHMARKS", tmp_path / "absent")  # an installed wheel
+    assert set(choices()) == {"upscale", "ops", "train", "stylize"}
+    (tmp_path / "absent").mkdir()
+    (tmp_path / "absent" / "bench_extra.py").write_text("")
+    assert choices() == ("extra",)
+
+
+def test_gray_alpha_png_stays_gray_alpha(tmp_path: Path, tiny_model: Path, rng: np.random.Generator) -> None:
+    la = rng.integers(0, 256, (9, 13, 2), np.uint8)
+    src = tmp_path / "la.png"
+    Image.fromarray(la, "LA").save(src)
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(src), "-o", str(out), "--model", str(tiny_model), "--quiet"]) == 0
+    im = Image.open(out)
+    assert im.mode == "LA" and im.size == (52, 36)
+    got = np.asarray(im)
+    np.testing.assert_array_equal(got[..., 0], psr.upscale(la[..., 0], 4, model=tiny_model))
+    # Alpha as psr.upscale treats the alpha of RGBA: the bicubic baseline, never the network.
+    rgba = np.concatenate([np.repeat(la[..., :1], 3, -1), la[..., 1:]], -1)
+    np.testing.assert_array_equal(got[..., 1], psr.upscale(rgba, 4, model=tiny_model)[..., 3])

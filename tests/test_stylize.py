@@ -282,6 +282,129 @@ def test_style_grid_and_cli_grid(
     S._cached_style.cache_clear()
 
 
+def test_cli_grid_scales_16bit_input_to_8bit(style_file: Path, tmp_path: Path, rng: np.random.Generator) -> None:
+    g16 = rng.integers(0, 65536, (33, 47), dtype=np.uint16)  # Pillow's convert("RGB") clips this to 255
+    src = tmp_path / "in16.png"
+    Image.fromarray(g16).save(src)
+    assert Image.open(src).mode == "I;16"
+    p = argparse.ArgumentParser()
+    S.add_arguments(p)
+    grid_path = tmp_path / "g.png"
+    assert S.run(p.parse_args([str(src), "--grid", str(grid_path), "--style", str(style_file), "--quiet"])) == 0
+    grid = np.asarray(Image.open(grid_path))
+    w = round(47 * 384 / 33)
+    g8 = np.rint(g16 / 257.0).astype(np.uint8)
+    expect = np.asarray(Image.fromarray(np.stack([g8] * 3, -1)).resize((w, 384), Image.LANCZOS))
+    panel = grid[:, :w]
+    assert np.abs(panel.astype(int) - expect).max() <= 1
+    assert (panel == 255).mean() < 0.05  # not the white panel of a clipped conversion
+    # 32-bit integer images: scaled by their own maximum.
+    i32 = rng.integers(0, 5000, (9, 11)).astype(np.int32)
+    np.testing.assert_array_equal(S._rgb8(Image.fromarray(i32, "I"))[..., 0], np.rint(i32 * 255.0 / i32.max()))
+
+
+def test_shipped_style_name_wins_over_a_local_path(
+    style_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    monkeypatch.setattr(psr.weights, "WEIGHTS_DIR", shipped)
+    monkeypatch.setattr(S, "WEIGHTS_DIR", shipped)
+    S._cached_style.cache_clear()
+    (shipped / "tiny_style.safetensors").write_bytes(style_file.read_bytes())
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    x = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    want = stylize(x, style_file)
+    (work / "tiny_style").mkdir()  # `mkdir wave && psr stylize img.png --style wave`
+    assert np.array_equal(stylize(x, "tiny_style"), want)
+    (work / "tiny_style").rmdir()
+    other = random_style_net(StyleConfig(channels=4, num_blocks=1), seed=11)
+    save_weights(work / "tiny_style", other, {"name": "local"})  # a local file of the shipped name
+    assert np.array_equal(stylize(x, "tiny_style"), want)
+    local = stylize(x, "./tiny_style")  # spelled as a path: the local file
+    assert not np.array_equal(local, want) and np.array_equal(local, stylize(x, other))
+    save_weights(work / "mine", other, {"name": "mine"})  # a bare name that is not shipped: a path
+    assert np.array_equal(stylize(x, "mine"), local)
+    with pytest.raises(ValueError, match="unknown; shipped styles: tiny_style"):
+        stylize(x, "nothing_here")
+    src = work / "img.png"
+    Image.fromarray(x).save(src)
+    p = argparse.ArgumentParser()
+    S.add_arguments(p)
+    assert S.run(p.parse_args([str(src), "-o", "out", "--style", "tiny_style", "--quiet"])) == 0
+    assert np.array_equal(np.asarray(Image.open(work / "out" / "img_tiny_style.png")), want)
+    S._cached_style.cache_clear()
+
+
+def test_cli_checks_inputs_and_outputs_before_any_work(
+    style_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rng: np.random.Generator,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from psr.cli import main
+
+    d1, d2, out = tmp_path / "d1", tmp_path / "d2", tmp_path / "out"
+    for d in (d1, d2):
+        d.mkdir()
+        Image.fromarray(rng.integers(0, 256, (11, 9, 3), np.uint8)).save(d / "a.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(rng.integers(0, 256, (7, 9, 4), np.uint8)).save(rgba)
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("stylize ran before the checks")
+
+    monkeypatch.setattr(S, "stylize", no_work)
+    style = ["--style", str(style_file), "--quiet"]
+    cases = [
+        ([str(d1 / "a.png"), str(bad)], "out", f"{bad}: cannot read it as an image"),
+        ([str(d1), str(d2)], "out", str(d2 / "a.png")),  # two inputs, one target
+        ([str(rgba)], "x.jpg", "JPEG cannot store mode RGBA"),
+        ([str(rgba)], "x.webp", "cannot write .webp"),
+        ([str(rgba), str(d1)], "y.png", "-o must be a folder for several inputs"),
+    ]
+    for inputs, o, message in cases:
+        assert main(["stylize", *inputs, "-o", str(tmp_path / o), *style]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "d1", "d2", "rgba.png"]
+    with pytest.raises(SystemExit) as exc:
+        main(["stylize", str(rgba), "--tile", "4", *style])
+    assert exc.value.code == 2 and "--tile" in capsys.readouterr().err
+    out.mkdir()
+    (out / "a_tiny_style.png").write_bytes(b"")
+    assert main(["stylize", str(d1), "-o", str(out), *style]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_cli_orientation_dpi_and_gray_alpha(style_file: Path, tmp_path: Path, rng: np.random.Generator) -> None:
+    from psr.cli import main
+
+    upright = rng.integers(0, 256, (9, 15, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 CCW to display"
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, -1))).save(
+        tmp_path / "photo.jpg", quality=100, exif=exif, dpi=(100, 200)
+    )
+    la = rng.integers(0, 256, (13, 7, 2), np.uint8)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    out = tmp_path / "out"
+    for name in ("photo.jpg", "la.png"):
+        assert main(["stylize", str(tmp_path / name), "-o", str(out), "--style", str(style_file), "--quiet"]) == 0
+    im = Image.open(out / "photo_tiny_style.jpg")
+    assert im.size == (15, 9) and im.getexif().get(0x0112) is None and im.info["dpi"] == (200, 100)
+    g = Image.open(out / "la_tiny_style.png")
+    assert g.mode == "LA" and g.size == (7, 13)
+    got = np.asarray(g)
+    assert np.array_equal(got[..., 1], la[..., 1])  # alpha kept as is, as stylize does for RGBA
+    assert np.array_equal(got[..., 0], stylize(la[..., 0], style_file))
+
+
 def test_import_does_not_load_torchvision_or_triton() -> None:
     code = (
         "import sys, importlib, numpy as np, psr\nS = importlib.import_module('psr.stylize')\n"
