@@ -94,6 +94,21 @@ class _JobRunner:
                 emitter.connect(self.reset_choices)
         self._run.changed.connect(self._on_run)
         self._cancel.changed.connect(self._on_cancel)
+        # Closing the viewer (or the dock) deletes the Qt widgets while a job may still run: stop
+        # it at the next tile, and let the worker's late signals find a dead widget (see _alive),
+        # since PyQt6 aborts the process on an exception in a slot.
+        self.native.destroyed.connect(self._on_destroyed)
+
+    def _on_destroyed(self, *_: Any) -> None:
+        self._cancel_event.set()
+
+    def _alive(self) -> bool:
+        """Whether the widget's Qt objects still exist (not deleted with a closed viewer)."""
+        try:
+            self._progress.native.objectName()
+            return True
+        except RuntimeError:  # "wrapped C/C++ object ... has been deleted"
+            return False
 
     def _set_running(self, running: bool) -> None:
         for w in (*self._inputs, self._run):
@@ -165,7 +180,7 @@ class _JobRunner:
     # call is queued there.
     @ensure_main_thread
     def _show_progress(self, pbar: Any, done: int, total: int) -> None:
-        if pbar is not self._pbar or pbar is None:  # a late report from a finished run
+        if pbar is not self._pbar or pbar is None or not self._alive():  # a finished run or a closed viewer
             return
         self._progress.max = max(1, total)
         self._progress.value = min(done, total)
@@ -178,6 +193,8 @@ class _JobRunner:
 
         status, out, info = result
         job = self._job
+        if not self._alive():  # the viewer was closed during the run: nothing to show it in
+            return
         if status == "ok" and job is not None:
             try:
                 layer = job.make_layer(out, info)
@@ -202,6 +219,8 @@ class _JobRunner:
         self._pbar = None
         self._worker = None
         self._job = None
+        if not self._alive():
+            return
         self._set_running(False)
         self._update_note_keep_status()
 

@@ -466,3 +466,51 @@ def test_core_never_imports_qt() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+CLOSE_MID_RUN = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from napari.components import ViewerModel
+    from qtpy.QtWidgets import QApplication
+    from psr_napari._widget import UpscaleWidget
+    from psr_napari._style_widget import StylizeWidget
+
+    app = QApplication.instance() or QApplication(sys.argv)
+    for cls, kw in ((UpscaleWidget, {"_scale": 4, "_model": "bicubic", "_tile": 32}), (StylizeWidget, {"_tile": 64})):
+        viewer = ViewerModel()
+        viewer.add_image(np.random.default_rng(0).random((60, 256, 256)).astype(np.float32), name="big")
+        w = cls(viewer)
+        for k, v in kw.items():
+            getattr(w, k).value = v
+        w._run.native.click()
+        end = time.monotonic() + 60
+        while w._progress.value < 2 and time.monotonic() < end:  # a couple of tiles done
+            app.processEvents(); time.sleep(0.005)
+        assert w._worker is not None, "the job ended before the widget could be closed"
+        steps = w._job.steps
+        w.native.close()
+        w.native.deleteLater()  # what closing the viewer does to its dock widgets
+        app.sendPostedEvents(None, 52)  # QEvent.DeferredDelete
+        while w._worker is not None and time.monotonic() < end:  # late signals reach a dead widget
+            app.processEvents(); time.sleep(0.005)
+        assert w._worker is None, "the job did not stop"
+        assert w._cancel_event.is_set() and len(viewer.layers) == 1, steps
+        for _ in range(20):
+            app.processEvents(); time.sleep(0.005)
+    print("closed cleanly")
+    """
+)
+
+
+def test_widget_closed_mid_run_stops_the_job_without_crashing() -> None:
+    """PyQt6 aborts the process on an exception in a slot: a progress report, result or finish
+    signal reaching a widget deleted with its viewer crashed a script (SIGABRT). Now the job is
+    cancelled at the next tile and the late signals are ignored. A fresh process: a crash must
+    fail this test, not end the test run."""
+    env = {**os.environ, "QT_QPA_PLATFORM": os.environ.get("QT_QPA_PLATFORM", "offscreen")}
+    res = subprocess.run(
+        [sys.executable, "-c", CLOSE_MID_RUN], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
+    )
+    assert res.returncode == 0 and "closed cleanly" in res.stdout, (res.returncode, res.stdout, res.stderr[-3000:])
