@@ -395,7 +395,12 @@ def _plan_outputs(
         if existing:
             more = f" (and {len(existing) - 3} more)" if len(existing) > 3 else ""
             shown = ", ".join(map(str, existing[:3]))
-            raise UsageError(f"{shown}{more} exists; pass --overwrite to replace it")
+            verb = (
+                "exists; pass --overwrite to replace it"
+                if len(existing) == 1
+                else "exist; pass --overwrite to replace them"
+            )
+            raise UsageError(f"{shown}{more} {verb}")
     for f, target in plan:
         if target.exists() and target.is_dir():
             raise UsageError(f"{target} is a folder; cannot write {f} there")
