@@ -649,7 +649,12 @@ def _add_heavy(sub: argparse._SubParsersAction, name: str, real: bool) -> None:
         from . import train
 
         if name == "train":
-            p = sub.add_parser(name, help=_LAZY_HELP[name], description=train.__doc__)
+            p = sub.add_parser(
+                name,
+                help=_LAZY_HELP[name],
+                description=train.__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the docstring's list
+            )
             train.add_arguments(p)
             p.set_defaults(func=_cmd_train)
         else:

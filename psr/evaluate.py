@@ -421,41 +421,53 @@ def make_strip(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``psr eval``'s options to ``p``."""
+    from .losses import SHARED_VGG_FILE
+
     p.add_argument(
         "--data",
         type=Path,
         action="append",
         default=None,
-        help="folder (or image file) of HR ground truth; repeatable (default: the shared Set5)",
+        help="folder (or image file) of HR ground truth; repeatable "
+        f"(default: the shared Set5, here {default_shared_dir() / 'data' / 'Set5'})",
     )
-    p.add_argument("--scale", type=int, nargs="+", default=[4], help="one or more scales (default 4)")
+    p.add_argument("--scale", type=int, nargs="+", default=[4], help="one or more scales (default: 4)")
     p.add_argument(
         "--model",
         nargs="+",
         default=["all"],
-        help="'bicubic', shipped names, weights files, or 'all' (bicubic + every shipped model of the scale)",
+        help="'bicubic', shipped names, weights files, or 'all' (bicubic + every shipped model of the scale) "
+        "(default: all)",
     )
     p.add_argument(
         "--match-histogram",
         choices=("both", "off", "on", "default"),
         default="both",
-        help="rows without and with histogram matching to the LR input (default both), or the model's default",
+        help="rows without and with histogram matching to the LR input, or the model's default (default: both)",
     )
     p.add_argument("--shave", type=int, default=None, help="border pixels left out of the metrics (default: scale)")
     p.add_argument("--no-perceptual", dest="perceptual", action="store_false", help="skip the relu2_2 column")
-    p.add_argument("--vgg-weights", type=Path, default=None, help="VGG-16 weights for the relu2_2 column")
+    p.add_argument(
+        "--vgg-weights",
+        type=Path,
+        default=None,
+        help="VGG-16 weights for the relu2_2 column (default: $PSR_VGG_WEIGHTS, else "
+        f"$PSR_SHARED/weights/{SHARED_VGG_FILE} (here {default_shared_dir()}), else the column is skipped)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write all results (with per-image values) as JSON")
     p.add_argument("--markdown", type=Path, default=None, help="write the table as markdown")
     p.add_argument("--per-image", action="store_true", help="add per-image tables to the markdown")
     p.add_argument("--figure", type=Path, default=None, metavar="DIR", help="write per-image crop strips to DIR")
-    p.add_argument("--crop", type=int, default=64, help="figure crop side in HR pixels (default 64)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--tile", type=int, default=256, help="tile size for the networks (0: whole image)")
+    p.add_argument("--crop", type=int, default=64, help="figure crop side in HR pixels (default: 64)")
+    p.add_argument(
+        "--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N' (default: auto)"
+    )
+    p.add_argument("--tile", type=int, default=256, help="tile size for the networks (0: whole image; default: 256)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _models_for(requested: Sequence[str], scale: int) -> list[str]:
-    """Expand 'all' and drop shipped models of another scale (said on stderr)."""
+    """Expand 'all' and drop models of another scale (said on stderr); style weights are refused."""
     from .weights import list_models, read_metadata
 
     shipped = list_models()
@@ -470,8 +482,14 @@ def _models_for(requested: Sequence[str], scale: int) -> list[str]:
                 meta = shipped.get(name) or read_metadata(name)
             except (ValueError, FileNotFoundError) as exc:
                 raise SystemExit(f"psr eval: --model {name}: {exc}") from None
-            if meta.get("scale") != scale:
-                print(f"psr eval: {name} is a x{meta.get('scale')} model; skipped at x{scale}", file=sys.stderr)
+            if meta.get("task", "sr") != "sr":
+                raise SystemExit(
+                    f"psr eval: --model {name} holds a {meta.get('task')!r} model, not a super-resolution model; "
+                    "psr eval scores upscaling (psr stylize applies styles)"
+                )
+            model_scale = meta.get("scale", (meta.get("config") or {}).get("scale"))
+            if model_scale != scale:
+                print(f"psr eval: {name} is a x{model_scale} model; skipped at x{scale}", file=sys.stderr)
                 continue
         out.append(name)
     return list(dict.fromkeys(out))  # keep order, drop duplicates
@@ -495,12 +513,18 @@ def run(args: argparse.Namespace) -> int:
         "default": [None],
     }[args.match_histogram]
     tile = None if args.tile == 0 else args.tile
+    # Every model checked against every scale before any work; nothing to evaluate is an error.
+    plan = {scale: _models_for(args.model, scale) for scale in dict.fromkeys(args.scale)}
+    if not any(plan.values()):
+        scales = ", ".join(f"x{s}" for s in plan)
+        raise SystemExit(
+            f"psr eval: nothing to evaluate: no requested model ({' '.join(args.model)}) upscales by {scales}"
+        )
     results: list[dict[str, Any]] = []
     cache: dict = {}
     for data in datasets:
         files, _ = _files(data)
-        for scale in args.scale:
-            models = _models_for(args.model, scale)
+        for scale, models in plan.items():
             outputs: dict[tuple[str, bool], dict[str, np.ndarray]] = {}
             for model in models:
                 for hm in hm_settings:

@@ -14,6 +14,13 @@ decay, the relu2_2 feature loss for ``--loss perceptual``, Gaussian-blur-then-bi
   distance for ``perceptual``) are kept in ``OUT/best.safetensors``. Set5 is never used here.
 * GPU: bf16 autocast, channels_last, cudnn.benchmark. Several GPUs (or CPU processes, on gloo):
   ``torchrun --nproc-per-node N -m psr.train ...``; ``--batch-size`` is the global batch.
+* Run folders: ``--out`` holding an earlier run (checkpoint.pt, log.jsonl or best.safetensors) is
+  refused unless ``--resume`` continues it or ``--overwrite`` starts afresh (removing those files).
+  Paths (``--data``, ``--style``, ``--init-from``, ``--vgg-weights``) are stored absolute.
+* Ctrl-C: the current iteration finishes, a checkpoint is written at it (as ``--stop-at`` does, so
+  ``--resume`` continues bit-exactly) and the command exits with status 130 (``train.main`` raises
+  :class:`TrainingInterrupted`, a ``SystemExit(130)`` that is also a ``KeyboardInterrupt``). A second
+  Ctrl-C stops at once; the last complete checkpoint is kept (writes are atomic).
 * ``psr export RUN_DIR -o FILE`` picks the best weights, chooses the default histogram matching on
   the validation split, scores Set5 and writes the shipped-weights format with its metadata.
 
@@ -33,9 +40,10 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -62,6 +70,7 @@ from .resize import imresize
 from .weights import save_weights
 
 __all__ = [
+    "TrainingInterrupted",
     "add_arguments",
     "add_export_arguments",
     "export_main",
@@ -84,16 +93,49 @@ GRAM_CHECK_LAYERS = ("relu2_2", "relu3_3")  # where shipped styles must move Gra
 _CHECKPOINT_DELAY_ENV = "PSR_TEST_CHECKPOINT_DELAY"  # test hook: seconds to pause mid-write
 
 
+def _show_defaults(p: argparse.ArgumentParser) -> None:
+    """Append "(default: X)" to the help of every option of ``p`` that has a default worth showing.
+
+    What ``argparse.ArgumentDefaultsHelpFormatter`` does, without replacing the formatter of a
+    parser made elsewhere (``psr train``'s comes from :mod:`psr.cli`). Flags (store_true/false),
+    options without a default and help that already says "(default..." are left alone.
+    """
+    for action in p._actions:
+        if not action.help or action.help == argparse.SUPPRESS or "(default" in action.help:
+            continue
+        if not action.option_strings or action.nargs == 0 or action.default in (None, argparse.SUPPRESS):
+            continue
+        if isinstance(action.default, (list, tuple)):
+            shown = " ".join(map(str, action.default)) or "none"
+            action.help += f" (default: {shown})"
+        else:
+            action.help += " (default: %(default)s)"
+
+
+def _vgg_default_help(download: bool) -> str:
+    """Where the VGG-16 weights come from without --vgg-weights (:func:`psr.losses.resolve_vgg_weights`)."""
+    from .losses import SHARED_VGG_FILE
+
+    last = (
+        "torchvision's IMAGENET1K_V1 download for the losses (validation then skips relu2_2)"
+        if download
+        else "none: the relu2_2 distance is skipped"
+    )
+    return f"$PSR_VGG_WEIGHTS, else $PSR_SHARED/weights/{SHARED_VGG_FILE} (here {default_shared_dir()}), else {last}"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``psr train``'s options to ``p``."""
     shared = default_shared_dir()
-    p.add_argument("--task", default="sr", choices=("sr", "style"), help="super-resolution (default) or style transfer")
+    p.add_argument("--task", default="sr", choices=("sr", "style"), help="super-resolution or style transfer")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, default=shared / "data" / "train", help="folder of training images")
-    g.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
+    g.add_argument("--scale", type=int, default=4, choices=(2, 4, 8), help="upscaling factor")
     g.add_argument("--patch", type=int, default=288, help="HR patch size (a multiple of --scale)")
     g.add_argument(
-        "--degradation", default="paper", help="'paper' (blur 1.0 + bicubic), 'bicubic' or 'blur_range:LO:HI'"
+        "--degradation",
+        default="paper",
+        help="'paper' (blur 1.0 + bicubic), 'bicubic' or 'blur_range:LO:HI'",
     )
     g.add_argument(
         "--small-images",
@@ -106,7 +148,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-crop", type=int, default=256, help="centre crop of validation images (HR pixels)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--upsample", default="deconv", choices=("deconv", "resize_conv", "pixel_shuffle"))
+    g.add_argument(
+        "--upsample", default="deconv", choices=("deconv", "resize_conv", "pixel_shuffle"), help="upsampling layers"
+    )
     g.add_argument(
         "--no-global-skip", dest="global_skip", action="store_false", help="the paper's net, no bicubic skip"
     )
@@ -117,10 +161,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--loss", default="pixel", choices=("pixel", "perceptual"), help="per-pixel MSE or relu2_2 features")
     g.add_argument("--tv-weight", type=float, default=0.0, help="weight of the total-variation regulariser")
-    g.add_argument("--vgg-weights", type=Path, default=None, help="VGG-16 weights (default: see psr.losses)")
-    g.add_argument("--iterations", type=int, default=200_000)
+    g.add_argument(
+        "--vgg-weights", type=Path, default=None, help=f"VGG-16 weights file (default: {_vgg_default_help(True)})"
+    )
+    g.add_argument("--iterations", type=int, default=200_000, help="training iterations (paper: 200k)")
     g.add_argument("--batch-size", type=int, default=4, help="global batch (split across DDP processes)")
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     g.add_argument(
         "--warmup",
         type=int,
@@ -129,13 +175,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "on the zero-initialised residual head throws the first outputs far off",
     )
     g.add_argument("--lr-decay-at", type=float, nargs="*", default=[], help="fractions of --iterations where lr *= 0.1")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the data")
 
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoints, logs)")
-    g.add_argument("--checkpoint-every", type=int, default=500)
-    g.add_argument("--val-every", type=int, default=500)
-    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
+    g.add_argument("--val-every", type=int, default=500, help="iterations between validations")
+    g.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/checkpoint.pt")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUT that holds an earlier run, deleting its checkpoint.pt, log.jsonl and "
+        "best.safetensors (without --resume or --overwrite such an OUT is refused)",
+    )
     g.add_argument(
         "--init-from",
         default=None,
@@ -147,7 +199,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
     g.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    g.add_argument("--name", default=None, help="model name written into the weights metadata")
+    g.add_argument(
+        "--name",
+        default=None,
+        help="model name written into the weights metadata (default: x{scale}-{loss}; styles: the style image's name)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     g = p.add_argument_group("style transfer (--task style; --data, --n-val, --val-crop, --tv-weight shared)")
@@ -165,6 +221,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--style-blocks", type=int, default=5, help="residual blocks (paper: 5)")
     g.add_argument("--style-norm", default="instance", choices=("instance", "batch"), help="paper: batch")
     g.add_argument("--style-upsample", default="resize_conv", choices=("resize_conv", "deconv"), help="paper: deconv")
+    _show_defaults(p)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -188,6 +245,59 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--patch ({args.patch}) must be a multiple of --scale ({args.scale})")
 
 
+def _warn(message: str, command: str = "train") -> None:
+    """A notice for the person at the terminal: one line on stderr, ``psr train: warning: ...``."""
+    print(f"psr {command}: warning: {message}", file=sys.stderr, flush=True)
+
+
+# Files a run writes into --out: their presence means an earlier run is there.
+RUN_FILES = ("checkpoint.pt", "log.jsonl", "best.safetensors")
+_PATH_ARGS = ("data", "style", "vgg_weights")  # stored absolute, so export works from any folder
+
+
+def _absolute_paths(args: argparse.Namespace) -> None:
+    """Make the path options absolute (resolved), so that the run's recorded args hold from anywhere.
+
+    ``--init-from`` may be a shipped model name: it is made absolute only when it names a file.
+    """
+    for name in _PATH_ARGS:
+        v = getattr(args, name, None)
+        if v is not None:
+            setattr(args, name, Path(v).expanduser().resolve())
+    init = getattr(args, "init_from", None)
+    if init and Path(init).expanduser().is_file():
+        args.init_from = str(Path(init).expanduser().resolve())
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse to start a new run over an earlier one in ``--out`` (before any expensive set-up)."""
+    out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite starts afresh: pass one of them")
+    if args.resume:
+        if not (out / "checkpoint.pt").exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {str(out / 'checkpoint.pt')!r}")
+        return
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not args.overwrite:
+        fresh = " (--init-from starts a new run at iteration 0)" if getattr(args, "init_from", None) else ""
+        raise ValueError(
+            f"--out {str(out)!r} holds an earlier run ({', '.join(found)}){fresh}: pass --resume to continue it, "
+            "--overwrite to start afresh (deleting it), or another --out"
+        )
+
+
+def _clear_run(out: Path) -> list[str]:
+    """Delete the files of an earlier run in ``out`` (--overwrite); returns their names."""
+    gone = []
+    for name in (*RUN_FILES, "checkpoint.pt.tmp"):
+        f = out / name
+        if f.is_file() or f.is_symlink():
+            f.unlink()
+            gone.append(name)
+    return gone
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -196,7 +306,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """Write ``state`` with torch.save to a temp file, fsync, then rename over ``path``.
 
     A crash or SIGKILL at any point leaves either the previous file or the new one, never a torn
-    file. ``$PSR_TEST_CHECKPOINT_DELAY`` (seconds, for tests) pauses half-way through the write.
+    file; an exception during the write (a second Ctrl-C, a full disk) also removes the temp file.
+    ``$PSR_TEST_CHECKPOINT_DELAY`` (seconds, for tests) pauses half-way through the write.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,16 +316,20 @@ def save_checkpoint(path: Path, state: dict) -> None:
     torch.save(state, buf)
     data = buf.getbuffer()
     delay = float(os.environ.get(_CHECKPOINT_DELAY_ENV, "0") or 0)
-    with open(tmp, "wb") as fh:
-        half = len(data) // 2
-        fh.write(data[:half])
-        if delay > 0:
+    try:
+        with open(tmp, "wb") as fh:
+            half = len(data) // 2
+            fh.write(data[:half])
+            if delay > 0:
+                fh.flush()
+                time.sleep(delay)
+            fh.write(data[half:])
             fh.flush()
-            time.sleep(delay)
-        fh.write(data[half:])
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
@@ -303,7 +418,7 @@ def _feature_net(args_weights: str | os.PathLike | None, allow_download: bool):
     from .losses import VGGFeatures, resolve_vgg_weights
 
     if resolve_vgg_weights(args_weights) is None and not allow_download:
-        warnings.warn("no local VGG-16 weights: the relu2_2 distance is not measured", stacklevel=2)
+        _warn("no local VGG-16 weights: the relu2_2 distance is not measured in validation")
         return None
     return VGGFeatures((FEATURE_LAYER,), args_weights)
 
@@ -410,16 +525,15 @@ def _rng_state(seed: int, device: torch.device) -> dict:
     return st
 
 
-def _set_rng_state(st: dict, device: torch.device) -> None:
+def _set_rng_state(st: dict, device: torch.device, lead: bool = True) -> None:
     torch.set_rng_state(st["torch"])
     random.setstate(st["python"])
     if device.type == "cuda" and "cuda" in st:
         torch.cuda.set_rng_state(st["cuda"], device)
-    if isinstance(st.get("data"), torch.Tensor):
-        warnings.warn(
-            "checkpoint from the sequential sampler: resuming with per-iteration seeding "
-            "(same patch distribution, different patches than the old code would have drawn)",
-            stacklevel=3,
+    if isinstance(st.get("data"), torch.Tensor) and lead:
+        _warn(
+            "--resume: checkpoint from the sequential sampler: resuming with per-iteration seeding "
+            "(same patch distribution, different patches than the old code would have drawn)"
         )
 
 
@@ -438,11 +552,28 @@ def _json_args(args: argparse.Namespace) -> str:
     return json.dumps({k: v for k, v in vars(args).items() if not callable(v)}, default=str, sort_keys=True)
 
 
+class TrainingInterrupted(SystemExit, KeyboardInterrupt):
+    """Raised by :func:`main` when Ctrl-C (SIGINT) stopped training, after the checkpoint was written.
+
+    A ``SystemExit`` with status 130, so ``psr train`` and ``python -m psr.train`` exit with 130 and
+    no traceback, and also a ``KeyboardInterrupt``, so code that handles interrupts still sees one.
+    ``summary`` is :func:`main`'s summary of the run so far (``"interrupted": True``).
+    """
+
+    def __init__(self, summary: dict | None = None) -> None:
+        super().__init__(130)
+        self.summary = dict(summary or {})
+
+
 def main(args: argparse.Namespace) -> dict:
-    """Run (or resume) a training run; returns a summary dict (rank 0 prints it as JSON)."""
+    """Run (or resume) a training run; returns a summary dict (rank 0 prints it as JSON).
+
+    Raises :class:`TrainingInterrupted` (exit status 130) after Ctrl-C, once the checkpoint of the
+    last completed iteration is written; ``--resume`` continues from it.
+    """
     # Namespaces not built by add_arguments (older callers) get the defaults of newer options.
     defaults = {"channels": 64, "blocks": 4, "norm": "batch", "workers": 0, "amp": True, "tv_weight": 0.0}
-    defaults.update(vgg_weights=None, stop_at=0, small_images="skip", warmup=0)
+    defaults.update(vgg_weights=None, stop_at=0, small_images="skip", warmup=0, overwrite=False, init_from=None)
     for name, default in defaults.items():
         if not hasattr(args, name):
             setattr(args, name, default)
@@ -450,6 +581,8 @@ def main(args: argparse.Namespace) -> dict:
     if style:
         _check_style_args(args)
     _check_args(args)
+    _check_out(args)  # before loading data or VGG: an earlier run in --out is refused at once
+    _absolute_paths(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world, local_rank = _dist_env()
@@ -463,6 +596,13 @@ def main(args: argparse.Namespace) -> dict:
             raise ValueError(f"--batch-size ({args.batch_size}) must be a multiple of the {world} processes")
     try:
         return _fit(args, rank, world, device, _style_job if style else _sr_job)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, TrainingInterrupted):
+            raise
+        # Ctrl-C during start-up (loading data, VGG, the checkpoint): nothing was written yet.
+        if rank == 0:
+            print("psr train: interrupted during start-up; no checkpoint written", file=sys.stderr, flush=True)
+        raise TrainingInterrupted({"task": getattr(args, "task", "sr"), "interrupted": True}) from None
     finally:
         if world > 1:
             import torch.distributed as dist
@@ -774,6 +914,47 @@ def _style_job(args: argparse.Namespace, lead: bool, world: int, device: torch.d
     )
 
 
+class _SigintDeferred:
+    """While active in the main thread: the first SIGINT only sets ``requested`` (the training loop
+    finishes its iteration, writes a checkpoint and stops); a second one raises KeyboardInterrupt.
+
+    Not installed outside the main thread or over a SIGINT handler other than Python's default.
+    Forked data workers inherit the handler and ignore SIGINT: the main process stops them.
+    """
+
+    def __init__(self, on_first: Callable[[], None]) -> None:
+        self.requested = False
+        self._on_first = on_first
+        self._previous: Any = None
+        self._pid = os.getpid()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            return
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._on_first()
+
+    def __enter__(self) -> _SigintDeferred:
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def _same_arg(key: str, old: Any, new: Any) -> bool:
+    """Is a resumed run's option unchanged? Paths compare by the file they name."""
+    if key in _PATH_ARGS and old is not None and new is not None:
+        return Path(str(old)).expanduser().resolve() == Path(str(new)).expanduser().resolve()
+    return str(old) == str(new)
+
+
 def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, make_job: Callable) -> dict:
     """Train ``make_job(args, lead, world, device)``'s model: the loop both tasks share."""
     cuda = device.type == "cuda"
@@ -784,8 +965,6 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
     lead = rank == 0
     out: Path = Path(args.out)
     ckpt_path = out / "checkpoint.pt"
-    if lead:
-        out.mkdir(parents=True, exist_ok=True)
     job: _Job = make_job(args, lead, world, device)
     model, cfg = job.model, job.cfg
     kind = "style" if job.task == "style" else "super-resolution"
@@ -794,6 +973,7 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
     it, elapsed = 0, 0.0
     best = job.best(None)
     rng_to_restore = None
+    saved_it: int | None = None  # iteration of the newest complete checkpoint in OUT
     if args.resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt_path)!r}")
@@ -806,18 +986,24 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
         if not args.init_from and old.get("init_from"):
             args.init_from = old["init_from"]  # so the next checkpoint's args keep it too
         for key in job.resume_keys:
-            if key in old and str(old[key]) != str(getattr(args, key)):
-                warnings.warn(
-                    f"--resume: --{key.replace('_', '-')} was {old[key]!r}, now {getattr(args, key)!r}", stacklevel=3
-                )
+            if lead and key in old and not _same_arg(key, old[key], getattr(args, key)):
+                _warn(f"--resume: --{key.replace('_', '-')} was {old[key]!r}, now {getattr(args, key)!r}")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         rng_to_restore = st["rng"]
         it, elapsed = int(st["iteration"]), float(st.get("elapsed", 0.0))
+        saved_it = it
         best = job.best(st.get("best"))
         init_desc = args.init_from
     else:
         init_desc = _init_weights(model, args.init_from, job.task) if args.init_from else None
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.overwrite and not args.resume:
+            # Only now, with the new run set up (and --init-from read, which may live in OUT).
+            gone = _clear_run(out)
+            if gone:
+                _warn(f"--overwrite: deleted the earlier run's {', '.join(gone)} in {str(out)!r}")
 
     net: torch.nn.Module = model
     if world > 1:
@@ -841,6 +1027,7 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
         meta_base["initialised_from"] = f"{init_desc}; fresh optimiser state"
 
     def checkpoint() -> None:
+        nonlocal saved_it
         save_checkpoint(
             ckpt_path,
             {
@@ -855,6 +1042,7 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
                 "args": _json_args(args),
             },
         )
+        saved_it = it
 
     def to_device(t: torch.Tensor) -> torch.Tensor:
         t = t.to(device, non_blocking=True)
@@ -885,77 +1073,115 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
         desc=job.desc,
         mininterval=1.0,
     )
+
+    current = it + 1  # the iteration under way (or next), which a first Ctrl-C lets finish
+
+    def on_sigint() -> None:
+        if lead:
+            bar.write(
+                f"psr train: interrupt: finishing iteration {current}, then writing a checkpoint "
+                "(Ctrl-C again to stop at once)",
+                file=sys.stderr,
+            )
+
     if rng_to_restore is not None:
         # Last, after everything that draws from the global RNG at start-up (e.g. module init).
-        _set_rng_state(rng_to_restore, device)
+        _set_rng_state(rng_to_restore, device, lead)
     start = time.perf_counter() - elapsed
     limit = args.max_minutes * 60 if args.max_minutes else math.inf
     model.train()
     stopped_early = False
+    # interrupted: None, "saved" (checkpoint written at `it`) or "unsaved" (the one at saved_it is kept)
+    interrupted: str | None = None
+    torn = False  # mid-iteration: model, optimiser and `it` disagree, no checkpoint can be written
     t_last, it_last = time.perf_counter(), it
     first_done: tuple[float, int] | None = None
-    for batch in loader:
-        lr_now = _lr_at(args, it)
-        for grp in opt.param_groups:
-            grp["lr"] = lr_now
-        moved: dict[int, torch.Tensor] = {}  # a tensor given twice (style: input = target) moves once
-        batch = [moved.setdefault(id(t), to_device(t)) for t in batch]
-        with autocast:
-            terms = job.losses(net, batch)
-            loss = sum(terms.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
-        opt.step()
-        it += 1
-        elapsed = time.perf_counter() - start
-        if first_done is None:  # throughput is timed from the end of the first step (warm-up excluded)
-            first_done = (time.perf_counter(), it)
-        loss_value = float(loss.detach())  # type: ignore[union-attr]
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"iteration {it}: loss is {loss_value}; {job.nan_hint}")
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.5g}", refresh=False)
-        if log is not None:
-            rec = {"it": it, "loss": loss_value, "lr": lr_now, "time": round(elapsed, 3)}
-            if len(terms) > 1:
-                rec.update({k: float(v.detach()) for k, v in terms.items()})
-            log.write(json.dumps(rec) + "\n")
-        if job.validate is not None and (it % args.val_every == 0 or it == args.iterations):
-            v = job.validate()
-            now = time.perf_counter()
-            rate = (it - it_last) / max(now - t_last, 1e-9)
-            t_last, it_last = now, it
-            rec = {"it": it, **{f"val_{k}": x for k, x in v.items()}, "it_per_s": round(rate, 4)}
-            assert log is not None
-            log.write(json.dumps({**rec, "time": round(elapsed, 2)}) + "\n")
-            bar.write(f"iteration {it}: validation " + ", ".join(f"{k} {x:.4g}" for k, x in v.items()))
-            if job.better(best, v):
-                best = job.new_best(best, v, it)
-                meta = dict(
-                    meta_base,
-                    iterations=it,
-                    wall_time_s=round(elapsed, 1),
-                    **{f"val_{k}": round(x, 6) for k, x in v.items()},
-                    val_crop=args.val_crop,
-                )
-                save_weights(out / "best.safetensors", model, meta)
-        if log is not None:
-            log.flush()
-        over = elapsed > limit
-        if world > 1 and math.isfinite(limit):
-            import torch.distributed as dist
+    with _SigintDeferred(on_sigint) as sigint:
+        try:
+            for batch in loader:
+                current = it + 1
+                lr_now = _lr_at(args, it)
+                for grp in opt.param_groups:
+                    grp["lr"] = lr_now
+                moved: dict[int, torch.Tensor] = {}  # a tensor given twice (style: input = target) moves once
+                batch = [moved.setdefault(id(t), to_device(t)) for t in batch]
+                torn = True  # from here BN statistics, weights, optimiser and `it` change
+                with autocast:
+                    terms = job.losses(net, batch)
+                    loss = sum(terms.values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[union-attr]
+                opt.step()
+                it += 1
+                elapsed = time.perf_counter() - start
+                if first_done is None:  # throughput is timed from the end of the first step (warm-up excluded)
+                    first_done = (time.perf_counter(), it)
+                loss_value = float(loss.detach())  # type: ignore[union-attr]
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"iteration {it}: loss is {loss_value}; {job.nan_hint}")
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.5g}", refresh=False)
+                if log is not None:
+                    rec = {"it": it, "loss": loss_value, "lr": lr_now, "time": round(elapsed, 3)}
+                    if len(terms) > 1:
+                        rec.update({k: float(v.detach()) for k, v in terms.items()})
+                    log.write(json.dumps(rec) + "\n")
+                if job.validate is not None and (it % args.val_every == 0 or it == args.iterations):
+                    v = job.validate()
+                    now = time.perf_counter()
+                    rate = (it - it_last) / max(now - t_last, 1e-9)
+                    t_last, it_last = now, it
+                    rec = {"it": it, **{f"val_{k}": x for k, x in v.items()}, "it_per_s": round(rate, 4)}
+                    assert log is not None
+                    log.write(json.dumps({**rec, "time": round(elapsed, 2)}) + "\n")
+                    bar.write(f"iteration {it}: validation " + ", ".join(f"{k} {x:.4g}" for k, x in v.items()))
+                    if job.better(best, v):
+                        best = job.new_best(best, v, it)
+                        meta = dict(
+                            meta_base,
+                            iterations=it,
+                            wall_time_s=round(elapsed, 1),
+                            **{f"val_{k}": round(x, 6) for k, x in v.items()},
+                            val_crop=args.val_crop,
+                        )
+                        save_weights(out / "best.safetensors", model, meta)
+                if log is not None:
+                    log.flush()
+                over, stopping = elapsed > limit, sigint.requested
+                if world > 1:
+                    import torch.distributed as dist
 
-            flag = torch.tensor([float(over)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every process must stop at the same step
-            over = bool(flag.item())
-        if lead and (it % args.checkpoint_every == 0 or it == stop or over):
-            checkpoint()
-        if over and it < stop:
-            stopped_early = True
-            break
-    bar.close()
-    if log is not None:
-        log.close()
+                    # Every process must stop at the same step: the time limit, or Ctrl-C on any of them.
+                    flag = torch.tensor([float(over), float(stopping)], device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    over, stopping = bool(flag[0].item()), bool(flag[1].item())
+                if lead and (it % args.checkpoint_every == 0 or it == stop or over or stopping):
+                    checkpoint()
+                torn, current = False, it + 1
+                if stopping and it < stop:
+                    interrupted = "saved"
+                    break
+                if over and it < stop:
+                    stopped_early = True
+                    break
+        except KeyboardInterrupt:
+            # Raised by code rather than by the first SIGINT (our handler not installed, a second
+            # Ctrl-C): a checkpoint is written only between iterations, where it is exact.
+            interrupted = "unsaved"
+            if lead and not torn and not sigint.requested and saved_it != it:
+                try:
+                    checkpoint()
+                    interrupted = "saved"
+                except KeyboardInterrupt:
+                    pass  # the write is atomic: the previous checkpoint is intact
+            elif saved_it == it and not torn:
+                interrupted = "saved"
+        finally:
+            bar.close()
+            if log is not None:
+                if interrupted:
+                    log.write(json.dumps({"event": "interrupted", "it": it, "checkpoint": saved_it}) + "\n")
+                log.close()
     summary = {
         "task": job.task,
         "iteration": it,
@@ -967,8 +1193,23 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
     if first_done is not None and it > first_done[1]:
         # Training steps per second in this session, validation and checkpoint time included.
         summary["it_per_s"] = round((it - first_done[1]) / (time.perf_counter() - first_done[0]), 4)
+    if interrupted:
+        summary.update(interrupted=True, checkpoint_iteration=saved_it)
     if lead:
         print(json.dumps(summary))
+    if interrupted:
+        if lead:
+            if interrupted == "saved":
+                msg = f"interrupted at iteration {it}; checkpoint saved; continue with --resume (--out {out})"
+            elif saved_it is not None:
+                msg = (
+                    f"interrupted mid-iteration; no new checkpoint: the one at iteration {saved_it} is kept; "
+                    f"continue with --resume (--out {out})"
+                )
+            else:
+                msg = "interrupted mid-iteration, before the first checkpoint: nothing to resume"
+            print(f"psr train: {msg}", file=sys.stderr, flush=True)
+        raise TrainingInterrupted(summary)
     return summary
 
 
@@ -1043,6 +1284,44 @@ def gram_check(
     return out
 
 
+def _recorded_path(recorded: Any, run_dir: Path, targs: dict[str, Any], what: str, flag: str) -> Path:
+    """A path the run recorded (``--data``, ``--style``), found from here.
+
+    Runs record absolute paths; older ones recorded them as given, relative to the folder training
+    ran in. That folder is worked out from the recorded ``--out`` (``runs/train`` in
+    ``/work/runs/train`` means ``/work``); the run folder's parent and the run folder are tried
+    too. A path found elsewhere than as recorded is said on stderr.
+    """
+    if recorded in (None, "", "None"):
+        raise FileNotFoundError(f"the run does not record its {what}; pass {flag}")
+    rec = Path(str(recorded)).expanduser()
+    if rec.is_absolute():
+        if rec.exists():
+            return rec
+        raise FileNotFoundError(f"{what} {str(rec)!r} (recorded in the run) does not exist; if it moved, pass {flag}")
+    here = run_dir.resolve()
+    candidates: list[tuple[Path, str]] = [(rec, "from the current folder")]
+    out = Path(str(targs.get("out") or ""))
+    if targs.get("out") and not out.is_absolute() and ".." not in out.parts and out.parts:
+        n = len(out.parts)
+        if here.parts[-n:] == out.parts:  # the run is still where it was trained relative to that folder
+            cwd = Path(*here.parts[:-n])
+            candidates.append((cwd / rec, f"relative to {str(cwd)!r}, where the run was trained (--out {out})"))
+    candidates.append((here.parent / rec, "relative to the run folder's parent"))
+    candidates.append((here / rec, "relative to the run folder"))
+    for path, how in candidates:
+        if path.exists():
+            if path is not rec:
+                _warn(
+                    f"{what} {str(rec)!r} is not found from the current folder; using {str(path)!r} ({how})", "export"
+                )
+            return path
+    raise FileNotFoundError(
+        f"{what} {str(rec)!r} (recorded relative to where the run was trained) not found from the current folder "
+        f"nor from {str(here.parent)!r}; pass {flag}"
+    )
+
+
 def _export_style(args: argparse.Namespace) -> dict:
     """``psr export`` for a style run: best or last weights, the Gram check on the validation split."""
     from .weights import load_style_model
@@ -1060,9 +1339,7 @@ def _export_style(args: argparse.Namespace) -> dict:
         if st is None:
             raise FileNotFoundError(f"run {str(run_dir)!r} has neither best.safetensors nor checkpoint.pt")
         if args.which == "best":
-            warnings.warn(
-                f"{str(best_path)!r} missing (no validation yet?): exporting the last checkpoint", stacklevel=2
-            )
+            _warn(f"{str(best_path)!r} missing (no validation yet?): exporting the last checkpoint", "export")
         model = StyleNet(StyleConfig.from_dict(st["config"]))
         model.load_state_dict(st["model"])
         model.eval()
@@ -1081,17 +1358,22 @@ def _export_style(args: argparse.Namespace) -> dict:
             "training_data": str(targs.get("data")),
             **_checkpoint_meta(st, targs),
         }
-    style_path = Path(getattr(args, "style", None) or targs.get("style") or "")
+    if getattr(args, "style", None):
+        style_path = Path(args.style)
+    else:
+        style_path = _recorded_path(targs.get("style"), run_dir, targs, "style image", "--style IMAGE")
     if not style_path.is_file():
         raise FileNotFoundError(f"style image {str(style_path)!r} not found; pass --style IMAGE")
-    data = args.data or Path(targs.get("data") or meta.get("training_data"))
+    data = args.data or _recorded_path(
+        targs.get("data") or meta.get("training_data"), run_dir, targs, "training data folder", "--data FOLDER"
+    )
     _, val_files = split_train_val(find_images(data), int(targs.get("n_val", 20)))
     if not val_files:
         raise ValueError("the run has no validation split (--n-val 0): cannot run the Gram check")
     style_image = load_style_image(style_path, int(targs.get("style_size", 512) or 0))
     check = gram_check(model, val_files, style_image, vgg_weights=args.vgg_weights, device=args.device)
     if not check["all_lower"]:
-        warnings.warn(f"Gram check: not every validation image moved toward the style: {check}", stacklevel=2)
+        _warn(f"Gram check: not every validation image moved toward the style: {check}", "export")
     meta = {k: v for k, v in meta.items() if not k.startswith("val_")}
     meta.update(
         name=args.name or meta.get("name") or run_dir.name,
@@ -1117,7 +1399,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--which", default="best", choices=("best", "last"), help="best validation weights, or the last checkpoint"
     )
-    p.add_argument("--data", type=Path, default=None, help="training folder, if moved since training")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="training folder, if moved since training (default: the one the run recorded)",
+    )
     p.add_argument(
         "--set5",
         type=Path,
@@ -1128,12 +1415,23 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         "--match-histogram",
         default="auto",
         choices=("auto", "on", "off"),
-        help="default post-processing; auto: chosen on the validation split",
+        help="default post-processing of super-resolution weights; auto: chosen on the validation split",
     )
-    p.add_argument("--vgg-weights", type=Path, default=None, help="VGG-16 weights for the relu2_2 distance")
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--vgg-weights",
+        type=Path,
+        default=None,
+        help=f"VGG-16 weights for the relu2_2 distance (default: {_vgg_default_help(False)})",
+    )
+    p.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--style", type=Path, default=None, help="style runs: the style image, if moved since training")
+    p.add_argument(
+        "--style",
+        type=Path,
+        default=None,
+        help="style runs: the style image, if moved since training (default: the one the run recorded)",
+    )
+    _show_defaults(p)
 
 
 def _load_run(run_dir: Path, which: str) -> tuple[SRNet, dict, dict]:
@@ -1152,7 +1450,7 @@ def _load_run(run_dir: Path, which: str) -> tuple[SRNet, dict, dict]:
     if st is None:
         raise FileNotFoundError(f"run {str(run_dir)!r} has neither best.safetensors nor checkpoint.pt")
     if which == "best":
-        warnings.warn(f"{str(best_path)!r} missing (no validation yet?): exporting the last checkpoint", stacklevel=2)
+        _warn(f"{str(best_path)!r} missing (no validation yet?): exporting the last checkpoint", "export")
     model = SRNet(SRConfig.from_dict(st["config"]))
     model.load_state_dict(st["model"])
     model.eval()
@@ -1184,6 +1482,11 @@ def export_main(args: argparse.Namespace) -> dict:
     if args.output.suffix != ".safetensors":
         raise ValueError(f"--output must end in .safetensors, got {str(args.output)!r}")
     if _run_task(run_dir) == "style":
+        if args.match_histogram == "on":
+            raise ValueError(
+                f"--match-histogram on: {str(run_dir)!r} is a style run; histogram matching is a "
+                "super-resolution post-processing and style weights have none (leave the option out)"
+            )
         return _export_style(args)
     model, meta, targs = _load_run(run_dir, args.which)
     scale = model.scale
@@ -1191,7 +1494,9 @@ def export_main(args: argparse.Namespace) -> dict:
     fused.name = args.name or meta.get("name") or run_dir.name  # type: ignore[attr-defined]
     loss = meta.get("loss", "pixel")
 
-    data = args.data or Path(targs.get("data") or meta.get("training_data"))
+    data = args.data or _recorded_path(
+        targs.get("data") or meta.get("training_data"), run_dir, targs, "training data folder", "--data FOLDER"
+    )
     n_val = int(targs.get("n_val", meta.get("n_val_images", 20)))
     _, val_files = split_train_val(find_images(data), n_val)
     if not val_files:
@@ -1248,7 +1553,7 @@ def export_main(args: argparse.Namespace) -> dict:
         if FEATURE_LAYER in s5:
             meta["set5_relu2_2"] = round(s5[FEATURE_LAYER], 4)
     elif args.set5 is not None:
-        warnings.warn(f"Set5 folder {str(args.set5)!r} not found: no Set5 scores in the metadata", stacklevel=2)
+        _warn(f"Set5 folder {str(args.set5)!r} not found: no Set5 scores in the metadata", "export")
     from .evaluate import PROTOCOL
 
     meta["eval_protocol"] = PROTOCOL

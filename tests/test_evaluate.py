@@ -325,3 +325,40 @@ def test_cli_model_selection(monkeypatch):
     assert ev._models_for(["all"], 4) == ["bicubic", "x4-a"]
     assert ev._models_for(["all", "bicubic"], 8) == ["bicubic", "x8-b"]
     assert ev._models_for(["x8-b", "x4-a"], 4) == ["x4-a"]
+
+
+def test_cli_nothing_to_evaluate_is_an_error(flat_set, tmp_path, monkeypatch, capsys):
+    from psr.cli import main as cli_main
+    from psr.models import StyleConfig
+
+    from .conftest import random_style_net
+
+    monkeypatch.setattr("psr.weights.list_models", lambda: {"x4-a": {"scale": 4}, "x8-b": {"scale": 8}})
+    # Every requested model skipped at the scale: exit 2 before any work, not an empty table.
+    assert cli_main(["eval", "--data", str(flat_set), "--scale", "4", "--model", "x8-b", "--quiet"]) == 2
+    cap = capsys.readouterr()
+    assert "x8-b is a x8 model; skipped at x4" in cap.err
+    assert "psr eval: nothing to evaluate" in cap.err and "PSNR" not in cap.out
+    # A style weights file is no upscaler, and says so.
+    style = tmp_path / "mystyle.safetensors"
+    psr.save_weights(style, random_style_net(StyleConfig(channels=4, num_blocks=1)), {"name": "mystyle"})
+    assert cli_main(["eval", "--data", str(flat_set), "--scale", "4", "--model", str(style), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a 'style' model, not a super-resolution model" in err and "xNone" not in err
+    # Some models left: the others are evaluated.
+    args = ["eval", "--data", str(flat_set), "--scale", "2", "--model", "bicubic", "x8-b", "--no-perceptual"]
+    assert cli_main([*args, "--match-histogram", "off", "--quiet"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.count("| flat | x2 | bicubic |") == 1 and "skipped at x2" in cap.err
+
+
+def test_cli_help_shows_defaults(capsys, monkeypatch):
+    from psr.cli import main as cli_main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        cli_main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for want in ("(default: all)", "(default: both)", "(default: 4)", "(default: auto)", "default: 256)",
+                 "(default: $PSR_VGG_WEIGHTS, else $PSR_SHARED/weights/vgg16_caffe_relu4_3"):  # fmt: skip
+        assert want in text, want

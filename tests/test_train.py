@@ -124,7 +124,9 @@ def test_resume_refuses_other_model_and_missing_checkpoint(tmp_path: Path, data_
         train.main(parse(*[a if a != "8" else "16" for a in args], "--resume", "--iterations", "3"))
 
 
-def test_legacy_checkpoint_resumes_and_exports(tmp_path: Path, data_dir: Path) -> None:
+def test_legacy_checkpoint_resumes_and_exports(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A checkpoint in the first format (string args, generator state, best = {psnr, iteration})."""
     out = tmp_path / "legacy"
     cfg = SRConfig(scale=4, channels=8, num_blocks=1)
@@ -151,10 +153,8 @@ def test_legacy_checkpoint_resumes_and_exports(tmp_path: Path, data_dir: Path) -
     parsed = train.checkpoint_args(train.load_checkpoint(out / "checkpoint.pt"))
     assert parsed["scale"] == 4 and parsed["lr_decay_at"] == [] and parsed["global_skip"] is True
     same = ["--degradation", "bicubic", "--name", "x4-legacy"]  # resumed runs take their flags anew
-    with pytest.warns(UserWarning, match="sequential sampler"):
-        s = train.main(
-            parse(*TINY, "--data", data_dir, "--iterations", 4, "--out", out, "--resume", "--workers", 0, *same)
-        )
+    s = train.main(parse(*TINY, "--data", data_dir, "--iterations", 4, "--out", out, "--resume", "--workers", 0, *same))
+    assert "psr train: warning: --resume: checkpoint from the sequential sampler" in capsys.readouterr().err
     assert s["iteration"] == 4 and s["best"]["iteration"] == 4  # validated at the end
     p = argparse.ArgumentParser()
     train.add_export_arguments(p)
@@ -425,3 +425,260 @@ def test_init_from_starts_from_given_weights_with_fresh_optimiser(tmp_path: Path
     with pytest.raises(ValueError, match="init-from"):
         train.main(parse(*[a if a != "8" else "16" for a in base], "--out", tmp_path / "bad", "--iterations", "1",
                          "--init-from", tmp_path / "src" / "checkpoint.pt"))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# the run folder: an earlier run is never overwritten by accident
+
+
+def test_earlier_run_is_refused_without_resume_or_overwrite(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from psr.cli import main as cli_main
+
+    out = tmp_path / "run"
+    base = [*TINY, "--workers", "0", "--val-every", "2", "--checkpoint-every", "2", "--out", out]
+    train.main(parse(*base, "--data", data_dir, "--iterations", "2"))
+    before = {name: (out / name).read_bytes() for name in train.RUN_FILES}
+    # Refused before any set-up: a --data that does not exist is not even looked at.
+    for extra in ([], ["--init-from", out / "checkpoint.pt"]):
+        with pytest.raises(ValueError, match="holds an earlier run") as exc:
+            train.main(parse(*base, "--data", tmp_path / "absent", "--iterations", "4", *extra))
+        assert str(out) in str(exc.value) and "--resume" in str(exc.value) and "--overwrite" in str(exc.value)
+    assert {name: (out / name).read_bytes() for name in train.RUN_FILES} == before
+    capsys.readouterr()
+    argv = ["train", *map(str, base), "--data", str(data_dir), "--iterations", "4"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("psr train: error: --out") and "--overwrite" in err and len(err.splitlines()) == 1
+    with pytest.raises(ValueError, match="pass one of them"):
+        train.main(parse(*base, "--data", data_dir, "--iterations", "4", "--resume", "--overwrite"))
+    # Any file of a run counts.
+    for name in train.RUN_FILES:
+        lone = tmp_path / f"lone-{name}"
+        lone.mkdir()
+        (lone / name).write_bytes(b"")
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            train.main(parse(*TINY, "--data", data_dir, "--out", lone, "--iterations", "1"))
+    # --overwrite starts afresh: --init-from inside OUT is read first, then the old files go.
+    src = train.load_checkpoint(out / "checkpoint.pt")
+    r = train.main(parse(*base, "--data", data_dir, "--iterations", "3", "--stop-at", "1", "--val-every", "100",
+                         "--lr", "1e-30", "--init-from", out / "checkpoint.pt", "--overwrite"))  # fmt: skip
+    assert r["iteration"] == 1
+    st = train.load_checkpoint(out / "checkpoint.pt")
+    assert st["iteration"] == 1
+    for k, v in src["model"].items():
+        if v.is_floating_point() and "running" not in k:
+            torch.testing.assert_close(st["model"][k], v, rtol=0, atol=1e-20)
+    assert not (out / "best.safetensors").exists()  # the earlier run's best is gone, none validated yet
+    log = read_log(out)
+    assert log[0]["event"] == "start" and [r["it"] for r in log if "loss" in r] == [1]
+    assert "--overwrite: deleted" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+def _interrupt(monkeypatch: pytest.MonkeyPatch, iteration: int, how: str) -> None:
+    """Ctrl-C during ``iteration`` (1-based) of the next training run.
+
+    ``raise``: KeyboardInterrupt raised at its start (between iterations, as an interrupt that did not
+    come through psr's SIGINT handler); ``signal``: SIGINT in the middle of its forward pass;
+    ``signal2``: SIGINT twice there (stop at once).
+    """
+    real_lr_at, real_job = train._lr_at, train._sr_job
+    now = {"it": -1}
+
+    def lr_at(args: argparse.Namespace, it: int) -> float:
+        now["it"] = it
+        if how == "raise" and it + 1 == iteration:
+            raise KeyboardInterrupt
+        return real_lr_at(args, it)
+
+    def sr_job(*a: object, **k: object) -> object:
+        job = real_job(*a, **k)
+        losses = job.losses
+
+        def interrupted(net: torch.nn.Module, batch: list[torch.Tensor]) -> dict:
+            if how == "signal" and now["it"] + 1 == iteration:
+                signal.raise_signal(signal.SIGINT)
+            if how == "signal2" and now["it"] + 1 == iteration:
+                net(batch[0])  # BN statistics move: the state is now mid-iteration
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
+            return losses(net, batch)
+
+        job.losses = interrupted
+        return job
+
+    monkeypatch.setattr(train, "_lr_at", lr_at)
+    monkeypatch.setattr(train, "_sr_job", sr_job)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_exactly(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from psr.cli import main as cli_main
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    common = [*TINY, "--data", data_dir, "--iterations", "6", "--lr-decay-at", "0.5", "--workers", "0"]
+    common += ["--val-every", "2", "--checkpoint-every", "4", "--degradation", "blur_range:0.5:1.5"]
+    full = train.main(parse(*common, "--out", tmp_path / "full"))
+    out = tmp_path / "split"
+    ckpt = out / "checkpoint.pt"
+    capsys.readouterr()
+
+    # 1. A KeyboardInterrupt between iterations: checkpoint at the last completed one.
+    with monkeypatch.context() as m:
+        _interrupt(m, 4, "raise")
+        with pytest.raises(train.TrainingInterrupted) as exc:
+            train.main(parse(*common, "--out", out))
+    assert isinstance(exc.value, KeyboardInterrupt) and exc.value.code == 130
+    assert exc.value.summary["iteration"] == 3 and exc.value.summary["interrupted"]
+    assert train.load_checkpoint(ckpt)["iteration"] == 3 and not (out / "checkpoint.pt.tmp").exists()
+    err = capsys.readouterr().err
+    assert "psr train: interrupted at iteration 3; checkpoint saved; continue with --resume" in err
+    assert "Traceback" not in err and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    # 2. SIGINT mid-iteration through the CLI: iteration 5 finishes, is saved, exit status 130.
+    with monkeypatch.context() as m:
+        _interrupt(m, 5, "signal")
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["train", *map(str, common), "--out", str(out), "--resume"])
+    assert exc.value.code == 130
+    assert train.load_checkpoint(ckpt)["iteration"] == 5
+    err = capsys.readouterr().err
+    assert "finishing iteration 5" in err and "interrupted at iteration 5; checkpoint saved" in err
+
+    # 3. Twice (stop at once) mid-iteration: no torn checkpoint, the previous one is kept.
+    before = ckpt.read_bytes()
+    with monkeypatch.context() as m:
+        _interrupt(m, 6, "signal2")
+        with pytest.raises(train.TrainingInterrupted):
+            train.main(parse(*common, "--out", out, "--resume"))
+    assert ckpt.read_bytes() == before and not (out / "checkpoint.pt.tmp").exists()
+    assert "the one at iteration 5 is kept" in capsys.readouterr().err
+
+    # Resumed to the end: the same run as the uninterrupted one, bit for bit.
+    rest = train.main(parse(*common, "--out", out, "--resume"))
+    assert full["iteration"] == rest["iteration"] == 6
+    a, b = train.load_checkpoint(tmp_path / "full" / "checkpoint.pt"), train.load_checkpoint(ckpt)
+    assert_same_state(a["model"], b["model"])
+    assert_same_state(a["optimizer"], b["optimizer"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert a["best"] == b["best"]
+    la = {r["it"]: r["loss"] for r in read_log(tmp_path / "full") if "loss" in r}
+    lb = {r["it"]: r["loss"] for r in read_log(out) if "loss" in r}
+    assert la == lb and sorted(lb) == [1, 2, 3, 4, 5, 6]
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    train.save_checkpoint(path, {"model": {}, "optimizer": {}, "rng": {}, "iteration": 1, "config": {}})
+    before = path.read_bytes()
+
+    def ctrl_c(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", ctrl_c)  # a second Ctrl-C while the checkpoint is written
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(path, {"model": {}, "optimizer": {}, "rng": {}, "iteration": 2, "config": {}})
+    assert path.read_bytes() == before and not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# paths, notices, --help
+
+
+def test_paths_are_recorded_absolute_and_export_runs_from_anywhere(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from psr.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    flags = [*TINY, "--workers", "0", "--iterations", "2", "--val-every", "2", "--name", "x4-rel"]
+    train.main(parse(*flags, "--data", "train", "--out", "runs/train"))  # relative, as typed
+    run = tmp_path / "runs" / "train"
+    st = train.load_checkpoint(run / "checkpoint.pt")
+    assert train.checkpoint_args(st)["data"] == str(data_dir.resolve())
+    assert psr_metadata(run / "best.safetensors")["training_data"] == str(data_dir.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    export = ["export", str(run), "--set5", "none", "--device", "cpu"]
+    assert cli_main([*export, "-o", "a.safetensors"]) == 0
+    # An older run recorded --data as given: found from the folder it was trained in (its --out).
+    old_args = json.loads(st["args"])
+    old_args.update(data="train", out="runs/train")
+    train.save_checkpoint(run / "checkpoint.pt", {**st, "args": json.dumps(old_args)})
+    capsys.readouterr()
+    assert cli_main([*export, "--which", "last", "-o", "b.safetensors"]) == 0
+    err = capsys.readouterr().err
+    assert "psr export: warning: training data folder 'train' is not found from the current folder" in err
+    assert str(data_dir.resolve()) in err
+    # Nowhere to be found: the error says to pass --data.
+    old_args.update(data="gone")
+    train.save_checkpoint(run / "checkpoint.pt", {**st, "args": json.dumps(old_args)})
+    assert cli_main([*export, "--which", "last", "-o", "c.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert "'gone'" in err and "pass --data FOLDER" in err
+    assert cli_main([*export, "--which", "last", "-o", "c.safetensors", "--data", str(data_dir)]) == 0
+    # A style path recorded relatively compares equal to the same file made absolute on --resume.
+    assert train._same_arg("style", "../train/im00.png", data_dir / "im00.png")
+    assert not train._same_arg("style", "../train/im01.png", data_dir / "im00.png")
+
+
+def psr_metadata(path: Path) -> dict:
+    from psr.weights import read_metadata
+
+    return read_metadata(path)
+
+
+def test_resume_notices_are_one_line_on_stderr(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    args = [*TINY, "--data", data_dir, "--out", tmp_path / "r", "--workers", "0", "--val-every", "100"]
+    train.main(parse(*args, "--iterations", "1", "--degradation", "bicubic"))
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warnings.warn (with its source line) any more
+        train.main(parse(*args, "--iterations", "2", "--resume", "--degradation", "paper", "--seed", "0"))
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["psr train: warning: --resume: --degradation was 'bicubic', now 'paper'"]
+
+
+def test_help_shows_defaults(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from psr.cli import main as cli_main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for want in ("--out OUT run folder (checkpoints, logs) (default: runs/train)", "(default: 200000)",
+                 "HR patch size (a multiple of --scale) (default: 288)", "for validation (default: 20)",
+                 "iterations between checkpoints (default: 500)", "iterations between validations (default: 500)",
+                 "(default: 0.001)", "(default: $PSR_VGG_WEIGHTS, else $PSR_SHARED/weights/vgg16_caffe_relu4_3",
+                 "--overwrite", "status 130"):  # fmt: skip
+        assert want in text, want
+    with pytest.raises(SystemExit):
+        cli_main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for want in ("(default: best)", "(default: auto)", "(default: cpu)", "(default: $PSR_VGG_WEIGHTS"):
+        assert want in text, want
+
+
+def test_export_refuses_histogram_matching_for_a_style_run(tmp_path: Path) -> None:
+    from psr.models import StyleConfig, StyleNet
+    from psr.weights import save_weights
+
+    run = tmp_path / "style-run"
+    torch.manual_seed(0)
+    save_weights(run / "best.safetensors", StyleNet(StyleConfig(channels=4, num_blocks=1)), {"name": "s"})
+    p = argparse.ArgumentParser()
+    train.add_export_arguments(p)
+    with pytest.raises(ValueError, match="style run; histogram matching"):
+        train.export_main(p.parse_args([str(run), "-o", str(tmp_path / "s.safetensors"), "--match-histogram", "on"]))
+    assert not (tmp_path / "s.safetensors").exists()
