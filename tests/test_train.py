@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -521,7 +522,22 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_exactly(
 ) -> None:
     from psr.cli import main as cli_main
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, as in a terminal: a process started in the background by a
+    # non-interactive shell (CI runners can be) inherits SIGINT ignored, and then psr leaves it be.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_cases(tmp_path, data_dir, monkeypatch, capsys, cli_main)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_cases(
+    tmp_path: Path,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cli_main: Callable[[list[str]], int],
+) -> None:
     common = [*TINY, "--data", data_dir, "--iterations", "6", "--lr-decay-at", "0.5", "--workers", "0"]
     common += ["--val-every", "2", "--checkpoint-every", "4", "--degradation", "blur_range:0.5:1.5"]
     full = train.main(parse(*common, "--out", tmp_path / "full"))
