@@ -49,6 +49,15 @@ def _cached_model(name: str, device: str) -> SRNet:
     return load_model(name, device=device)
 
 
+def _weights_key(model: str | os.PathLike) -> str:
+    """The string for ``model`` that keeps its meaning: a PathLike is a path, never a shipped name
+    (``str(Path("./x4-pixel"))`` is ``"x4-pixel"``, which names the shipped model)."""
+    key = os.fspath(model)
+    if not isinstance(model, str) and os.sep not in key and "/" not in key:
+        key = os.path.join(os.curdir, key)
+    return key
+
+
 def resolve_model(model: str | os.PathLike | nn.Module | None, scale: int, device: torch.device) -> nn.Module:
     """The network for ``model`` (None: the shipped ``x{scale}-pixel``), checked against ``scale``."""
     if model is None:
@@ -65,7 +74,7 @@ def resolve_model(model: str | os.PathLike | nn.Module | None, scale: int, devic
     if isinstance(model, str) and model == BICUBIC:
         return _Bicubic(scale)
     if isinstance(model, (str, os.PathLike)):
-        net = _cached_model(str(model), str(device))
+        net = _cached_model(_weights_key(model), str(device))
     elif isinstance(model, nn.Module):
         net = model.to(device).eval()
     else:
@@ -204,9 +213,9 @@ def _canonical(image: Any, channel_axis: int | str | None, rgb: bool | None) -> 
         raise ValueError(f"image must have at least 2 dimensions (H, W), got shape {tuple(arr.shape)}")
     if arr.ndim > _MAX_NDIM:
         raise ValueError(f"image has {arr.ndim} dimensions; at most {_MAX_NDIM} are supported")
-    ch_axis, is_rgb = _channel_layout(tuple(arr.shape), channel_axis, rgb, kind)
     if any(s == 0 for s in arr.shape):
         raise ValueError(f"image is empty: shape {tuple(arr.shape)} has a zero-size axis")
+    ch_axis, is_rgb = _channel_layout(tuple(arr.shape), channel_axis, rgb, kind)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError("image contains NaN or Inf values; expected finite intensities")
     moved = arr if ch_axis is None else np.moveaxis(arr, ch_axis, -1)
@@ -612,25 +621,30 @@ def upscale(
 class Upscaler(nn.Module):
     """A thin module over :func:`upscale` for RGB float tensors (N, 3, H, W) in [0, 1].
 
-    The network is a registered submodule, so ``.to(device)`` moves it and inputs on that device
-    run there; ``"bicubic"`` has no parameters. Inference only: :func:`upscale` runs under
-    ``torch.no_grad`` and its output carries no gradient (train with :mod:`psr.train`).
-    Other keyword arguments go to :func:`upscale` (``normalize`` defaults to None: inputs are
-    already in [0, 1]).
+    The network is a registered submodule: ``.to("cuda")`` moves it, and it then runs there. With
+    the network on the CPU (as built) and no ``device`` given, it runs where :func:`upscale`'s
+    ``device="auto"`` says: the input's device, else CUDA when available. Inference only:
+    :func:`upscale` runs under ``torch.no_grad`` and its output carries no gradient (train with
+    :mod:`psr.train`). Other keyword arguments go to :func:`upscale` (``normalize`` defaults to
+    None: inputs are already in [0, 1]).
     """
 
     def __init__(self, scale: int = 4, model: str | os.PathLike | nn.Module | None = None, **kwargs: Any) -> None:
         super().__init__()
         self.scale = scale
-        # A fresh copy for named models, not the cache psr.upscale shares: .to() and .half() on
-        # this module must not change other callers' network.
-        if isinstance(model, nn.Module) or (isinstance(model, str) and model == BICUBIC):
-            self.net = resolve_model(model, scale, torch.device("cpu"))
+        if isinstance(model, str) and model == BICUBIC:
+            self.net: nn.Module = _Bicubic(scale)
+        elif isinstance(model, nn.Module):
+            net_scale = getattr(model, "scale", None)
+            if net_scale is not None and net_scale != scale:
+                raise ValueError(f"model {type(model).__name__!r} upscales by {net_scale}, but scale={scale} was asked")
+            self.net = model  # the caller's module, left where it is until it runs
         else:
-            if model is None:
-                resolve_model(None, scale, torch.device("cpu"))  # the clear error for an unshipped scale
-                model = f"x{scale}-pixel"
-            self.net = load_model(model, device="cpu")
+            if model is None and not (WEIGHTS_DIR / f"x{scale}-pixel.safetensors").is_file():
+                resolve_model(None, scale, torch.device("cpu"))  # raises the unshipped-scale error
+            # A fresh copy, not the cache psr.upscale shares: .to() on this module must not move
+            # other callers' network.
+            self.net = load_model(f"x{scale}-pixel" if model is None else _weights_key(model), device="cpu")
             if self.net.scale != scale:
                 raise ValueError(f"model {self.net.name!r} upscales by {self.net.scale}, but scale={scale} was asked")
         self.kwargs = {"normalize": None, **kwargs}
@@ -642,5 +656,7 @@ class Upscaler(nn.Module):
                 f"Upscaler runs its network in float32, but its parameters are {params[0].dtype}; "
                 "pass precision='bfloat16' instead of calling .half() or .bfloat16()"
             )
-        kwargs = {"device": params[0].device if params else x.device, **self.kwargs}
+        kwargs = dict(self.kwargs)
+        if kwargs.get("device", "auto") == "auto" and params and params[0].device.type != "cpu":
+            kwargs["device"] = params[0].device  # moved there with .to(): run there
         return upscale(x, self.scale, model=self.net, **kwargs)

@@ -119,6 +119,7 @@ def _probe(path: Path) -> str | None:
         from PIL import Image
 
         with Image.open(path) as im:
+            im.load()  # the whole file: a truncated PNG/JPEG is found here, before any output is written
             return _pil_result_mode(im.mode, "transparency" in im.info)
     except MemoryError:
         raise
@@ -312,6 +313,10 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
                 save["dpi"] = (dpi[0] * scale, dpi[1] * scale)
             im.save(tmp, format=fmt, **save)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename) != str(tmp):
+            raise
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -378,6 +383,8 @@ def _plan_outputs(
         if parent.exists():
             if not parent.is_dir():
                 raise UsageError(f"-o {out}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"-o {out}: cannot write into {parent} (permission denied)")
             break
     plan = [(f, out if single else out / name(f)) for f in files]
 
@@ -757,17 +764,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SystemExit as exc:  # UsageError, or a subcommand's SystemExit("message")
-        if debug or not isinstance(exc.code, str):
+        if not isinstance(exc.code, str):
             raise
+        _traceback_if(debug)
         return _error(args, exc.code, 2)
     except (ValueError, TypeError, FileNotFoundError) as exc:  # bad arguments, found out by the API
-        if debug:
-            raise
+        _traceback_if(debug)
         return _error(args, exc, 2)
     except (OSError, RuntimeError, MemoryError) as exc:  # disk, device, out of memory
-        if debug:
-            raise
-        return _error(args, f"{_describe(exc)} (PSR_DEBUG=1 for a traceback)", 1)
+        _traceback_if(debug)
+        return _error(args, f"{_describe(exc)}" + ("" if debug else " (PSR_DEBUG=1 for a traceback)"), 1)
+
+
+def _traceback_if(debug: bool) -> None:
+    # PSR_DEBUG=1: the traceback too, then the same one-line error and exit status.
+    if debug:
+        import traceback
+
+        traceback.print_exc()
 
 
 if __name__ == "__main__":  # pragma: no cover

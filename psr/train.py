@@ -265,6 +265,10 @@ def _absolute_paths(args: argparse.Namespace) -> None:
         if v is not None:
             setattr(args, name, Path(v).expanduser().resolve())
     init = getattr(args, "init_from", None)
+    from .weights import WEIGHTS_DIR, _is_plain_name
+
+    if init and _is_plain_name(init) and (WEIGHTS_DIR / f"{init}.safetensors").is_file():
+        return  # a shipped name wins over a local file of that name (write ./NAME for the file)
     if init and Path(init).expanduser().is_file():
         args.init_from = str(Path(init).expanduser().resolve())
 
@@ -281,8 +285,9 @@ def _check_out(args: argparse.Namespace) -> None:
     found = [name for name in RUN_FILES if (out / name).exists()]
     if found and not args.overwrite:
         fresh = " (--init-from starts a new run at iteration 0)" if getattr(args, "init_from", None) else ""
+        resume = "--resume to continue it, " if "checkpoint.pt" in found else ""
         raise ValueError(
-            f"--out {str(out)!r} holds an earlier run ({', '.join(found)}){fresh}: pass --resume to continue it, "
+            f"--out {str(out)!r} holds an earlier run ({', '.join(found)}){fresh}: pass {resume}"
             "--overwrite to start afresh (deleting it), or another --out"
         )
 
@@ -599,11 +604,18 @@ def main(args: argparse.Namespace) -> dict:
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise
-        # Ctrl-C during start-up (loading data, VGG, the checkpoint): nothing was written yet.
+        # Ctrl-C during start-up (loading data, VGG, the checkpoint) or while stopping.
         if rank == 0:
-            print("psr train: interrupted during start-up; no checkpoint written", file=sys.stderr, flush=True)
+            print(
+                f"psr train: interrupted; no new checkpoint written (the last complete one in {args.out}, if any, "
+                "is kept)",
+                file=sys.stderr,
+                flush=True,
+            )
         raise TrainingInterrupted({"task": getattr(args, "task", "sr"), "interrupted": True}) from None
     finally:
+        while _SIGINT_TO_RESTORE:
+            signal.signal(signal.SIGINT, _SIGINT_TO_RESTORE.pop())
         if world > 1:
             import torch.distributed as dist
 
@@ -942,10 +954,20 @@ class _SigintDeferred:
                 self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if self._previous is None:
+            return
+        if self.requested or (exc_type is not None and issubclass(exc_type, KeyboardInterrupt)):
+            # Stopping: a further Ctrl-C during the summary, the workers' shutdown or the exit would
+            # only turn a clean stop into a traceback. Ignored until main() raises; it restores.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _SIGINT_TO_RESTORE.append(self._previous)
+        else:
             signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        self._previous = None
+
+
+_SIGINT_TO_RESTORE: list[Any] = []  # the handler main() puts back after an interrupted run
 
 
 def _same_arg(key: str, old: Any, new: Any) -> bool:

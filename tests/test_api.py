@@ -283,6 +283,8 @@ def test_model_defaults_and_mismatch(tmp_path: Path) -> None:
         (torch.zeros(1, 1, 1, 4, 4), {}, ValueError, "tensor must be"),
         (torch.zeros(4, 4, dtype=torch.complex64), {}, TypeError, "dtype"),
         (Image.new("CMYK", (4, 4)), {}, ValueError, "PIL mode"),
+        (np.zeros((5, 5, 0)), {}, ValueError, "empty"),
+        (np.zeros((0, 5, 5)), {}, ValueError, "empty"),
         (np.zeros((6, 9, 2)), {}, ValueError, "ambiguous"),
         (np.zeros((3, 6, 9, 5)), {}, ValueError, "ambiguous"),
         (np.zeros((6, 9)), {"rgb": True}, ValueError, "rgb=True needs 3 or 4 channels"),
@@ -504,3 +506,32 @@ def test_upscaler_registers_its_network(tiny_model: Path, device: str) -> None:
     # The module's copy is its own: moving it does not move psr.upscale's cached network.
     if (Path(psr.weights.WEIGHTS_DIR) / "x4-pixel.safetensors").exists():
         assert psr.Upscaler(4).net is not resolve_model(None, 4, torch.device("cpu"))
+
+
+def test_pathlike_model_is_always_a_path(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Path("x4-pixel")`` names the local file (str() of it would name the shipped model)."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_model, tmp_path / "x4-pixel")
+    img = np.random.default_rng(5).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    want = psr.upscale(img, 4, model=tiny_model)
+    np.testing.assert_array_equal(psr.upscale(img, 4, model=Path("x4-pixel")), want)
+    np.testing.assert_array_equal(
+        psr.Upscaler(4, model=Path("x4-pixel")).net(torch.zeros(1, 3, 4, 4)).shape, (1, 3, 16, 16)
+    )
+    if (Path(psr.weights.WEIGHTS_DIR) / "x4-pixel.safetensors").exists():
+        assert not np.array_equal(psr.upscale(img, 4, model="x4-pixel"), want)  # the plain name: shipped
+
+
+def test_upscaler_leaves_a_callers_module_in_place(tiny_model: Path) -> None:
+    net = psr.load_model(tiny_model)
+
+    def moved(*a: object, **k: object) -> None:
+        raise AssertionError("Upscaler moved the caller's module when built")
+
+    net.to = moved  # type: ignore[method-assign]
+    mod = psr.Upscaler(4, model=net)
+    assert mod.net is net
+    with pytest.raises(ValueError, match="upscales by 4, but scale=2"):
+        psr.Upscaler(2, model=psr.load_model(tiny_model))

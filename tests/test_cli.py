@@ -182,9 +182,10 @@ def test_unreadable_inputs_and_bad_outputs_are_one_line_errors(
     Image.open(good).save(good.with_name("g2.png"))
     assert main(["upscale", str(good), str(good.with_name("g2.png")), "-o", str(existing), "--bicubic"]) == 2
     assert f"-o {existing} is an existing file" in _err_line(capsys)
-    monkeypatch.setenv("PSR_DEBUG", "1")  # the traceback on request
-    with pytest.raises(SystemExit, match="cannot read it as an image"):
-        main(["upscale", str(bad), "-o", str(tmp_path / "o"), "--bicubic"])
+    monkeypatch.setenv("PSR_DEBUG", "1")  # the traceback on request, with the same status
+    assert main(["upscale", str(bad), "-o", str(tmp_path / "o"), "--bicubic"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "cannot read it as an image" in err
 
 
 def test_batch_targets_are_checked_before_any_work(
@@ -404,3 +405,27 @@ def test_gray_alpha_png_stays_gray_alpha(tmp_path: Path, tiny_model: Path, rng: 
     # Alpha as psr.upscale treats the alpha of RGBA: the bicubic baseline, never the network.
     rgba = np.concatenate([np.repeat(la[..., :1], 3, -1), la[..., 1:]], -1)
     np.testing.assert_array_equal(got[..., 1], psr.upscale(rgba, 4, model=tiny_model)[..., 3])
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PSR_DEBUG", "1")
+    assert main(["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o"), "--bicubic"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "psr upscale: error:" in err and "no such file" in err
+
+
+def test_truncated_png_is_refused_before_anything_is_written(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rng.integers(0, 256, (21, 17, 3), dtype=np.uint8)).save(src / "a.png")
+    Image.fromarray(rng.integers(0, 256, (23, 19, 3), dtype=np.uint8)).save(src / "b.png")
+    data = (src / "b.png").read_bytes()
+    (src / "b.png").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    assert main(["upscale", str(src), "-o", str(out), "--bicubic", "--quiet"]) == 2
+    assert "b.png: cannot read it as an image" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())

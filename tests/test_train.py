@@ -459,8 +459,10 @@ def test_earlier_run_is_refused_without_resume_or_overwrite(
         lone = tmp_path / f"lone-{name}"
         lone.mkdir()
         (lone / name).write_bytes(b"")
-        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")) as exc:
             train.main(parse(*TINY, "--data", data_dir, "--out", lone, "--iterations", "1"))
+        # --resume is offered only where there is a checkpoint to continue from.
+        assert ("--resume" in str(exc.value)) == (name == "checkpoint.pt"), str(exc.value)
     # --overwrite starts afresh: --init-from inside OUT is read first, then the old files go.
     src = train.load_checkpoint(out / "checkpoint.pt")
     r = train.main(parse(*base, "--data", data_dir, "--iterations", "3", "--stop-at", "1", "--val-every", "100",
@@ -698,3 +700,22 @@ def test_export_refuses_histogram_matching_for_a_style_run(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="style run; histogram matching"):
         train.export_main(p.parse_args([str(run), "-o", str(tmp_path / "s.safetensors"), "--match-histogram", "on"]))
     assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_init_from_a_shipped_name_is_not_shadowed_by_a_local_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--init-from x4-pixel`` means the shipped model even where ./x4-pixel exists, as
+    ``psr upscale --model x4-pixel`` does; a path spelled with a separator is the local file."""
+    from psr.weights import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / "x4-pixel.safetensors").is_file():
+        pytest.skip("no shipped x4-pixel")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x4-pixel").write_bytes(b"a local file")
+    args = parse(*TINY, "--init-from", "x4-pixel")
+    train._absolute_paths(args)
+    assert args.init_from == "x4-pixel"
+    args = parse(*TINY, "--init-from", "./x4-pixel")
+    train._absolute_paths(args)
+    assert args.init_from == str(tmp_path / "x4-pixel")
