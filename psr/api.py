@@ -15,7 +15,7 @@ from torch import nn
 
 from . import ops
 from .models import SRNet
-from .weights import WEIGHTS_DIR, load_model
+from .weights import WEIGHTS_DIR, _weights_key, load_model
 
 __all__ = ["upscale", "Upscaler", "resolve_model", "BICUBIC"]
 
@@ -47,15 +47,6 @@ class _Bicubic(nn.Module):
 @functools.lru_cache(maxsize=8)
 def _cached_model(name: str, device: str) -> SRNet:
     return load_model(name, device=device)
-
-
-def _weights_key(model: str | os.PathLike) -> str:
-    """The string for ``model`` that keeps its meaning: a PathLike is a path, never a shipped name
-    (``str(Path("./x4-pixel"))`` is ``"x4-pixel"``, which names the shipped model)."""
-    key = os.fspath(model)
-    if not isinstance(model, str) and os.sep not in key and "/" not in key:
-        key = os.path.join(os.curdir, key)
-    return key
 
 
 def resolve_model(model: str | os.PathLike | nn.Module | None, scale: int, device: torch.device) -> nn.Module:

@@ -28,7 +28,14 @@ from torch import nn
 
 from .api import _canonical, _check_precision, _count_tiles, _intensity, _resolve_device, _restore, _run_tiled
 from .models import StyleNet
-from .weights import WEIGHTS_DIR, list_models, load_style_model
+from .weights import (
+    _has_separator,
+    _is_plain_name,
+    _shipped_file,
+    _weights_key,
+    list_models,
+    load_style_model,
+)
 
 __all__ = ["stylize", "Stylizer", "resolve_style", "luminance", "style_grid", "add_arguments", "run"]
 
@@ -71,16 +78,11 @@ def resolve_style(style: str | os.PathLike | nn.Module, device: torch.device) ->
         raise TypeError(
             f"style must be a shipped style name, a weights file or an nn.Module, got {type(style).__name__}"
         )
-    text = os.fspath(style)
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)
-    seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
-    has_sep = any(sep in text for sep in seps)
-    bare = isinstance(style, str) and not has_sep and not text.endswith(".safetensors")
-    shipped = WEIGHTS_DIR / f"{text}.safetensors"
-    if bare and shipped.is_file():
+    shipped = _shipped_file(style)
+    if shipped is not None:
         return _cached_style(str(shipped), str(device))  # by its full path: no local file can shadow it
-    if bare and (not text or not Path(text).exists()):
+    text = _weights_key(style)
+    if _is_plain_name(style) and (not text or not Path(text).exists()):
         names = sorted(list_models(task="style"))
         if not names:
             raise ValueError(
@@ -90,7 +92,7 @@ def resolve_style(style: str | os.PathLike | nn.Module, device: torch.device) ->
             )
         raise ValueError(f"style={text!r} is unknown; shipped styles: {', '.join(names)}, or a weights file")
     # A path: spelled with a separator, so that no name lookup downstream takes it for a shipped style.
-    return _cached_style(text if has_sep else os.path.join(os.curdir, text), str(device))
+    return _cached_style(text if _has_separator(text) else os.path.join(os.curdir, text), str(device))
 
 
 def _check_unit(value: Any, name: str) -> float:

@@ -265,9 +265,9 @@ def _absolute_paths(args: argparse.Namespace) -> None:
         if v is not None:
             setattr(args, name, Path(v).expanduser().resolve())
     init = getattr(args, "init_from", None)
-    from .weights import WEIGHTS_DIR, _is_plain_name
+    from .weights import _shipped_file
 
-    if init and _is_plain_name(init) and (WEIGHTS_DIR / f"{init}.safetensors").is_file():
+    if init and _shipped_file(init) is not None:
         return  # a shipped name wins over a local file of that name (write ./NAME for the file)
     if init and Path(init).expanduser().is_file():
         args.init_from = str(Path(init).expanduser().resolve())

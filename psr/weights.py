@@ -57,19 +57,44 @@ def save_weights(path: str | os.PathLike, model: SRNet | StyleNet, metadata: dic
         tmp.unlink(missing_ok=True)
 
 
+def _has_separator(text: str) -> bool:
+    return any(sep in text for sep in {os.sep, "/", os.altsep} - {None})
+
+
 def _is_plain_name(name_or_path: str | os.PathLike) -> bool:
     """A string with no path separator and no .safetensors suffix: a shipped name, if one exists."""
-    s = str(name_or_path)
-    return isinstance(name_or_path, str) and "/" not in s and os.sep not in s and not s.endswith(".safetensors")
+    return (
+        isinstance(name_or_path, str) and not _has_separator(name_or_path) and not name_or_path.endswith(".safetensors")
+    )
+
+
+def _shipped_file(name_or_path: str | os.PathLike) -> Path | None:
+    """The shipped weights file a plain name names, else None.
+
+    A shipped name wins over a file or folder of that name in the working directory (a run folder
+    called "x4-pixel" must not shadow the default model): "./x4-pixel" or a ``Path`` is the local one.
+    """
+    if not _is_plain_name(name_or_path):
+        return None
+    shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
+    return shipped if shipped.is_file() else None
+
+
+def _weights_key(name_or_path: str | os.PathLike) -> str:
+    """The string for ``name_or_path`` that keeps its meaning: a PathLike is a path, never a shipped
+    name (``str(Path("./x4-pixel"))`` is ``"x4-pixel"``, which names the shipped model)."""
+    key = os.fsdecode(os.fspath(name_or_path))
+    if not isinstance(name_or_path, str) and not _has_separator(key):
+        key = os.path.join(os.curdir, key)
+    return key
 
 
 def _resolve(name_or_path: str | os.PathLike, task: str = "sr") -> Path:
-    # A shipped name wins over a file or folder of that name in the working directory (a run
-    # folder called "x4-pixel" must not shadow the default model): write "./x4-pixel" for that.
-    if _is_plain_name(name_or_path) and (WEIGHTS_DIR / f"{name_or_path}.safetensors").is_file():
-        return WEIGHTS_DIR / f"{name_or_path}.safetensors"
+    shipped_file = _shipped_file(name_or_path)
+    if shipped_file is not None:
+        return shipped_file
     p = Path(name_or_path)
-    if p.suffix == ".safetensors" or p.exists() or os.sep in str(name_or_path) or "/" in str(name_or_path):
+    if p.suffix == ".safetensors" or p.exists() or _has_separator(os.fsdecode(os.fspath(name_or_path))):
         if p.is_dir():
             raise ValueError(
                 f"weights file {str(p)!r} is a folder; expected a .safetensors file (`psr export RUN -o FILE` "

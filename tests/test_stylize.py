@@ -195,7 +195,6 @@ def test_styles_by_name_and_clear_errors(
 ) -> None:
     x = rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)
     monkeypatch.setattr(psr.weights, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setattr(S, "WEIGHTS_DIR", tmp_path)
     S._cached_style.cache_clear()
     with pytest.raises(ValueError, match="no style models are shipped yet"):
         stylize(x, "starry_night")
@@ -267,7 +266,6 @@ def test_style_grid_and_cli_grid(
     assert np.array_equal(grid[:, :30], small) and np.array_equal(grid[:, 34:64], stylize(small, style_file))
     assert (grid[:, 30:34] == 255).all()
     monkeypatch.setattr(psr.weights, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setattr(S, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(ValueError, match="no style models are shipped"):
         S.style_grid(photo)
     (tmp_path / "tiny_style.safetensors").write_bytes(style_file.read_bytes())
@@ -309,7 +307,6 @@ def test_shipped_style_name_wins_over_a_local_path(
     shipped = tmp_path / "weights"
     shipped.mkdir()
     monkeypatch.setattr(psr.weights, "WEIGHTS_DIR", shipped)
-    monkeypatch.setattr(S, "WEIGHTS_DIR", shipped)
     S._cached_style.cache_clear()
     (shipped / "tiny_style.safetensors").write_bytes(style_file.read_bytes())
     work = tmp_path / "work"
