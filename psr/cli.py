@@ -60,24 +60,28 @@ class UsageError(SystemExit):
 # argument types
 
 
-def _tile_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value != 0 and value < 8:
-        raise argparse.ArgumentTypeError(f"must be 0 (the whole image at once) or at least 8 pixels, got {value}")
-    return value
+def _number_arg(
+    convert: Callable[[str], Any], valid: Callable[[Any], bool], expected: str, bounds: str
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert(text)`` (else "``expected``, got ...") that ``valid`` accepts
+    (else "``bounds``, got ...")."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"{bounds}, got {text}")
+        return value
+
+    return parse
 
 
-def _scale_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 2 <= value <= 8:
-        raise argparse.ArgumentTypeError(f"must be an integer from 2 to 8, got {value}")
-    return value
+_tile_arg = _number_arg(
+    int, lambda v: v == 0 or v >= 8, "expected an integer", "must be 0 (the whole image at once) or at least 8 pixels"
+)
+_scale_arg = _number_arg(int, lambda v: 2 <= v <= 8, "expected an integer", "must be an integer from 2 to 8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +128,12 @@ def _probe(path: Path) -> str | None:
     except MemoryError:
         raise
     except Exception as exc:
-        raise UsageError(f"{path}: cannot read it as an image ({_describe(exc)})") from exc
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: BaseException) -> UsageError:
+    """The input error for an image file that does not open or decode."""
+    return UsageError(f"{path}: cannot read it as an image ({_describe(exc)})")
 
 
 def _describe(exc: BaseException) -> str:
@@ -427,7 +436,7 @@ def _read(path: Path) -> tuple[Any, dict]:
     except MemoryError:
         raise
     except Exception as exc:
-        raise UsageError(f"{path}: cannot read it as an image ({_describe(exc)})") from exc
+        raise _unreadable(path, exc) from exc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -311,19 +311,13 @@ def style_grid(
 # command line: ``psr stylize``
 
 
-def _strength_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``psr stylize``'s options to ``p``."""
-    from .cli import _tile_arg
+    from .cli import _number_arg, _tile_arg
+
+    strength = _number_arg(
+        float, lambda v: 0.0 <= v <= 1.0, "expected a number from 0 to 1", "must be a number from 0 to 1"
+    )
 
     p.add_argument("inputs", nargs="*", help="image files or folders (PNG, JPEG, TIFF; a file given twice runs once)")
     p.add_argument(
@@ -339,7 +333,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="shipped style name or style weights file (default starry_night; --grid: all). A shipped name wins "
         "over a file or folder of that name in the working directory: write ./NAME for the local one",
     )
-    p.add_argument("--strength", type=_strength_arg, default=1.0, help="blend with the input, 0..1")
+    p.add_argument("--strength", type=strength, default=1.0, help="blend with the input, 0..1")
     p.add_argument("--preserve-color", action="store_true", help="transfer luminance only, keep the input's colours")
     p.add_argument("--tile", type=_tile_arg, default=512, help="tile size in pixels, >= 8 (0: whole image)")
     p.add_argument("--device", default="auto")
@@ -361,7 +355,7 @@ def _open_picture(path: Path) -> Any:
     """``path`` as an upright PIL image (EXIF orientation applied), for ``--grid``."""
     from PIL import Image, ImageOps
 
-    from .cli import UsageError, _describe
+    from .cli import UsageError, _unreadable
 
     if not path.is_file():
         raise UsageError(f"{path}: {'not a file' if path.exists() else 'no such file or directory'}")
@@ -372,7 +366,7 @@ def _open_picture(path: Path) -> Any:
     except MemoryError:
         raise
     except Exception as exc:
-        raise UsageError(f"{path}: cannot read it as an image ({_describe(exc)})") from exc
+        raise _unreadable(path, exc) from exc
 
 
 def run(args: argparse.Namespace) -> int:
