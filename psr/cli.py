@@ -445,7 +445,7 @@ def _read(path: Path) -> tuple[Any, dict]:
 
 def _check_model(args: argparse.Namespace) -> str | None:
     """The ``model`` argument for :func:`psr.upscale`, checked against ``--scale`` before any work."""
-    from .weights import list_models, read_metadata
+    from .weights import _meta_scale, list_models, read_metadata
 
     if args.bicubic or args.model == "bicubic":
         return "bicubic"
@@ -465,7 +465,7 @@ def _check_model(args: argparse.Namespace) -> str | None:
         raise UsageError(f"--model {args.model}: {exc}") from None
     if meta.get("task", "sr") != "sr":
         raise UsageError(f"--model {args.model} is a {meta.get('task')} model; use psr stylize for styles")
-    scale = meta.get("scale", (meta.get("config") or {}).get("scale"))
+    scale = _meta_scale(meta)
     if scale is not None and int(scale) != args.scale:
         raise UsageError(f"--model {args.model} upscales by {scale}, not {args.scale}; pass --scale {scale}")
     return args.model

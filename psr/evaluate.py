@@ -421,7 +421,7 @@ def make_strip(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``psr eval``'s options to ``p``."""
-    from .losses import SHARED_VGG_FILE
+    from .losses import vgg_lookup_help
 
     p.add_argument(
         "--data",
@@ -451,8 +451,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--vgg-weights",
         type=Path,
         default=None,
-        help="VGG-16 weights for the relu2_2 column (default: $PSR_VGG_WEIGHTS, else "
-        f"$PSR_SHARED/weights/{SHARED_VGG_FILE} (here {default_shared_dir()}), else the column is skipped)",
+        help=f"VGG-16 weights for the relu2_2 column (default: {vgg_lookup_help('the column is skipped')})",
     )
     p.add_argument("--json", type=Path, default=None, help="write all results (with per-image values) as JSON")
     p.add_argument("--markdown", type=Path, default=None, help="write the table as markdown")
@@ -468,7 +467,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _models_for(requested: Sequence[str], scale: int) -> list[str]:
     """Expand 'all' and drop models of another scale (said on stderr); style weights are refused."""
-    from .weights import list_models, read_metadata
+    from .weights import _meta_scale, list_models, read_metadata
 
     shipped = list_models()
     out: list[str] = []
@@ -487,7 +486,7 @@ def _models_for(requested: Sequence[str], scale: int) -> list[str]:
                     f"psr eval: --model {name} holds a {meta.get('task')!r} model, not a super-resolution model; "
                     "psr eval scores upscaling (psr stylize applies styles)"
                 )
-            model_scale = meta.get("scale", (meta.get("config") or {}).get("scale"))
+            model_scale = _meta_scale(meta)
             if model_scale != scale:
                 print(f"psr eval: {name} is a x{model_scale} model; skipped at x{scale}", file=sys.stderr)
                 continue

@@ -87,6 +87,14 @@ def _check_layers(layers: Iterable[str] | str, argname: str = "layers") -> tuple
     return out
 
 
+def vgg_lookup_help(last: str) -> str:
+    """Where :func:`resolve_vgg_weights` looks without an explicit file, for ``--help`` texts;
+    ``last`` says what the command does when it finds none."""
+    from .data import default_shared_dir
+
+    return f"$PSR_VGG_WEIGHTS, else $PSR_SHARED/weights/{SHARED_VGG_FILE} (here {default_shared_dir()}), else {last}"
+
+
 def resolve_vgg_weights(weights: str | os.PathLike | None = None) -> Path | None:
     """The VGG weights file to use, following the lookup order in the module docstring.
 

@@ -114,14 +114,13 @@ def _show_defaults(p: argparse.ArgumentParser) -> None:
 
 def _vgg_default_help(download: bool) -> str:
     """Where the VGG-16 weights come from without --vgg-weights (:func:`psr.losses.resolve_vgg_weights`)."""
-    from .losses import SHARED_VGG_FILE
+    from .losses import vgg_lookup_help
 
-    last = (
+    return vgg_lookup_help(
         "torchvision's IMAGENET1K_V1 download for the losses (validation then skips relu2_2)"
         if download
         else "none: the relu2_2 distance is skipped"
     )
-    return f"$PSR_VGG_WEIGHTS, else $PSR_SHARED/weights/{SHARED_VGG_FILE} (here {default_shared_dir()}), else {last}"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -996,9 +995,7 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
     best = job.best(None)
     rng_to_restore = None
     saved_it: int | None = None  # iteration of the newest complete checkpoint in OUT
-    if args.resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt_path)!r}")
+    if args.resume:  # main()'s _check_out has made sure the checkpoint exists
         st = load_checkpoint(ckpt_path)
         if st.get("task", "sr") != job.task:
             raise ValueError(f"--resume: {str(ckpt_path)!r} is a {st.get('task', 'sr')!r} run, not a {kind} run")

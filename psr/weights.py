@@ -113,6 +113,11 @@ def _resolve(name_or_path: str | os.PathLike, task: str = "sr") -> Path:
     return shipped
 
 
+def _meta_scale(meta: dict[str, Any]) -> Any:
+    """The upscaling factor a weights file's metadata records (None for styles)."""
+    return meta.get("scale", (meta.get("config") or {}).get("scale"))
+
+
 def read_metadata(name_or_path: str | os.PathLike) -> dict[str, Any]:
     """The ``psr`` metadata of a weights file, validated; no tensors are read."""
     from safetensors import safe_open
