@@ -180,4 +180,29 @@ PSR_HD double np_interp_forward(double x, const double* xp, const double* fp, in
   return interp_at(x, xp, fp, m, j, slopes);
 }
 
+// Binned matching (CPU, CUDA and psr/_reference.py alike). A plane's bin position is
+// (v * mul - lo * mul) * (bins / (hi * mul - lo * mul)) with mul a power of two, so exact: 1 unless
+// hi - lo overflows (float64 beyond DBL_MAX) or bins / (hi - lo) does (subnormal ranges), which
+// would turn finite values into NaN. With mul = 1 this is bit for bit (v - lo) * factor.
+PSR_HD bool finite_double(double x) { return x - x == 0.0; }  // false for inf and NaN
+
+PSR_HD double binner_scale(double lo, double hi, int64_t bins) {
+  const double range = hi - lo;
+  if (!finite_double(range)) return 0.25;
+  if (!finite_double(static_cast<double>(bins) / range)) return 0x1p600;
+  return 1.0;
+}
+
+// Linear interpolation between a bin's edge values a and b at t in [0, 1]: a + t * (b - a), and,
+// where b - a overflows (float64 edges near +-DBL_MAX), the same on halves so it stays finite. An
+// infinite edge (the exact map overflows there, as np.interp and skimage do) is kept, not made NaN.
+PSR_HD double lerp_edges(double a, double b, double t) {
+  const double d = b - a;
+  if (finite_double(d)) return a + t * d;
+  if (a != a || b != b || t != t) return a + t * d;  // NaN stays NaN
+  if (!finite_double(a)) return a;
+  if (!finite_double(b)) return b;
+  return 2.0 * (0.5 * a + t * (0.5 * b - 0.5 * a));
+}
+
 }  // namespace psr

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from ._env import env_flag
+
 __all__ = [
     "ExtensionFallbackWarning",
     "build",
@@ -110,7 +112,7 @@ class ExtensionFallbackWarning(RuntimeWarning):
 
 def force_reference() -> bool:
     """Whether ``PSR_FORCE_REFERENCE`` asks for the pure-torch path."""
-    return os.environ.get(ENV_FORCE, "").strip().lower() not in ("", "0", "false", "no")
+    return env_flag(ENV_FORCE)
 
 
 def source_dir() -> Path:
@@ -152,7 +154,7 @@ def cuda_home() -> str | None:
 
 
 def _want_cuda() -> bool:
-    if os.environ.get(ENV_CUDA, "1").strip() in ("0", "false", "no"):
+    if not env_flag(ENV_CUDA, default=True):
         return False
     return bool(torch.version.cuda) and torch.cuda.is_available() and cuda_home() is not None
 
@@ -399,13 +401,16 @@ def _load(build: bool, force: bool, verbose: bool, with_cuda: bool) -> Path:
             stamp.unlink(missing_ok=True)
             lib.unlink(missing_ok=True)  # a process that mapped it keeps its copy
             failed.unlink(missing_ok=True)
+            # The objects too, so that ninja recompiles every source rather than only relinking.
+            for obj in (*build_dir.glob("*.o"), *build_dir.glob("*.cuda.o"), build_dir / ".ninja_log"):
+                obj.unlink(missing_ok=True)
         if stamp.is_file() and lib.is_file():  # another process built it while we waited
             torch.ops.load_library(str(lib))
             return lib
         if failed.is_file():
             raise RuntimeError(f"an earlier build failed (log: {failed}); run `psr build-ext` to retry")
         try:
-            _build(build_dir, lib, cxx_flags, with_cuda, verbose or os.environ.get(ENV_VERBOSE, "") not in ("", "0"))
+            _build(build_dir, lib, cxx_flags, with_cuda, verbose or env_flag(ENV_VERBOSE))
         except Exception as exc:  # an interrupted build (KeyboardInterrupt) is not recorded as failed
             build_dir.mkdir(parents=True, exist_ok=True)
             failed.write_text("".join(traceback.format_exception(exc)))

@@ -6,6 +6,8 @@ extension is tested against. They favour clarity over speed.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .resize import resample_axis
@@ -74,14 +76,39 @@ def _match_1d(src: torch.Tensor, ref: torch.Tensor, bins: int | None) -> torch.T
     lo, hi = float(src.min()), float(src.max())
     if lo == hi:  # one tie group at quantile 1: the reference's maximum, as in exact mode
         return torch.full_like(src, float(ref_values[-1]))
-    pos = (src.to(torch.float64) - lo) * (bins / (hi - lo))
-    k = pos.floor().clamp(0, bins - 1)
+    # Values are scaled by a power of two (exact) where hi - lo or bins / (hi - lo) would overflow
+    # (float64 only), as csrc/psr_common.h's binner_scale does; otherwise mul is 1.
+    mul = _binner_scale(lo, hi, bins)
+    lo_s = lo * mul
+    pos = (src.to(torch.float64) * mul - lo_s) * (bins / (hi * mul - lo_s))
+    k = torch.nan_to_num(pos.floor(), nan=0.0).clamp(0, bins - 1)  # NaN (check=False) in bin 0
     t = (pos - k).clamp(0, 1)
     k = k.long()
     cum = torch.zeros(bins + 1, dtype=torch.int64, device=src.device)
     cum[1:] = torch.cumsum(torch.bincount(k, minlength=bins), 0)
     edge_map = interp(cum.to(torch.float64) / src.numel(), ref_q, ref_values)
-    return (edge_map[k] + t * (edge_map[k + 1] - edge_map[k])).to(src.dtype)
+    return _lerp_edges(edge_map[k], edge_map[k + 1], t).to(src.dtype)
+
+
+def _binner_scale(lo: float, hi: float, bins: int) -> float:
+    """A power of two that keeps ``hi - lo`` and ``bins / (hi - lo)`` finite (psr_common.h)."""
+    if not math.isfinite(hi - lo):
+        return 0.25
+    if not math.isfinite(bins / (hi - lo)):
+        return 2.0**600
+    return 1.0
+
+
+def _lerp_edges(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``a + t * (b - a)``; where ``b - a`` overflows: an infinite edge, else the same on halves (psr_common.h)."""
+    d = b - a
+    out = a + t * d
+    wide = ~torch.isfinite(d) & ~(a.isnan() | b.isnan() | t.isnan())
+    if not bool(wide.any()):
+        return out
+    halves = 2.0 * (0.5 * a + t * (0.5 * b - 0.5 * a))
+    wide_out = torch.where(a.isinf(), a, torch.where(b.isinf(), b, halves))
+    return torch.where(wide, wide_out, out)
 
 
 def match_histograms(source: torch.Tensor, reference: torch.Tensor, *, bins: int | None = None) -> torch.Tensor:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._env import env_flag
+
 __all__ = ["main", "build_parser", "read_image", "write_image", "UsageError"]
 
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -769,7 +771,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    debug = bool(os.environ.get("PSR_DEBUG"))
+    try:
+        debug = env_flag("PSR_DEBUG")
+    except ValueError as exc:
+        return _error(args, exc, 2)
     try:
         return int(args.func(args) or 0)
     except SystemExit as exc:  # UsageError, or a subcommand's SystemExit("message")

@@ -2,9 +2,13 @@
 
 Each op runs the compiled extension (``torch.ops.psr``, built from ``csrc/`` on first use, see
 :mod:`psr._build`) when it can, and the pure-torch reference (:mod:`psr._reference`) otherwise:
-without a compiler, with ``PSR_FORCE_REFERENCE=1``, on devices other than CPU and CUDA, and when
-an input requires grad (the reference is differentiable; the compiled ops are not). Both
-backends give the same results to floating-point rounding; :func:`backend` says which one runs.
+without a compiler, with ``PSR_FORCE_REFERENCE=1``, on devices other than CPU and CUDA, and, for
+:func:`upsample_bicubic`, when its input requires grad (the reference is differentiable; the
+compiled op is not). Both backends give the same results to floating-point rounding;
+:func:`backend` says which one runs. Histogram matching is not differentiable:
+:func:`match_histograms` and :func:`upsample_match` refuse inputs that require grad while grad
+mode is on (detach them, or call under ``torch.no_grad()``). Meta tensors give meta results of the
+right shape.
 
 The wrappers validate their arguments and refuse NaN/Inf (``check=False`` skips that test, which
 costs one host synchronisation on CUDA). Half and bfloat16 inputs are computed in float32 and
@@ -56,7 +60,7 @@ def _check_image(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64), got {t.dtype}")
+        raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16 run in float32), got {t.dtype}")
     if t.ndim != 4:
         raise ValueError(f"{name} must be (N, C, H, W), got shape {tuple(t.shape)}")
     if t.shape[2] < 1 or t.shape[3] < 1:
@@ -99,6 +103,8 @@ def _check_bins(bins: object) -> int | None:
 
 
 def _check_finite(name: str, t: torch.Tensor) -> None:
+    if t.device.type == "meta":  # no values to test
+        return
     if t.numel() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or Inf; pass finite values (or check=False to skip this test)")
 
@@ -110,6 +116,17 @@ def _same_device(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
 
 def _work_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _no_grad_needed(op: str, **tensors: torch.Tensor | None) -> None:
+    """Histogram matching has no gradient: refuse, rather than silently drop, one that is asked for."""
+    if not torch.is_grad_enabled():
+        return
+    for name, t in tensors.items():
+        if t is not None and t.requires_grad:
+            raise ValueError(
+                f"{op} is not differentiable, but {name} requires grad; detach it or call under torch.no_grad()"
+            )
 
 
 def _use_extension(*tensors: torch.Tensor | None) -> bool:
@@ -150,7 +167,7 @@ def upsample_bicubic(x: torch.Tensor, scale: int, *, a: float = -0.75, check: bo
     if check:
         _check_finite("x", x)
     n, c, h, w = x.shape
-    if n * c == 0:
+    if n * c == 0 or x.device.type == "meta":
         return x.new_empty((n, c, h * s, w * s))
     work = x.to(_work_dtype(x))
     if _use_extension(work):
@@ -188,7 +205,12 @@ def match_histograms(
         spread of reference values over v's bin's quantile range (plus the output dtype's
         rounding). Summed over all bins this is the reference's range; it is small where the
         source's values spread over many bins. The binned map is continuous and nondecreasing, so
-        it keeps the order of values.
+        it keeps the order of values. More bins tighten the bound but need not bring binned mode
+        closer to exact mode where the source has few distinct values (8-bit data): exact mode
+        maps a tie group to its upper quantile, binned mode interpolates inside the bin, so a
+        group's spread F(c_{b+1}) - F(c_b) stays. On CPU the per-thread histograms are capped at
+        64 MiB in all (fewer threads count them for very large k). Where a float64 plane's range
+        (or k over it) overflows, values are scaled by a power of two first, which is exact.
     check : bool
         Refuse NaN/Inf in the inputs (one host synchronisation on CUDA; with ``check=False`` the
         binned CUDA path never synchronises).
@@ -208,10 +230,11 @@ def match_histograms(
     if check:
         _check_finite("source", source)
         _check_finite("reference", reference)
-    if source.shape[0] * source.shape[1] == 0:
+    _no_grad_needed("match_histograms", source=source, reference=reference)
+    if source.shape[0] * source.shape[1] == 0 or source.device.type == "meta":
         return torch.empty_like(source, memory_format=torch.contiguous_format)
     dt = _work_dtype(source)
-    src, ref = source.to(dt), reference.to(dt)
+    src, ref = source.to(dt), reference.to(source.dtype).to(dt)
     if _use_extension(src, ref):
         y = torch.ops.psr.match_histograms(src, ref, b)
     else:
@@ -247,8 +270,10 @@ def upsample_match(
     n, c, h, w = x.shape
     out_shape = (n, c, h * s, w * s)
     if residual is not None:
-        if not isinstance(residual, torch.Tensor) or not residual.is_floating_point():
-            raise TypeError(f"residual must be a floating-point torch.Tensor, got {type(residual).__name__}")
+        if not isinstance(residual, torch.Tensor):
+            raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
+        if not residual.is_floating_point():
+            raise TypeError(f"residual must be a floating-point tensor, got {residual.dtype}")
         if tuple(residual.shape) != out_shape:
             raise ValueError(f"residual must have shape {out_shape}, got {tuple(residual.shape)}")
         _same_device("residual", residual, x)
@@ -265,12 +290,13 @@ def upsample_match(
             _check_finite("residual", residual)
         if reference is not None:
             _check_finite("reference", reference)
-    if n * c == 0:
+    _no_grad_needed("upsample_match", x=x, residual=residual, reference=reference)
+    if n * c == 0 or x.device.type == "meta":
         return x.new_empty(out_shape)
     dt = _work_dtype(x)
     xw = x.to(dt)
-    res = residual.to(dt) if residual is not None else None
-    ref = reference.to(dt) if reference is not None else None
+    res = residual.to(x.dtype).to(dt) if residual is not None else None
+    ref = reference.to(x.dtype).to(dt) if reference is not None else None
     if _use_extension(xw, res, ref):
         y = torch.ops.psr.upsample_match(xw, s, res, ref, a, b)
     else:

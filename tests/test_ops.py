@@ -134,6 +134,34 @@ def test_upsample_requires_grad_uses_differentiable_reference(rng: np.random.Gen
     torch.testing.assert_close(x.grad, x2.grad, rtol=0, atol=1e-12)
 
 
+def test_matching_refuses_to_drop_a_gradient(rng: np.random.Generator) -> None:
+    """Histogram matching is not differentiable: an input that requires grad is refused, not detached."""
+    x = rand(rng, (1, 2, 5, 4), torch.float64, "cpu")
+    g = x.clone().requires_grad_(True)
+    calls = {
+        "source": lambda: ops.match_histograms(g, x),
+        "reference": lambda: ops.match_histograms(x, g),
+        "x": lambda: ops.upsample_match(g, 2),
+        "residual": lambda: ops.upsample_match(x, 2, residual=torch.zeros(1, 2, 10, 8, requires_grad=True)),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=f"not differentiable, but {name} requires grad"):
+            call()
+        with torch.no_grad():  # the same call without grad mode runs the compiled op
+            call()
+    torch.testing.assert_close(ops.match_histograms(g.detach(), x), ops.match_histograms(x, x), rtol=0, atol=0)
+
+
+def test_meta_tensors_give_meta_results() -> None:
+    x, r = torch.empty(2, 3, 5, 7, device="meta"), torch.empty(2, 3, 4, 4, device="meta")
+    assert ops.upsample_bicubic(x, 3).shape == (2, 3, 15, 21)
+    for check in (True, False):
+        y = ops.match_histograms(x, r, bins=8, check=check)
+        assert y.shape == x.shape and y.device.type == "meta"
+        y = ops.upsample_match(x, 2, residual=torch.empty(2, 3, 10, 14, device="meta"), check=check)
+        assert y.shape == (2, 3, 10, 14) and y.device.type == "meta"
+
+
 # ------------------------------------------------------------------------ match_histograms
 
 
@@ -214,6 +242,49 @@ def test_match_binned_constant_and_monotone(rng: np.random.Generator, device: st
     out = ops.match_histograms(src, ref[:, :1], bins=32).flatten()
     order = torch.argsort(src.flatten())
     assert torch.all(out[order].diff() >= 0)  # keeps the order of values
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spread", ["beyond_dbl_max", "subnormal"])
+def test_match_binned_extreme_float64_ranges(rng: np.random.Generator, device: str, spread: str) -> None:
+    """Finite float64 planes whose hi - lo (or bins / (hi - lo)) overflows still bin correctly.
+
+    Oracle: the bins computed in numpy's extended precision (x86 long double: no overflow at these
+    ranges), the exact map at their edges; values within 1e-6 of a bin edge may fall either side.
+    """
+    if np.finfo(np.longdouble).maxexp <= 1024:
+        pytest.skip("numpy's long double is double here: no independent oracle")
+    unit = 1e308 if spread == "beyond_dbl_max" else 1e-310
+    src64 = (rng.random((1, 1, 13, 17)) * 2 - 1) * unit
+    src = torch.from_numpy(src64).to(device)
+    ref = torch.from_numpy(rng.normal(size=(1, 1, 9, 11))).to(device)
+    bins = 7
+    got = ops.match_histograms(src, ref, bins=bins).cpu().numpy().ravel()
+    assert np.all(np.isfinite(got))
+    s = src64.ravel().astype(np.longdouble)
+    pos = (s - s.min()) * bins / (s.max() - s.min())
+    k = np.clip(np.floor(pos), 0, bins - 1).astype(np.int64)
+    cum = np.concatenate([[0], np.cumsum(np.bincount(k, minlength=bins))])
+    rv, rc = np.unique(ref.cpu().numpy(), return_counts=True)
+    edge = np.interp(cum / s.size, np.cumsum(rc) / ref.numel(), rv)
+    near_edge = np.abs(pos - np.round(pos)) < 1e-6
+    inside = (edge[k] - 1e-12 <= got) & (got <= edge[k + 1] + 1e-12)
+    assert np.all(inside | near_edge) and inside.mean() > 0.9
+    order = np.argsort(src64.ravel(), kind="stable")
+    assert np.all(np.diff(got[order]) >= 0)
+    np.testing.assert_array_equal(got, _reference.match_histograms(src.cpu(), ref.cpu(), bins=bins).numpy().ravel())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_match_binned_reference_near_dbl_max(rng: np.random.Generator, device: str) -> None:
+    """A reference spanning +-1.7e308: where the exact map overflows (np.interp gives inf, as skimage
+    does, so it is not even monotone), binned mode keeps the infinite edge, never NaN; the backends agree."""
+    ref = torch.tensor([-1.7e308, -1.0, 0.0, 2.0, 1.7e308], dtype=torch.float64, device=device).reshape(1, 1, 1, 5)
+    src = torch.from_numpy(rng.random((1, 1, 11, 7))).to(device)
+    for bins in (None, 3, 64):
+        got = ops.match_histograms(src, ref, bins=bins).cpu()
+        assert not torch.isnan(got).any(), bins
+        torch.testing.assert_close(got, _reference.match_histograms(src.cpu(), ref.cpu(), bins=bins), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------ upsample_match
@@ -407,6 +478,11 @@ def test_check_false_skips_the_test() -> None:
             ValueError,
             "N and C",
         ),
+        (
+            lambda: ops.upsample_match(torch.zeros(1, 1, 4, 4), 2, residual=torch.zeros(1, 1, 8, 8, dtype=torch.int64)),
+            TypeError,
+            "residual must be a floating-point tensor, got torch.int64",
+        ),
     ],
 )
 def test_bad_arguments(call: object, exc: type, match: str) -> None:
@@ -584,6 +660,47 @@ def test_concurrent_loads_wait_for_the_builder(tmp_path: Path) -> None:
         assert p.returncode == 0, stderr
         assert "BACKEND extension" in stdout and f"PATH {dst / 'psr_ops.so'}" in stdout
     assert (dst / "ok").is_file()  # and the stale lock file (torch < 2.12 waits on its mere existence) held no one up
+
+
+def test_forced_rebuild_recompiles_every_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``psr build-ext --force`` removes the objects too, so ninja recompiles rather than relinks."""
+    src = Path(str(_build._state["path"])).parent
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst, symlinks=True)
+    assert list(dst.glob("*.o"))
+    monkeypatch.setattr(_build, "_layout", lambda with_cuda: (dst, dst / "psr_ops.so", ["-O3"]))
+    monkeypatch.setitem(_build._state, "loaded", None)
+    seen: dict[str, list[str]] = {}
+
+    def fake_build(build_dir: Path, lib: Path, flags: list, with_cuda: bool, verbose: bool) -> None:
+        seen["left"] = sorted(p.name for p in build_dir.iterdir() if p.suffix in (".o", ".so") or p.name == "ok")
+        raise RuntimeError("stop before compiling")
+
+    monkeypatch.setattr(_build, "_build", fake_build)
+    with pytest.raises(RuntimeError, match="stop before compiling"):
+        _build._load(build=True, force=True, verbose=False, with_cuda=False)
+    assert seen["left"] == []
+
+
+def test_env_flags_parse_one_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    for raw, want in [
+        ("1", True),
+        ("ON", True),
+        (" yes ", True),
+        ("True", True),
+        ("0", False),
+        ("off", False),
+        ("No", False),
+        ("", False),
+        ("FALSE", False),
+    ]:
+        monkeypatch.setenv("PSR_FORCE_REFERENCE", raw)
+        assert _build.force_reference() is want, raw
+    monkeypatch.setenv("PSR_FORCE_REFERENCE", "maybe")
+    with pytest.raises(ValueError, match="PSR_FORCE_REFERENCE must be one of"):
+        _build.force_reference()
+    monkeypatch.setenv("PSR_BUILD_CUDA", "False")
+    assert not _build._want_cuda()
 
 
 def test_build_dir_tracks_sources(tmp_path: Path) -> None:

@@ -296,9 +296,18 @@ void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar
 }
 
 // Bin of a value: floor((v - lo) * factor) clamped to [0, bins - 1], and its position within it.
+// Where hi - lo overflows (float64 ranges beyond DBL_MAX) or bins / (hi - lo) does (subnormal
+// ranges), every value is first scaled by a power of two, `mul` (exact), so that both are finite;
+// otherwise mul is 1 and pos is bit for bit (v - lo) * factor (psr_common.h: binner_scale).
 struct Binner {
-  double lo, factor;
+  double mul, lo, factor;  // lo is pre-scaled: lo_plane * mul
   int64_t bins;
+  Binner(double lo_, double hi_, int64_t bins_) : bins(bins_) {
+    mul = binner_scale(lo_, hi_, bins_);
+    lo = lo_ * mul;
+    factor = static_cast<double>(bins_) / (hi_ * mul - lo);
+  }
+  inline double pos(double v) const { return (v * mul - lo) * factor; }
   inline int64_t bin(double pos) const {
     // Truncation is floor for pos >= 0; NaN (possible only with check=False) lands in bin 0.
     if (pos >= 0.0 && pos < static_cast<double>(bins)) return static_cast<int64_t>(pos);
@@ -338,12 +347,20 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
     std::fill(out, out + n, static_cast<scalar_t>(rc.fp.back()));
     return;
   }
-  const Binner bn{lo, static_cast<double>(bins) / (hi - lo), bins};
+  const Binner bn(lo, hi, bins);
 
-  std::vector<int64_t> hist(static_cast<size_t>(nb * bins), 0);
+  // One histogram per group of blocks, at most kHistBudget counts in all, so that memory does not
+  // grow with threads x bins (2^24 bins: a single histogram, counted by one thread at a time).
+  constexpr int64_t kHistBudget = int64_t(1) << 23;  // 64 MiB of int64 counts
+  const int64_t nh = std::max<int64_t>(1, std::min(nb, kHistBudget / bins));
+  std::vector<int64_t> hist(static_cast<size_t>(nh * bins), 0);
+  std::vector<std::mutex> hist_lock(static_cast<size_t>(nh));
   for_rows([&](int64_t blk, const scalar_t* v, int64_t) {
-    int64_t* h = &hist[blk * bins];
-    for (int64_t j = 0; j < C; ++j) ++h[bn.bin((static_cast<double>(v[j]) - bn.lo) * bn.factor)];
+    const int64_t g = blk % nh;
+    std::unique_lock<std::mutex> hold(hist_lock[g], std::defer_lock);
+    if (nh < nb) hold.lock();
+    int64_t* h = &hist[g * bins];
+    for (int64_t j = 0; j < C; ++j) ++h[bn.bin(bn.pos(static_cast<double>(v[j])))];
   });
   // Edge k's quantile is the fraction of values in bins below k; map it exactly through the
   // reference, then interpolate linearly inside each bin.
@@ -353,17 +370,17 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
     em[k] = np_interp(static_cast<double>(cum) / static_cast<double>(n), rc.xp.data(), rc.fp.data(),
                       static_cast<int64_t>(rc.xp.size()));
     if (k < bins) {
-      for (int64_t blk = 0; blk < nb; ++blk) cum += hist[blk * bins + k];
+      for (int64_t g = 0; g < nh; ++g) cum += hist[g * bins + k];
     }
   }
   for_rows([&](int64_t, const scalar_t* v, int64_t y) {
     scalar_t* o = out + y * C;
     for (int64_t j = 0; j < C; ++j) {
-      const double pos = (static_cast<double>(v[j]) - bn.lo) * bn.factor;
+      const double pos = bn.pos(static_cast<double>(v[j]));
       const int64_t k = bn.bin(pos);
       double t = pos - static_cast<double>(k);
       t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
-      o[j] = static_cast<scalar_t>(em[k] + t * (em[k + 1] - em[k]));
+      o[j] = static_cast<scalar_t>(lerp_edges(em[k], em[k + 1], t));
     }
   });
 }
