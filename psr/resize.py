@@ -14,6 +14,8 @@ Both map output sample ``i`` (0-based) to input coordinate ``(i + 0.5) / s - 0.5
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 
 import numpy as np
 import torch
@@ -29,6 +31,9 @@ def cubic_kernel(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     near = (a + 2) * ax3 - (a + 3) * ax2 + 1
     far = a * ax3 - 5 * a * ax2 + 8 * a * ax - 4 * a
     return torch.where(ax <= 1, near, torch.where(ax < 2, far, torch.zeros_like(ax)))
+
+
+_MAX_WEIGHTS = 1 << 27  # taps x outputs of one axis: 1 GiB of float64 weights
 
 
 def resize_weights(
@@ -55,6 +60,11 @@ def resize_weights(
     stretch = scale < 1 and antialias
     if stretch:
         width = width / scale
+    if out_len * (math.ceil(width) + 1) > _MAX_WEIGHTS:
+        raise ValueError(
+            f"scale {scale:g} is too small for an antialiased resize of {in_len} samples: the kernel would "
+            f"span {math.ceil(width)} of them for each of {out_len} outputs; resize in steps or pass antialias=False"
+        )
     # float64 for the coordinates: MATLAB computes them in double.
     x = torch.arange(out_len, dtype=torch.float64)
     u = (x + 0.5) / scale - 0.5
@@ -117,7 +127,7 @@ def imresize(
     ----------
     image : ndarray or Tensor, shape (..., H, W)
         Floating input is resized in its own precision; integer input is resized in float64 and
-        rounded and clipped back to its dtype, as MATLAB does for uint8.
+        rounded (halves away from zero) and clipped back to its dtype, as MATLAB does for uint8.
     scale : float, optional
         Scale factor for both axes; output size is ``ceil(scale * n)`` as in MATLAB.
     output_shape : (int, int), optional
@@ -133,6 +143,8 @@ def imresize(
     t = torch.from_numpy(np.ascontiguousarray(image)) if is_numpy else image
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"image must be a numpy array or torch tensor, got {type(image).__name__}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"image must have a real integer or floating-point dtype, got {t.dtype}")
     if t.ndim < 2:
         raise ValueError(f"image must have at least 2 dimensions (..., H, W), got shape {tuple(t.shape)}")
     h, w = t.shape[-2:]
@@ -141,6 +153,8 @@ def imresize(
     if (scale is None) == (output_shape is None):
         raise ValueError("give exactly one of scale or output_shape")
     if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"scale must be a positive finite number, got {scale!r}")
         if not (scale > 0 and math.isfinite(scale)):
             raise ValueError(f"scale must be a positive finite number, got {scale}")
         # MATLAB: ceil(scale * n); guard against 0.25 * 400 = 100.00000000000001.
@@ -148,9 +162,14 @@ def imresize(
         out_w = max(1, math.ceil(round(scale * w, 9)))
         sh = sw = float(scale)
     else:
-        out_h, out_w = (int(v) for v in output_shape)  # type: ignore[union-attr]
+        try:
+            out_h, out_w = (operator.index(v) for v in output_shape)  # type: ignore[union-attr]
+            if isinstance(output_shape[0], bool) or isinstance(output_shape[1], bool):  # type: ignore[index]
+                raise TypeError
+        except (TypeError, ValueError):
+            raise ValueError(f"output_shape must be two positive integers (H, W), got {output_shape!r}") from None
         if out_h < 1 or out_w < 1:
-            raise ValueError(f"output_shape must be positive, got {output_shape}")
+            raise ValueError(f"output_shape must be two positive integers (H, W), got {output_shape!r}")
         sh, sw = out_h / h, out_w / w
     orig_dtype = t.dtype
     work = t if t.is_floating_point() else t.to(torch.float64)
@@ -162,5 +181,12 @@ def imresize(
         work = resample_axis(work, dim, n, s, a=-0.5, antialias=antialias, padding="symmetric")
     if not t.is_floating_point():
         info = torch.iinfo(orig_dtype)
-        work = work.round().clamp(info.min, info.max).to(orig_dtype)
+        work = _round_half_away(work).clamp(info.min, info.max).to(orig_dtype)
     return work.numpy() if is_numpy else work
+
+
+def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """MATLAB's ``round``: halves away from zero (torch.round takes them to even)."""
+    r = torch.round(x)
+    frac = x - torch.trunc(x)  # exact in floating point
+    return torch.where(frac.abs() == 0.5, torch.trunc(x) + torch.sign(x), r)

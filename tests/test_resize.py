@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import pytest
@@ -91,12 +92,38 @@ def test_matches_matlab_transliteration(rng: np.random.Generator, scale: float) 
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
 
 
-def test_uint8_rounds_and_clips_like_matlab(rng: np.random.Generator) -> None:
-    x = rng.integers(0, 256, (2, 3, 17, 13), dtype=np.uint8)
-    out = imresize(x, 0.25)
-    assert out.dtype == np.uint8 and out.shape == (2, 3, 5, 4)
-    ref = imresize(x.astype(np.float64), 0.25)
-    np.testing.assert_array_equal(out, np.clip(np.rint(ref), 0, 255).astype(np.uint8))
+def _matlab_round(ref: np.ndarray) -> np.ndarray:
+    """MATLAB's round, halves away from zero, by exact decimal arithmetic on each float64."""
+    up = [float(Decimal(v).quantize(Decimal(1), rounding=ROUND_HALF_UP)) for v in ref.ravel().tolist()]
+    return np.asarray(up).reshape(ref.shape)
+
+
+@pytest.mark.parametrize(("shape", "scale"), [((2, 3, 17, 13), 0.25), ((2000, 4, 4), 2.0)])
+def test_uint8_rounds_and_clips_like_matlab(rng: np.random.Generator, shape: tuple, scale: float) -> None:
+    x = rng.integers(0, 256, shape, dtype=np.uint8)
+    out = imresize(x, scale)
+    assert out.dtype == np.uint8 and out.shape[-2:] == tuple(math.ceil(scale * n) for n in shape[-2:])
+    ref = imresize(x.astype(np.float64), scale)
+    if scale == 2.0:  # thousands of upscales: some land exactly on a half, where MATLAB rounds up
+        assert np.any(np.abs(ref - np.trunc(ref)) == 0.5)
+    np.testing.assert_array_equal(out, np.clip(_matlab_round(ref), 0, 255).astype(np.uint8))
+
+
+def test_argument_errors() -> None:
+    x = np.zeros((4, 4), np.uint8)
+    for kw, exc, match in [
+        ({"scale": True}, TypeError, "scale must be"),
+        ({"scale": "2"}, TypeError, "scale must be"),
+        ({"output_shape": (2.5, 3)}, ValueError, "output_shape must be two positive integers"),
+        ({"output_shape": (3,)}, ValueError, "output_shape must be two positive integers"),
+        ({"scale": 1e-9}, ValueError, "too small"),
+    ]:
+        with pytest.raises(exc, match=match):
+            imresize(x, **kw)
+    for bad in (np.zeros((4, 4), bool), np.zeros((4, 4), complex)):
+        with pytest.raises(TypeError, match="real integer or floating-point dtype"):
+            imresize(bad, 2.0)
+    assert imresize(x, 1e-9, antialias=False).shape == (1, 1)
 
 
 def test_interior_matches_pil(rng: np.random.Generator) -> None:
