@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
+
 import numpy as np
 
 __all__ = ["rgb_to_y", "shave", "psnr", "ssim", "mod_crop"]
@@ -19,7 +23,18 @@ def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
 
 
 def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
-    """Crop the bottom/right so that H and W are multiples of ``scale``."""
+    """Crop the bottom/right so that H and W, the first two axes ((H, W) or (H, W, C)), are multiples of ``scale``."""
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
+        raise ValueError(f"image must be (H, W) or (H, W, C) with C in 1, 3, 4, got shape {image.shape}")
+    if isinstance(scale, bool):
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    try:
+        scale = operator.index(scale)
+    except TypeError:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}") from None
+    if scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
     h, w = image.shape[:2]
     return image[: h - h % scale, : w - w % scale]
 
@@ -32,8 +47,17 @@ def shave(image: np.ndarray, border: int) -> np.ndarray:
     return image[border:-border, border:-border]
 
 
+def _check_range(data_range: object) -> float:
+    if isinstance(data_range, bool) or not isinstance(data_range, numbers.Real):
+        raise TypeError(f"data_range must be a positive number, got {data_range!r}")
+    if not (data_range > 0 and math.isfinite(data_range)):
+        raise ValueError(f"data_range must be a positive finite number, got {data_range!r}")
+    return float(data_range)
+
+
 def psnr(a: np.ndarray, b: np.ndarray, *, data_range: float = 255.0) -> float:
     """Peak signal-to-noise ratio in dB, computed in float64; ``inf`` for identical images."""
+    data_range = _check_range(data_range)
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
@@ -45,13 +69,20 @@ def psnr(a: np.ndarray, b: np.ndarray, *, data_range: float = 255.0) -> float:
 
 
 def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 255.0) -> float:
-    """SSIM with the 11x11 Gaussian window (sigma 1.5), K1=0.01, K2=0.03 (Wang et al. 2004)."""
+    """SSIM with the 11x11 Gaussian window (sigma 1.5), K1=0.01, K2=0.03 (Wang et al. 2004).
+
+    ``a`` and ``b`` are single-channel (H, W) images (the Y channel under the SR protocol), at least
+    11x11, the window's size.
+    """
     from skimage.metrics import structural_similarity
 
+    data_range = _check_range(data_range)
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"images must have the same shape, got {a.shape} and {b.shape}")
+    if a.ndim != 2 or min(a.shape) < 11:
+        raise ValueError(f"images must be (H, W) with H, W >= 11 (the 11x11 window), got shape {a.shape}")
     return float(
         structural_similarity(
             a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=data_range
