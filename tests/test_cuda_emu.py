@@ -210,6 +210,47 @@ def test_match_binned_is_the_cpu_kernel(
             assert np.all((lo - tol <= g) & (g <= hi + tol))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("planes", [(1, 1), (2, 3)])
+def test_match_binned_reference_ties(
+    emu: ModuleType, rng: np.random.Generator, dtype: torch.dtype, planes: tuple
+) -> None:
+    """The binned edge map is read straight from the sorted reference keys (32-bit keys for a single
+    float32 plane): reference tie groups, -0.0 and +0.0, a constant reference plane, a one-pixel
+    reference. Equal to the CPU kernel to the last bit."""
+    src = torch.from_numpy(rng.normal(size=(*planes, 23, 19))).to(dtype)
+    ref = torch.from_numpy(rng.integers(0, 6, (*planes, 11, 13)) / 5.0 - 0.4).to(dtype)
+    ref[0, 0, :2] = -0.0
+    if planes[1] > 1:
+        ref[1, 1] = 0.75
+    for bins in (1, 7, 64, 500):
+        want = ops.match_histograms(src, ref, bins=bins)
+        torch.testing.assert_close(emu.match_histograms(src, ref, bins), want, rtol=0, atol=0)
+    one = ref[..., :1, :1]
+    torch.testing.assert_close(
+        emu.match_histograms(src, one, 16), ops.match_histograms(src, one, bins=16), rtol=0, atol=0
+    )
+
+
+def test_match_binned_extreme_float64_ranges(emu: ModuleType, rng: np.random.Generator) -> None:
+    """float64 planes whose range overflows (beyond DBL_MAX, or bins over a subnormal range) and a
+    reference spanning +-1.7e308: no NaN, and equal to the CPU kernel to the last bit."""
+    src = torch.from_numpy(rng.random((1, 3, 13, 17)) * 2 - 1)
+    src[0, 0] *= 1e308
+    src[0, 1] *= 1e-310
+    ref = torch.from_numpy(rng.normal(size=(1, 3, 9, 11)))
+    ref[0, 2, 0, :2] = torch.tensor([-1.7e308, 1.7e308], dtype=torch.float64)
+    for bins in (3, 7, 256):
+        got = emu.match_histograms(src, ref, bins)
+        assert not torch.isnan(got).any()
+        torch.testing.assert_close(got, ops.match_histograms(src, ref, bins=bins), rtol=0, atol=0)
+    x = src[:, :2, :5, :6].contiguous() * 0.5  # bicubic overshoot stays below DBL_MAX
+    got = emu.upsample_match(x, 3, None, None, -0.75, 64)
+    assert not torch.isnan(got).any()
+    want = emu.match_histograms(emu.upsample_bicubic(x, 3, -0.75), x, 64)  # the fused op is the composition
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_match_binned_constant_planes(emu: ModuleType, rng: np.random.Generator) -> None:
     ref = rand(rng, (1, 2, 7, 8), torch.float32)
     src = torch.full((1, 2, 9, 9), 3.0)

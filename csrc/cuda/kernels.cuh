@@ -14,10 +14,13 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <atomic>
 #include <cstdlib>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "../psr_common.h"
 
@@ -35,12 +38,14 @@ PSR_HD float fma_(float a, float b, float c) { return fmaf(a, b, c); }
 PSR_HD double fma_(double a, double b, double c) { return fma(a, b, c); }
 
 // Bicubic weights for kernel arguments: five taps per phase (input columns q - 2 .. q + 2 for
-// output q * S + r), one of them zero, as in the CPU kernel.
+// output q * S + r), one of them zero, as in the CPU kernel. The vertical offset of phase r is -1
+// for r < neg and 0 from there on (floor((r + 0.5) / S - 0.5)), so kernels split their output-row
+// loop at neg rather than choosing the input rows per row.
 template <typename scalar_t>
 struct Taps {
   int S;
+  int neg;  // phases with offset -1 (the first ones)
   bool symmetric;
-  int offset[kMaxScale];
   scalar_t w[kMaxScale][kTaps];  // vertical: 4 taps from row q + offset - 1
   scalar_t w5[kMaxScale][5];     // horizontal
 };
@@ -51,8 +56,10 @@ inline Taps<scalar_t> make_taps(int S, double a) {
   Taps<scalar_t> k{};
   k.S = S;
   k.symmetric = a == -0.5;
+  k.neg = 0;
+  while (k.neg < S && t.offset[k.neg] < 0) ++k.neg;
   for (int r = 0; r < S; ++r) {
-    k.offset[r] = t.offset[r];
+    TORCH_CHECK(t.offset[r] == (r < k.neg ? -1 : 0), "psr: bicubic phase offsets must be -1, then 0");
     for (int j = 0; j < 5; ++j) k.w5[r][j] = scalar_t(0);
     for (int j = 0; j < kTaps; ++j) {
       k.w[r][j] = static_cast<scalar_t>(t.w[r][j]);
@@ -74,20 +81,40 @@ inline Taps<scalar_t> make_taps(int S, double a) {
 constexpr int kStagedRow = kThreads + 4;        // scalars of one staged input row (a tile and its halo)
 constexpr int kSourceSmem = 2 * kStagedRow;     // shared scalars a source needs: two staged rows
 
-template <typename scalar_t>
+// kResidual: whether a residual (P, H * S, W * S) is added (a compile-time flag, so that kernels
+// without one issue no test or load for it per value).
+template <typename scalar_t, bool kResidual = false>
 struct BicubicSource {
   const scalar_t* x;
-  const scalar_t* residual;  // (P, H * S, W * S) or nullptr
+  const scalar_t* residual;  // (P, H * S, W * S) when kResidual, else unused (nullptr)
   int64_t H, W;
   Taps<scalar_t> taps;
   int band;  // input rows per tile (>= 1)
+  // Tile geometry, set on the host by set_band (no divisions per tile on the device).
+  int cpt;            // input columns per tile: kThreads / S
+  uint32_t ctiles;    // tiles across a plane
+  int64_t tpp;        // tiles per plane (< 2^31)
+
+  static BicubicSource make(const scalar_t* x, const scalar_t* residual, int64_t H, int64_t W,
+                            const Taps<scalar_t>& taps) {
+    BicubicSource s{x, residual, H, W, taps, 1, 0, 0, 0};
+    s.set_band(1);
+    return s;
+  }
+  void set_band(int b) {
+    band = b;
+    cpt = kThreads / taps.S;
+    const int64_t ct = (W + cpt - 1) / cpt;
+    tpp = ((H + band - 1) / band) * ct;
+    ctiles = static_cast<uint32_t>(ct);  // <= tpp < 2^31 (for_planes checks)
+  }
 
   __host__ __device__ int64_t rows() const { return H * taps.S; }
   __host__ __device__ int64_t cols() const { return W * taps.S; }
   __host__ __device__ int64_t numel() const { return rows() * cols(); }
-  __host__ __device__ int cols_per_tile() const { return kThreads / taps.S; }
-  __host__ __device__ int64_t col_tiles() const { return (W + cols_per_tile() - 1) / cols_per_tile(); }
-  __host__ __device__ int64_t tiles_per_plane() const { return ((H + band - 1) / band) * col_tiles(); }
+  __host__ __device__ int cols_per_tile() const { return cpt; }
+  __host__ __device__ int64_t col_tiles() const { return ctiles; }
+  __host__ __device__ int64_t tiles_per_plane() const { return tpp; }
   // This source with tiles sized for kernels that cover P planes at once.
   BicubicSource for_planes(int64_t P, int sms) const;
 
@@ -96,9 +123,10 @@ struct BicubicSource {
   template <typename F>
   __device__ void for_each_value(int64_t p, int64_t tile, scalar_t* smem, F&& f) const {
     const int S = taps.S;
-    const int cpt = cols_per_tile();
-    const int64_t q_first = (tile / col_tiles()) * band;
-    const int64_t c0 = (tile % col_tiles()) * cpt;
+    const uint32_t t32 = static_cast<uint32_t>(tile);  // tile < tpp < 2^31
+    const uint32_t tile_row = t32 / ctiles;
+    const int64_t q_first = static_cast<int64_t>(tile_row) * band;
+    const int64_t c0 = static_cast<int64_t>(t32 - tile_row * ctiles) * cpt;
     const int64_t q_end = q_first + band < H ? q_first + band : H;
     const int tc = static_cast<int>(threadIdx.x) / S, rx = static_cast<int>(threadIdx.x) % S;
     const int64_t col = c0 + tc;
@@ -127,7 +155,8 @@ struct BicubicSource {
     scalar_t win0 = 0, win1 = horizontal(q_first - 2), win2 = horizontal(q_first - 1), win3 = horizontal(q_first),
              win4 = horizontal(q_first + 1);
     const int64_t ncols = cols();
-    const scalar_t* res = residual != nullptr ? residual + p * numel() : nullptr;
+    const int neg = taps.neg;
+    const scalar_t* res = kResidual ? residual + p * numel() : nullptr;
     for (int64_t q = q_first; q < q_end; ++q) {
       win0 = win1;
       win1 = win2;
@@ -136,12 +165,19 @@ struct BicubicSource {
       win4 = horizontal(q + 2);
       if (!active) continue;
       int64_t i = q * S * ncols + col * S + rx;  // output (q * S + ry, col * S + rx)
-      for (int ry = 0; ry < S; ++ry, i += ncols) {
-        // Output row q * S + ry reads input rows q + offset - 1 .. q + offset + 2, offset 0 or -1.
+      // Output row q * S + ry reads input rows q + offset - 1 .. q + offset + 2: offset -1 for the
+      // first neg rows, then 0.
+      int ry = 0;
+      for (; ry < neg; ++ry, i += ncols) {
         const scalar_t w0 = taps.w[ry][0], w1 = taps.w[ry][1], w2 = taps.w[ry][2], w3 = taps.w[ry][3];
-        scalar_t v = taps.offset[ry] < 0 ? fma_(w3, win3, fma_(w2, win2, fma_(w1, win1, w0 * win0)))
-                                         : fma_(w3, win4, fma_(w2, win3, fma_(w1, win2, w0 * win1)));
-        if (res != nullptr) v = v + __ldg(res + i);
+        scalar_t v = fma_(w3, win3, fma_(w2, win2, fma_(w1, win1, w0 * win0)));
+        if constexpr (kResidual) v = v + __ldg(res + i);
+        f(v, i);
+      }
+      for (; ry < S; ++ry, i += ncols) {
+        const scalar_t w0 = taps.w[ry][0], w1 = taps.w[ry][1], w2 = taps.w[ry][2], w3 = taps.w[ry][3];
+        scalar_t v = fma_(w3, win4, fma_(w2, win3, fma_(w1, win2, w0 * win1)));
+        if constexpr (kResidual) v = v + __ldg(res + i);
         f(v, i);
       }
     }
@@ -159,16 +195,18 @@ inline int64_t tuning_env(const char* name) {
 
 // Input rows per tile for P planes: the most (up to 16; each tile also computes the horizontal
 // pass of 4 halo rows) that still gives every SM a few resident blocks' worth of tiles.
-template <typename scalar_t>
-BicubicSource<scalar_t> BicubicSource<scalar_t>::for_planes(int64_t P, int sms) const {
+template <typename scalar_t, bool kResidual>
+BicubicSource<scalar_t, kResidual> BicubicSource<scalar_t, kResidual>::for_planes(int64_t P, int sms) const {
   BicubicSource s = *this;
   const int64_t forced = tuning_env("PSR_CUDA_TILE_ROWS");  // tuning only: input rows per tile
   if (forced > 0) {
-    s.band = static_cast<int>(forced < 1024 ? forced : 1024);
-    return s;
+    s.set_band(static_cast<int>(forced < 1024 ? forced : 1024));
+  } else {
+    s.set_band(16);
+    while (s.band > 1 && P * s.tiles_per_plane() < int64_t(sms) * 16) s.set_band(s.band / 2);
   }
-  s.band = 16;
-  while (s.band > 1 && P * s.tiles_per_plane() < int64_t(sms) * 16) s.band /= 2;
+  // for_each_value splits tile indices in 32 bits
+  TORCH_CHECK(s.tpp < (int64_t(1) << 31), "psr: at most 2^31 - 1 tiles per plane on CUDA, got ", s.tpp);
   return s;
 }
 
@@ -178,11 +216,13 @@ template <typename scalar_t>
 struct PlainSource {
   const scalar_t* p0;
   int64_t n;
+  int64_t tpp;  // tiles per plane (set on the host by make)
 
-  __host__ __device__ int64_t numel() const { return n; }
-  __host__ __device__ int64_t tiles_per_plane() const {
-    return (n + int64_t(kThreads) * kPlainRun - 1) / (int64_t(kThreads) * kPlainRun);
+  static PlainSource make(const scalar_t* p0, int64_t n) {
+    return PlainSource{p0, n, (n + int64_t(kThreads) * kPlainRun - 1) / (int64_t(kThreads) * kPlainRun)};
   }
+  __host__ __device__ int64_t numel() const { return n; }
+  __host__ __device__ int64_t tiles_per_plane() const { return tpp; }
   PlainSource for_planes(int64_t /*P*/, int /*sms*/) const { return *this; }
   template <typename F>
   __device__ void for_each_value(int64_t p, int64_t tile, scalar_t* /*smem*/, F&& f) const {
@@ -207,12 +247,15 @@ inline int64_t chunk_items() { return int64_t(1) << 24; }
 
 // Streaming multiprocessors of the current device (grid sizes follow it).
 inline int num_sms() {
-  static int cached[64] = {};  // per device: the attribute cannot change
+  static std::atomic<int> cached[64] = {};  // per device: the attribute cannot change (any host thread)
   int device = 0, n = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  if (device >= 0 && device < 64 && cached[device] > 0) return cached[device];
+  if (device >= 0 && device < 64) {
+    n = cached[device].load(std::memory_order_relaxed);
+    if (n > 0) return n;
+  }
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  if (device >= 0 && device < 64) cached[device] = n;
+  if (device >= 0 && device < 64) cached[device].store(n, std::memory_order_relaxed);
   return n;
 }
 
@@ -234,6 +277,35 @@ using ::psr_emu::launch;       // grid sizes with small inputs
 using ::psr_emu::max_grid_y;
 inline int num_sms() { return ::psr_emu::num_sms(); }
 #endif
+
+// Resident blocks of kThreads threads per SM for `kernel` with `smem` bytes of dynamic shared
+// memory (at least 1), cached per device, kernel and smem size (any host thread).
+template <typename... KArgs>
+inline int blocks_per_sm(void (*kernel)(KArgs...), size_t smem) {
+  struct Entry {
+    int device;
+    const void* kernel;
+    size_t smem;
+    int blocks;
+  };
+  static std::mutex mu;
+  static std::vector<Entry> cache;
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  const void* k = reinterpret_cast<const void*>(kernel);
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    for (const Entry& e : cache) {
+      if (e.device == device && e.kernel == k && e.smem == smem) return e.blocks;
+    }
+  }
+  int n = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem));
+  n = std::max(n, 1);
+  const std::lock_guard<std::mutex> lock(mu);
+  cache.push_back(Entry{device, k, smem, n});
+  return n;
+}
 
 // Histogram matching on CUDA (match_histograms.cu). source: a plain (N, C, H, W) tensor, or
 // undefined when bicubic is given: then the source is upsample(x, S, a) + residual.

@@ -19,6 +19,7 @@
 #endif
 
 #include <limits>
+#include <type_traits>
 
 #include "kernels.cuh"
 
@@ -95,36 +96,48 @@ int64_t planes_per_chunk(int64_t per_plane, int64_t P) {
 // ---------------------------------------------------------------------------------------------
 // reference CDF, all planes of a chunk at once
 
-// 64-bit sort keys of the reference values; for float32 the plane (within the chunk) goes in the
-// high word, so one sort sorts every plane, each plane staying in its own m slots.
-template <typename scalar_t>
-__global__ void ref_keys_kernel(const scalar_t* ref, int64_t items, int64_t m, bool plane_bits, uint64_t* keys) {
+// Sort keys (KR) of the reference values. 64-bit keys for float32 carry the plane (within the
+// chunk) in the high word, so one sort sorts every plane, each plane staying in its own m slots;
+// a float32 chunk of one plane has 32-bit keys (KR = uint32_t), float64 always 64-bit ones.
+template <typename scalar_t, typename KR>
+__global__ void ref_keys_kernel(const scalar_t* ref, int64_t items, int64_t m, bool plane_bits, KR* keys) {
   PSR_GRID_STRIDE(i, items) {
-    const uint64_t k = KeyTraits<scalar_t>::key(ref[i]);
-    keys[i] = plane_bits ? (static_cast<uint64_t>(i / m) << 32) | k : k;
+    const KR k = KeyTraits<scalar_t>::key(ref[i]);
+    if constexpr (sizeof(KR) == 8) {
+      keys[i] = plane_bits ? (static_cast<uint64_t>(i / m) << 32) | k : k;
+    } else {
+      keys[i] = k;
+    }
   }
 }
 
+// A sorted reference key's value, as a double.
+template <typename scalar_t, typename KR>
+__device__ __forceinline__ double ref_value(KR key) {
+  return static_cast<double>(KeyTraits<scalar_t>::value(static_cast<typename KeyTraits<scalar_t>::key_t>(key)));
+}
+
 // Whether sorted element i ends a run of equal values or its plane of m.
-__device__ __forceinline__ bool ends_run(const uint64_t* s, int64_t i, int64_t m) {
+template <typename KR>
+__device__ __forceinline__ bool ends_run(const KR* s, int64_t i, int64_t m) {
   return (i + 1) % m == 0 || s[i] != s[i + 1];
 }
 
-__global__ void tail_flags_kernel(const uint64_t* s, int64_t items, int64_t m, uint32_t* flags) {
+template <typename KR>
+__global__ void tail_flags_kernel(const KR* s, int64_t items, int64_t m, uint32_t* flags) {
   PSR_GRID_STRIDE(i, items) { flags[i] = ends_run(s, i, m) ? 1u : 0u; }
 }
 
 // Per plane p: uq[p][j], uv[p][j] the upper quantile and value of unique value j, mu[p] their count.
-template <typename scalar_t>
-__global__ void ref_unique_kernel(const uint64_t* s, const uint32_t* pos, int64_t items, int64_t m, double* uq,
+template <typename scalar_t, typename KR>
+__global__ void ref_unique_kernel(const KR* s, const uint32_t* pos, int64_t items, int64_t m, double* uq,
                                   double* uv, int64_t* mu) {
-  using K = typename KeyTraits<scalar_t>::key_t;
   PSR_GRID_STRIDE(i, items) {
     const int64_t p = i / m, i0 = p * m;
     if (ends_run(s, i, m)) {
       const int64_t j = pos[i] - pos[i0];
       uq[i0 + j] = static_cast<double>(i - i0 + 1) / static_cast<double>(m);
-      uv[i0 + j] = static_cast<double>(KeyTraits<scalar_t>::value(static_cast<K>(s[i])));
+      uv[i0 + j] = ref_value<scalar_t>(s[i]);
       if (i == i0 + m - 1) mu[p] = j + 1;
     }
   }
@@ -242,10 +255,17 @@ __global__ void __launch_bounds__(kThreads) minmax_kernel(Src src, int64_t plane
   }
 }
 
-// The bin of a value, exactly as the CPU kernel and psr/_reference.py compute it.
+// The bin of a value, exactly as the CPU kernel and psr/_reference.py compute it. float64 planes
+// whose range (or bins over it) overflows are first scaled by a power of two, mul (binner_scale in
+// psr_common.h); float32 ranges never overflow in double, so their path has no multiply (mul = 1).
 struct Binner {
-  double lo, factor;
+  double mul, lo, factor;  // lo pre-scaled: lo_plane * mul
   int64_t bins;
+  template <typename scalar_t>
+  __device__ __forceinline__ double pos(double v) const {
+    if constexpr (std::is_same<scalar_t, double>::value) return (v * mul - lo) * factor;
+    return (v - lo) * factor;
+  }
   __device__ __forceinline__ int64_t bin(double pos) const {
     if (pos >= 0.0 && pos < static_cast<double>(bins)) return static_cast<int64_t>(pos);
     return pos >= static_cast<double>(bins) ? bins - 1 : 0;
@@ -258,7 +278,8 @@ __device__ __forceinline__ bool plane_binner(const typename KeyTraits<scalar_t>:
                                              Binner& b) {
   const double lo = static_cast<double>(KeyTraits<scalar_t>::value(mn[p]));
   const double hi = static_cast<double>(KeyTraits<scalar_t>::value(mx[p]));
-  b = Binner{lo, static_cast<double>(bins) / (hi - lo), bins};
+  const double mul = std::is_same<scalar_t, double>::value ? binner_scale(lo, hi, bins) : 1.0;
+  b = Binner{mul, lo * mul, static_cast<double>(bins) / (hi * mul - lo * mul), bins};
   return lo != hi;
 }
 
@@ -292,7 +313,7 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
   };
   for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
     src.for_each_value(p, tile, smem, [&](scalar_t v, int64_t) {
-      const int64_t b = bn.bin((static_cast<double>(v) - bn.lo) * bn.factor);
+      const int64_t b = bn.bin(bn.pos<scalar_t>(static_cast<double>(v)));
       if (b != cur) {
         flush();
         cur = b;
@@ -310,16 +331,56 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
   }
 }
 
-// em[p][k]: the exact map of edge k's quantile (fraction of the plane's values in bins below k).
-// cum holds inclusive sums of the histograms, restarted at every chunk of `ppc` planes.
+// np_interp(x, uq, uv, mu) of the plane's reference CDF (ref_unique_kernel's unique values: the
+// one ending at sorted index e - 1 has upper quantile e / m), found in its m sorted keys s
+// directly: the same comparisons and the same formula (interp_at), so the same bits.
+template <typename scalar_t, typename KR>
+__device__ double ref_interp(double x, const KR* s, int64_t m) {
+  const auto xq = [m](int64_t e) { return static_cast<double>(e) / static_cast<double>(m); };
+  if (s[0] == s[m - 1]) return ref_value<scalar_t>(s[0]);  // one unique value
+  if (x > xq(m)) return ref_value<scalar_t>(s[m - 1]);
+  if (!(x >= 0.0)) return ref_value<scalar_t>(s[0]);  // below the first quantile (or NaN)
+  // E: the largest e in [0, m] with xq(e) <= x (xq is increasing); x * m is within a step or two.
+  const double guess = x * static_cast<double>(m);
+  int64_t E = guess < static_cast<double>(m) ? static_cast<int64_t>(guess) : m;
+  while (E < m && xq(E + 1) <= x) ++E;
+  while (E > 0 && !(xq(E) <= x)) --E;
+  // The last unique value with xq(end) <= x ends at e: E itself if a run ends there, else where the
+  // run through index E - 1 starts.
+  int64_t e = E;
+  if (E > 0 && E < m && s[E - 1] == s[E]) {
+    int64_t lo = 0, hi = E - 1;  // first index of the run holding s[E - 1]
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (s[mid] == s[E - 1]) hi = mid; else lo = mid + 1;
+    }
+    e = lo;
+  }
+  if (e == 0) return ref_value<scalar_t>(s[0]);  // j < 0
+  if (e == m) return ref_value<scalar_t>(s[m - 1]);  // the last unique value
+  int64_t lo = e + 1, hi = m;  // the next unique value s[e] ends at the first index past its run
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (s[mid] == s[e]) lo = mid + 1; else hi = mid;
+  }
+  const double xp[2] = {xq(e), xq(lo)}, fp[2] = {ref_value<scalar_t>(s[e - 1]), ref_value<scalar_t>(s[e])};
+  return interp_at(x, xp, fp, 2, 0);
+}
+
+// em[p][k]: the exact map of edge k's quantile (fraction of the plane's values in bins below k),
+// from the plane's m sorted reference keys; top[p]: the reference's maximum (a constant plane's
+// value). cum holds inclusive sums of the histograms, restarted at every chunk of `ppc` planes.
+template <typename scalar_t, typename KR>
 __global__ void edge_kernel(const unsigned long long* cum, int64_t P, int64_t bins, int64_t ppc, int64_t n,
-                            const double* uq, const double* uv, const int64_t* mu, int64_t m, double* em) {
+                            const KR* sorted, int64_t m, double* em, double* top) {
   PSR_GRID_STRIDE(i, P * (bins + 1)) {
     const int64_t p = i / (bins + 1), k = i % (bins + 1);
     const unsigned long long base = p % ppc == 0 ? 0ull : cum[p * bins - 1];
     const unsigned long long c = k == 0 ? 0ull : cum[p * bins + k - 1] - base;
     const double q = static_cast<double>(c) / static_cast<double>(n);
-    em[i] = np_interp(q, uq + p * m, uv + p * m, mu[p]);
+    const KR* s = sorted + p * m;
+    em[i] = ref_interp<scalar_t>(q, s, m);
+    if (k == 0) top[p] = ref_value<scalar_t>(s[m - 1]);
   }
 }
 
@@ -329,8 +390,8 @@ template <typename scalar_t, typename Src>
 __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
                                                        const typename KeyTraits<scalar_t>::key_t* mn,
                                                        const typename KeyTraits<scalar_t>::key_t* mx, int64_t bins,
-                                                       const double* em, const double* uv, const int64_t* mu,
-                                                       int64_t m, scalar_t* out, bool shared_edges) {
+                                                       const double* em, const double* top_p, scalar_t* out,
+                                                       bool shared_edges) {
   PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
   PSR_EXTERN_SHARED(double, she);
   const int64_t p = plane0 + blockIdx.y;
@@ -343,17 +404,22 @@ __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
     e = she;
   }
   // A constant plane is one tie group at quantile 1: the reference's maximum.
-  const scalar_t top = varies ? scalar_t(0) : static_cast<scalar_t>(uv[p * m + mu[p] - 1]);
+  const scalar_t top = varies ? scalar_t(0) : static_cast<scalar_t>(top_p[p]);
   scalar_t* plane_out = out + p * src.numel();
   for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
     src.for_each_value(p, tile, smem, [&](scalar_t v, int64_t i) {
       if (varies) {
-        const double pos = (static_cast<double>(v) - bn.lo) * bn.factor;
+        const double pos = bn.pos<scalar_t>(static_cast<double>(v));
         const int64_t k = bn.bin(pos);
         double t = pos - static_cast<double>(k);
         t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
         const double e0 = e[k], e1 = e[k + 1];
-        plane_out[i] = static_cast<scalar_t>(e0 + t * (e1 - e0));
+        // float32 edges cannot overflow their difference in double: no check on that path.
+        if constexpr (std::is_same<scalar_t, double>::value) {
+          plane_out[i] = lerp_edges(e0, e1, t);
+        } else {
+          plane_out[i] = static_cast<scalar_t>(e0 + t * (e1 - e0));
+        }
       } else {
         plane_out[i] = top;
       }
@@ -361,9 +427,12 @@ __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
   }
 }
 
-// A grid of (blocks per plane, planes) for the binned passes: about 8 blocks per SM in all.
-dim3 plane_grid(int64_t tiles_per_plane, int64_t np) {
-  return dim3(static_cast<unsigned>(std::min<int64_t>(tiles_per_plane, std::max<int64_t>(1, num_sms() * 8 / np))),
+// A grid of (blocks per plane, planes) for a binned pass: as many blocks in all as fit on the
+// device at once (the kernel's occupancy), each looping over tiles of its plane.
+template <typename Kernel>
+dim3 plane_grid(Kernel kernel, size_t smem, int64_t tiles_per_plane, int64_t np) {
+  const int64_t resident = int64_t(num_sms()) * blocks_per_sm(kernel, smem);
+  return dim3(static_cast<unsigned>(std::min<int64_t>(tiles_per_plane, std::max<int64_t>(1, resident / np))),
               static_cast<unsigned>(np));
 }
 
@@ -381,41 +450,54 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   CubTemp temp{at::Tensor(), &out};
   const int sms = num_sms();
 
-  // Reference CDF of every plane: uq, uv (P, m) doubles, mu (P) counts. A chunk of planes is
-  // sorted at once (float32: plane index in the keys' high word; float64: one sort per plane).
-  at::Tensor uq = buffer<double>(P * m, out), uv = buffer<double>(P * m, out), mu = buffer<int64_t>(P, out);
-  {
-    const int64_t ppc = planes_per_chunk(m, P);
-    const int64_t items = ppc * m;
-    at::Tensor k_in = buffer<uint64_t>(items, out), k_out = buffer<uint64_t>(items, out),
-               flags = buffer<uint32_t>(items, out), pos = buffer<uint32_t>(items, out);
-    const scalar_t* r = ref.const_data_ptr<scalar_t>();
-    const bool plane_bits = sizeof(scalar_t) == 4;
-    for (int64_t p0 = 0; p0 < P; p0 += ppc) {
-      const int64_t np = std::min(ppc, P - p0), it = np * m;
-      launch(ref_keys_kernel<scalar_t>, blocks_for(it), kThreads, 0, stream, r + p0 * m, it, m, plane_bits,
-             as<uint64_t>(k_in));
-      // float32: one sort of the chunk; float64: one per plane (its m slots), all 64 bits.
-      const int64_t sorts = plane_bits ? 1 : np, len = plane_bits ? it : m;
-      const int end_bit = plane_bits ? plane_key_end_bit(np) : 64;
-      for (int64_t k = 0; k < sorts; ++k) {
-        temp.run([&](void* t, size_t& bytes) {
-          return cub::DeviceRadixSort::SortKeys(t, bytes, as<uint64_t>(k_in) + k * len, as<uint64_t>(k_out) + k * len,
-                                                static_cast<int>(len), 0, end_bit, stream);
-        });
-      }
-      launch(tail_flags_kernel, blocks_for(it), kThreads, 0, stream, as<uint64_t>(k_out), it, m, as<uint32_t>(flags));
+  // Reference keys, sorted a chunk of planes at a time (float32: the plane index in 64-bit keys'
+  // high word, or 32-bit keys when a chunk is one plane; float64: one sort per plane).
+  const scalar_t* r = ref.const_data_ptr<scalar_t>();
+  const int64_t rppc = planes_per_chunk(m, P);
+  const auto sort_ref = [&](auto kr, int64_t p0, int64_t np, auto* k_in, auto* sorted) {
+    using KR = decltype(kr);
+    const int64_t it = np * m;
+    const bool plane_bits = sizeof(scalar_t) == 4 && sizeof(KR) == 8;
+    launch(ref_keys_kernel<scalar_t, KR>, blocks_for(it), kThreads, 0, stream, r + p0 * m, it, m, plane_bits, k_in);
+    const int64_t sorts = sizeof(scalar_t) == 4 ? 1 : np, len = sorts == 1 ? it : m;
+    const int end_bit = plane_bits ? plane_key_end_bit(np) : static_cast<int>(sizeof(KR) * 8);
+    for (int64_t k = 0; k < sorts; ++k) {
       temp.run([&](void* t, size_t& bytes) {
-        return cub::DeviceScan::ExclusiveSum(t, bytes, as<uint32_t>(flags), as<uint32_t>(pos), static_cast<int>(it),
-                                             stream);
+        return cub::DeviceRadixSort::SortKeys(t, bytes, k_in + k * len, sorted + k * len, static_cast<int>(len), 0,
+                                              end_bit, stream);
       });
-      launch(ref_unique_kernel<scalar_t>, blocks_for(it), kThreads, 0, stream, as<uint64_t>(k_out),
-             as<uint32_t>(pos), it, m, as<double>(uq) + p0 * m, as<double>(uv) + p0 * m, as<int64_t>(mu) + p0);
     }
-  }
+  };
+  // Runs fn(KR{}) with the reference key type.
+  const auto with_ref_keys = [&](const auto& fn) {
+    if constexpr (sizeof(scalar_t) == 4) {
+      if (rppc == 1) return fn(uint32_t{});
+    }
+    fn(uint64_t{});
+  };
 
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   if (!bins.has_value()) {
+    // Exact mode: the reference CDF of every plane, uq, uv (P, m) doubles and mu (P) counts, from
+    // the sorted keys with one scan per chunk.
+    at::Tensor uq = buffer<double>(P * m, out), uv = buffer<double>(P * m, out), mu = buffer<int64_t>(P, out);
+    with_ref_keys([&](auto kr) {
+      using KR = decltype(kr);
+      const int64_t items = rppc * m;
+      at::Tensor k_in = buffer<KR>(items, out), k_out = buffer<KR>(items, out), flags = buffer<uint32_t>(items, out),
+                 pos = buffer<uint32_t>(items, out);
+      for (int64_t p0 = 0; p0 < P; p0 += rppc) {
+        const int64_t np = std::min(rppc, P - p0), it = np * m;
+        sort_ref(kr, p0, np, as<KR>(k_in), as<KR>(k_out));
+        launch(tail_flags_kernel<KR>, blocks_for(it), kThreads, 0, stream, as<KR>(k_out), it, m, as<uint32_t>(flags));
+        temp.run([&](void* t, size_t& bytes) {
+          return cub::DeviceScan::ExclusiveSum(t, bytes, as<uint32_t>(flags), as<uint32_t>(pos), static_cast<int>(it),
+                                               stream);
+        });
+        launch(ref_unique_kernel<scalar_t, KR>, blocks_for(it), kThreads, 0, stream, as<KR>(k_out), as<uint32_t>(pos),
+               it, m, as<double>(uq) + p0 * m, as<double>(uv) + p0 * m, as<int64_t>(mu) + p0);
+      }
+    });
     if (sizeof(scalar_t) == 4 && P > 1 && n <= planar_max_pixels()) {  // float32 planes, a chunk per sort
       const Src src = src_in.for_planes(P, sms);
       const int64_t tpp = src.tiles_per_plane();
@@ -461,6 +543,17 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   const Src src = src_in.for_planes(P, sms);
   const int64_t tpp = src.tiles_per_plane();
   const int64_t nbins = *bins;
+  // Binned mode: the sorted reference keys of every plane (P, m) stay for the edge map, which
+  // finds each edge's reference interval in them directly (no unique-value compaction).
+  const int64_t ref_key_bytes = sizeof(scalar_t) == 4 && rppc == 1 ? 4 : 8;
+  at::Tensor ref_sorted = buffer<uint8_t>(P * m * ref_key_bytes, out);
+  with_ref_keys([&](auto kr) {
+    using KR = decltype(kr);
+    at::Tensor k_in = buffer<KR>(rppc * m, out);
+    for (int64_t p0 = 0; p0 < P; p0 += rppc) {
+      sort_ref(kr, p0, std::min(rppc, P - p0), as<KR>(k_in), as<KR>(ref_sorted) + p0 * m);
+    }
+  });
   // One workspace, set by two memsets: min keys (P, all ones), max keys (P, zero), then the
   // histograms (P * nbins counts, zero) from the (2P)th 8-byte word on.
   const size_t work_bytes = static_cast<size_t>(P * nbins + 2 * P) * sizeof(unsigned long long);
@@ -471,14 +564,16 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   C10_CUDA_CHECK(cudaMemsetAsync(mn, 0xff, static_cast<size_t>(P) * sizeof(K), stream));
   C10_CUDA_CHECK(cudaMemsetAsync(mx, 0, work_bytes - static_cast<size_t>(P) * sizeof(K), stream));
   at::Tensor cum = buffer<unsigned long long>(P * nbins, out);
-  at::Tensor em = buffer<double>(P * (nbins + 1), out);
+  at::Tensor em = buffer<double>(P * (nbins + 1) + P, out);  // the edge maps, then each plane's top
+  double* top = as<double>(em) + P * (nbins + 1);
   const bool shared_hist = nbins <= kSmemBins;
   const size_t hist_smem = shared_hist ? static_cast<size_t>(nbins) * sizeof(unsigned int) : 0;
   // Per plane the histogram needs only that plane's min/max: both kernels run on each run of rows.
   for_grid_rows(P, [&](int64_t p0, int64_t np) {
-    launch(minmax_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, 0, stream, src, p0, mn, mx);
-    launch(hist_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, hist_smem, stream, src, p0, mn, mx, nbins,
-           hist, shared_hist);
+    launch(minmax_kernel<scalar_t, Src>, plane_grid(minmax_kernel<scalar_t, Src>, 0, tpp, np), kThreads, 0, stream,
+           src, p0, mn, mx);
+    launch(hist_kernel<scalar_t, Src>, plane_grid(hist_kernel<scalar_t, Src>, hist_smem, tpp, np), kThreads, hist_smem,
+           stream, src, p0, mn, mx, nbins, hist, shared_hist);
   });
   const int64_t ppc = planes_per_chunk(nbins, P);
   for (int64_t p0 = 0; p0 < P; p0 += ppc) {
@@ -488,13 +583,16 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
                                            static_cast<int>(it), stream);
     });
   }
-  launch(edge_kernel, blocks_for(P * (nbins + 1)), kThreads, 0, stream, as<unsigned long long>(cum), P, nbins, ppc, n,
-         as<double>(uq), as<double>(uv), as<int64_t>(mu), m, as<double>(em));
+  with_ref_keys([&](auto kr) {
+    using KR = decltype(kr);
+    launch(edge_kernel<scalar_t, KR>, blocks_for(P * (nbins + 1)), kThreads, 0, stream, as<unsigned long long>(cum), P,
+           nbins, ppc, n, as<KR>(ref_sorted), m, as<double>(em), top);
+  });
   const bool shared_edges = nbins + 1 <= kSmemEdges;
   const size_t edge_smem = shared_edges ? static_cast<size_t>(nbins + 1) * sizeof(double) : 0;
   for_grid_rows(P, [&](int64_t p0, int64_t np) {
-    launch(map_kernel<scalar_t, Src>, plane_grid(tpp, np), kThreads, edge_smem, stream, src, p0, mn, mx, nbins,
-           as<double>(em), as<double>(uv), as<int64_t>(mu), m, o, shared_edges);
+    launch(map_kernel<scalar_t, Src>, plane_grid(map_kernel<scalar_t, Src>, edge_smem, tpp, np), kThreads, edge_smem,
+           stream, src, p0, mn, mx, nbins, as<double>(em), static_cast<const double*>(top), o, shared_edges);
   });
 }
 
@@ -511,13 +609,18 @@ at::Tensor match_cuda(const at::Tensor& source, const BicubicArgs* bicubic, cons
   const at::Tensor ref = reference.contiguous();
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "psr_match_cuda", [&] {
     if (bicubic != nullptr) {
-      const BicubicSource<scalar_t> src{
-          bicubic->x.const_data_ptr<scalar_t>(),
-          bicubic->residual.defined() ? bicubic->residual.const_data_ptr<scalar_t>() : nullptr, like.size(2),
-          like.size(3), make_taps<scalar_t>(static_cast<int>(S), bicubic->a), 1};
-      match_planes<scalar_t>(src, N * C, ref, bins, out);
+      const Taps<scalar_t> taps = make_taps<scalar_t>(static_cast<int>(S), bicubic->a);
+      const scalar_t* x = bicubic->x.const_data_ptr<scalar_t>();
+      if (bicubic->residual.defined()) {
+        const auto src = BicubicSource<scalar_t, true>::make(x, bicubic->residual.const_data_ptr<scalar_t>(),
+                                                             like.size(2), like.size(3), taps);
+        match_planes<scalar_t>(src, N * C, ref, bins, out);
+      } else {
+        const auto src = BicubicSource<scalar_t, false>::make(x, nullptr, like.size(2), like.size(3), taps);
+        match_planes<scalar_t>(src, N * C, ref, bins, out);
+      }
     } else {
-      const PlainSource<scalar_t> src{source.const_data_ptr<scalar_t>(), source.size(2) * source.size(3)};
+      const auto src = PlainSource<scalar_t>::make(source.const_data_ptr<scalar_t>(), source.size(2) * source.size(3));
       match_planes<scalar_t>(src, N * C, ref, bins, out);
     }
   });

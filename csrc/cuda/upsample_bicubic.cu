@@ -36,9 +36,10 @@ static at::Tensor upsample_bicubic_cuda(const at::Tensor& x_in, int64_t scale, d
   if (out.numel() == 0) return out;
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "psr_upsample_bicubic_cuda", [&] {
-    const BicubicSource<scalar_t> src = BicubicSource<scalar_t>{x.const_data_ptr<scalar_t>(), nullptr, H, W,
-                                                                make_taps<scalar_t>(static_cast<int>(scale), a), 1}
-                                            .for_planes(N * C, num_sms());
+    const BicubicSource<scalar_t> src =
+        BicubicSource<scalar_t>::make(x.const_data_ptr<scalar_t>(), nullptr, H, W,
+                                      make_taps<scalar_t>(static_cast<int>(scale), a))
+            .for_planes(N * C, num_sms());
     const int64_t tpp = src.tiles_per_plane();
     const int64_t max_planes = std::max<int64_t>(1, (int64_t(1) << 31) / tpp - 1);
     for (int64_t p0 = 0; p0 < N * C; p0 += max_planes) {

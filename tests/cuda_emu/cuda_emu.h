@@ -313,6 +313,19 @@ inline T atomicMax(T* a, T v) {
   return old;
 }
 
+// One device; every kernel is taken to fit 8 resident blocks per SM (the grids the ops size from
+// occupancy then match the ones they used before they asked).
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+template <typename Kernel>
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, int block_size, size_t smem) {
+  if (block_size <= 0 || block_size > 1024 || smem > ::psr_emu::kSharedLimit) ::psr_emu::fail("occupancy query");
+  *blocks = 8;
+  return cudaSuccess;
+}
+
 inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t = nullptr) {
   std::memset(p, value, bytes);
   return cudaSuccess;
