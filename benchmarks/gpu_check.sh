@@ -176,7 +176,9 @@ fi
 
 # 3b. benchmark ---------------------------------------------------------------------------------
 if want bench && have_ops bench; then
-  step bench 240 bench_cuda.log $PY benchmarks/bench_ops.py --device cuda --sizes 256 512 1024 \
+  if [ -n "${PSR_GPU_QUICK:-}" ]; then BENCH_SIZES=""; else BENCH_SIZES="--sizes 256 512 1024"; fi
+  # shellcheck disable=SC2086
+  step bench 240 bench_cuda.log $PY benchmarks/bench_ops.py --device "$DEV" $BENCH_SIZES ${PSR_GPU_QUICK:+--quick} \
     --json "$OUT/bench_cuda.json" --markdown "$OUT/bench_cuda.md"
   grep -E "^- GOAL|bandwidth" "$OUT/bench_cuda.log" | tee -a "$summary"
 fi

@@ -82,10 +82,13 @@ def test_gpu_goal_lines() -> None:
         {**base, "out_mb": 50.3, "binned_over_floor": 9.0, "a_over_binned": 1.0},  # under 100 MB: no goal
         {**base, "out_mb": 805.3, "binned_over_floor": 2.5, "a_over_binned": 20.0},
     ]
+    rows[0].update(binned_b2b_ms=1.25, b2b_over_floor=1.25, binned_smooth_ms=1.125)
     lines = bench_ops.goals(rows, "cuda")
     assert len(lines) == 2
     assert lines[0].count("PASS") == 2
     assert lines[1].count("FAIL") == 2
+    assert "back to back 1.250 ms/call = 1.25x floor; smooth image 1.125 ms" in lines[0]
+    assert "back to back" not in lines[1]  # rows from before those columns existed
 
 
 def test_update_results_replaces_only_its_device(tmp_path: Path) -> None:
