@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -307,7 +308,12 @@ struct Binner {
     lo = lo_ * mul;
     factor = static_cast<double>(bins_) / (hi_ * mul - lo);
   }
-  inline double pos(double v) const { return (v * mul - lo) * factor; }
+  // float32 ranges never overflow in double (mul is 1): their hot loops skip the multiply.
+  template <typename scalar_t>
+  inline double pos(double v) const {
+    if constexpr (std::is_same_v<scalar_t, double>) return (v * mul - lo) * factor;
+    return (v - lo) * factor;
+  }
   inline int64_t bin(double pos) const {
     // Truncation is floor for pos >= 0; NaN (possible only with check=False) lands in bin 0.
     if (pos >= 0.0 && pos < static_cast<double>(bins)) return static_cast<int64_t>(pos);
@@ -360,7 +366,7 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
     std::unique_lock<std::mutex> hold(hist_lock[g], std::defer_lock);
     if (nh < nb) hold.lock();
     int64_t* h = &hist[g * bins];
-    for (int64_t j = 0; j < C; ++j) ++h[bn.bin(bn.pos(static_cast<double>(v[j])))];
+    for (int64_t j = 0; j < C; ++j) ++h[bn.bin(bn.pos<scalar_t>(static_cast<double>(v[j])))];
   });
   // Edge k's quantile is the fraction of values in bins below k; map it exactly through the
   // reference, then interpolate linearly inside each bin.
@@ -376,11 +382,15 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
   for_rows([&](int64_t, const scalar_t* v, int64_t y) {
     scalar_t* o = out + y * C;
     for (int64_t j = 0; j < C; ++j) {
-      const double pos = bn.pos(static_cast<double>(v[j]));
+      const double pos = bn.pos<scalar_t>(static_cast<double>(v[j]));
       const int64_t k = bn.bin(pos);
       double t = pos - static_cast<double>(k);
       t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
-      o[j] = static_cast<scalar_t>(lerp_edges(em[k], em[k + 1], t));
+      if constexpr (std::is_same_v<scalar_t, double>) {
+        o[j] = lerp_edges(em[k], em[k + 1], t);  // float64 edges may overflow their difference
+      } else {
+        o[j] = static_cast<scalar_t>(em[k] + t * (em[k + 1] - em[k]));
+      }
     }
   });
 }
