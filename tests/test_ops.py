@@ -779,9 +779,22 @@ def test_cuda_sources_compile(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_wheel_ships_sources(tmp_path: Path) -> None:
+@pytest.mark.parametrize("csrc_link", ["symlink", "plain file"])
+def test_wheel_ships_sources(tmp_path: Path, csrc_link: str) -> None:
+    """The wheel carries the C++/CUDA sources, the weights and their terms, also where psr/_csrc was
+    checked out as a plain file (git core.symlinks=false) rather than a link to csrc/."""
     pytest.importorskip("setuptools")
-    pytest.importorskip("wheel")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "CITATION.cff"):
+        shutil.copy2(ROOT / name, tree / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "_csrc")
+    for d in ("psr", "psr_napari", "csrc"):
+        shutil.copytree(ROOT / d, tree / d, ignore=skip)
+    if csrc_link == "symlink":
+        (tree / "psr" / "_csrc").symlink_to("../csrc")
+    else:
+        (tree / "psr" / "_csrc").write_text("../csrc")
     out = subprocess.run(
         [
             sys.executable,
@@ -793,7 +806,7 @@ def test_wheel_ships_sources(tmp_path: Path) -> None:
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(tree),
         ],
         capture_output=True,
         text=True,
@@ -804,15 +817,20 @@ def test_wheel_ships_sources(tmp_path: Path) -> None:
 
     (whl,) = tmp_path.glob("psr-*.whl")
     names = set(zipfile.ZipFile(whl).namelist())
-    for f in (
-        "psr.cpp",
-        "psr_common.h",
-        "cpu/kernels.h",
-        "cpu/match_histograms.cpp",
-        "cuda/kernels.cuh",
-        "cuda/match_histograms.cu",
-    ):
-        assert f"psr/_csrc/{f}" in names
+    sources = {
+        str(f.relative_to(ROOT / "csrc"))
+        for f in (ROOT / "csrc").rglob("*")
+        if f.suffix in (".cpp", ".h", ".cu", ".cuh")
+    }
+    assert {"psr.cpp", "psr_common.h", "cpu/kernels.h", "cuda/match_histograms.cu"} <= sources
+    assert {f"psr/_csrc/{f}" for f in sources} <= names
+    assert {
+        "psr/weights/README.md",
+        "psr/py.typed",
+        "psr/weights/x4-pixel.safetensors",
+        "psr_napari/napari.yaml",
+    } <= names
+    assert not any(n.startswith(("tests/", "runs/", "csrc/")) for n in names)
 
 
 def test_no_warning_when_loaded() -> None:
