@@ -69,7 +69,10 @@ def find_images(root: str | os.PathLike) -> list[Path]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data directory {str(root)!r} does not exist")
+        raise FileNotFoundError(
+            f"data directory {str(root)!r} does not exist (data defaults to $PSR_SHARED/data, or ../shared/data "
+            "beside a source checkout: set PSR_SHARED or pass --data)"
+        )
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {str(root)!r}")

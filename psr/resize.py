@@ -140,7 +140,12 @@ def imresize(
     Same kind (numpy or torch) and dtype as ``image``.
     """
     is_numpy = isinstance(image, np.ndarray)
-    t = torch.from_numpy(np.ascontiguousarray(image)) if is_numpy else image
+    if is_numpy:
+        arr = np.ascontiguousarray(image)
+        # torch warns on read-only arrays (np.asarray of a PIL image): resize a private copy.
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    else:
+        t = image
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"image must be a numpy array or torch tensor, got {type(image).__name__}")
     if t.dtype == torch.bool or t.is_complex():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
@@ -167,3 +168,12 @@ def test_output_shape_option_and_errors() -> None:
         imresize(np.zeros(5), 2.0)
     with pytest.raises(TypeError, match="numpy array or torch tensor"):
         imresize([[1.0]], 2.0)  # type: ignore[arg-type]
+
+
+def test_read_only_arrays_resize_without_a_warning() -> None:
+    x = np.arange(48, dtype=np.uint8).reshape(6, 8)
+    x.flags.writeable = False  # as np.asarray(PIL.Image) gives
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = imresize(x, 2.0)
+    np.testing.assert_array_equal(out, imresize(x.copy(), 2.0))
