@@ -92,6 +92,16 @@ def test_sample_job_writes_before_after(tmp_path: Path, tiny_model: Path, capsys
     sr = Image.open(tmp_path / "chelsea_psr_x4.png")
     assert (sr.size[0], sr.size[1]) == (lr.size[0] * 4, lr.size[1] * 4)
     assert "PSNR" in capsys.readouterr().out
+    # A second run keeps the files contract: existing outputs stop it (nothing rewritten) unless --overwrite.
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert main(["upscale", "--sample", "chelsea", "-o", str(tmp_path), "--model", str(tiny_model)]) == 2
+    assert "pass --overwrite to replace them" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+    args = ["upscale", "--sample", "chelsea", "-o", str(tmp_path), "--model", str(tiny_model), "--overwrite", "--quiet"]
+    assert main(args) == 0
+    assert capsys.readouterr().out == ""  # --quiet: errors only
+    assert main(["upscale", "--sample", "chelsea", "-o", str(tmp_path / "chelsea_lr.png")]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_models_listing(capsys: pytest.CaptureFixture[str]) -> None:
