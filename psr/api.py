@@ -507,7 +507,7 @@ def upscale(
         "auto": the input tensor's device, else CUDA when available, else the CPU.
     precision : {"float32", "bfloat16"}
         Arithmetic of the network. ``"bfloat16"`` runs it under bf16 autocast with channels-last
-        tensors: 3-4x faster on CPUs with bf16 support and on GPUs, for about -0.001 dB on Set5
+        tensors: about 2-7x faster on CPUs with bf16 support (by host and size), faster on GPUs, for about -0.001 dB on Set5
         x4 (benchmarks/RESULTS.md). Tiles then agree with the whole image to bf16 rounding, not
         exactly. Intensity mapping, the bicubic skip and histogram matching stay in float32.
     progress : callable, optional
