@@ -114,13 +114,14 @@ def _array_mode(dtype: Any, shape: tuple[int, ...]) -> str | None:
 
 
 def _probe(path: Path) -> str | None:
-    """Check that ``path`` opens as an image (header only); the PIL mode of its result, or None."""
+    """Check that ``path`` opens as an image (PNG/JPEG decoded; TIFF: header and data extent); its result's PIL mode, or None."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
+                _check_tiff_extent(series, path.stat().st_size)
                 return _array_mode(series.dtype, tuple(series.shape))
         from PIL import Image
 
@@ -131,6 +132,23 @@ def _probe(path: Path) -> str | None:
         raise
     except Exception as exc:
         raise _unreadable(path, exc) from exc
+
+
+def _check_tiff_extent(series: Any, size: int) -> None:
+    """A truncated TIFF's header still parses: check that its image data lie inside the file
+    (without decoding it), so that it is refused before any output is written."""
+    offset = getattr(series, "dataoffset", None)
+    if offset is not None:  # one contiguous block (ImageJ hyperstacks, uncompressed stacks)
+        end = offset + series.nbytes
+        if end > size:
+            raise ValueError(f"truncated: its image data end at byte {end}, the file has {size}")
+        return
+    for page in series.pages:
+        if page is None:
+            continue
+        for off, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+            if off + count > size:
+                raise ValueError(f"truncated: a data segment ends at byte {off + count}, the file has {size}")
 
 
 def _unreadable(path: Path, exc: BaseException) -> UsageError:

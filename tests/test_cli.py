@@ -439,3 +439,32 @@ def test_truncated_png_is_refused_before_anything_is_written(
     assert main(["upscale", str(src), "-o", str(out), "--bicubic", "--quiet"]) == 2
     assert "b.png: cannot read it as an image" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["imagej stack", "tiled, compressed", "plain pages"])
+def test_truncated_tiff_is_refused_before_anything_is_written(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """A truncated TIFF's header still parses; its data extent is checked up front."""
+    import tifffile
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rng.integers(0, 256, (21, 17, 3), dtype=np.uint8)).save(src / "a.png")
+    stack = rng.integers(0, 65535, (3, 24, 20), dtype=np.uint16)
+    kw = {
+        "imagej stack": {"imagej": True, "metadata": {"axes": "ZYX"}},
+        "tiled, compressed": {"tile": (16, 16), "compression": "zlib"},
+        "plain pages": {},
+    }[kind]
+    tifffile.imwrite(src / "b.tif", stack, **kw)
+    ok = tmp_path / "ok.tif"
+    tifffile.imwrite(ok, stack, **kw)
+    assert main(["upscale", str(ok), "-o", str(tmp_path / "ok_out"), "--bicubic", "--quiet"]) == 0  # whole: fine
+    data = (src / "b.tif").read_bytes()
+    (src / "b.tif").write_bytes(data[: len(data) - 300])
+    out = tmp_path / "out"
+    assert main(["upscale", str(src), "-o", str(out), "--bicubic", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "b.tif: cannot read it as an image" in err and "truncated" in err
+    assert not out.exists() or not any(out.iterdir())
