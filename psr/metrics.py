@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 
 import numpy as np
+
+from ._checks import int_arg
 
 __all__ = ["rgb_to_y", "shave", "psnr", "ssim", "mod_crop"]
 
@@ -27,14 +28,7 @@ def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
         raise ValueError(f"image must be (H, W) or (H, W, C) with C in 1, 3, 4, got shape {image.shape}")
-    if isinstance(scale, bool):
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    try:
-        scale = operator.index(scale)
-    except TypeError:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}") from None
-    if scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    scale = int_arg(scale, "scale", 1, None, "a positive integer")
     h, w = image.shape[:2]
     return image[: h - h % scale, : w - w % scale]
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 
 import torch
 
 from . import _build, _reference
+from ._checks import int_arg
 
 __all__ = ["backend", "upsample_bicubic", "match_histograms", "upsample_match"]
 
@@ -69,15 +69,7 @@ def _check_image(name: str, t: object) -> torch.Tensor:
 
 
 def _check_scale(scale: object) -> int:
-    if isinstance(scale, bool):
-        raise ValueError(f"scale must be an integer in 1..8, got {scale!r}")
-    try:
-        s = operator.index(scale)  # int and numpy integers, not floats
-    except TypeError:
-        raise ValueError(f"scale must be an integer in 1..8, got {scale!r}") from None
-    if not 1 <= s <= 8:
-        raise ValueError(f"scale must be an integer in 1..8, got {scale!r}")
-    return s
+    return int_arg(scale, "scale", 1, 8, "an integer in 1..8")
 
 
 def _check_a(a: object) -> float:
@@ -91,15 +83,7 @@ def _check_a(a: object) -> float:
 def _check_bins(bins: object) -> int | None:
     if bins is None:
         return None
-    if isinstance(bins, bool):
-        raise ValueError(f"bins must be None or an integer in 1..{MAX_BINS}, got {bins!r}")
-    try:
-        b = operator.index(bins)
-    except TypeError:
-        raise ValueError(f"bins must be None or an integer in 1..{MAX_BINS}, got {bins!r}") from None
-    if not 1 <= b <= MAX_BINS:
-        raise ValueError(f"bins must be None or an integer in 1..{MAX_BINS}, got {bins!r}")
-    return b
+    return int_arg(bins, "bins", 1, MAX_BINS, f"None or an integer in 1..{MAX_BINS}")
 
 
 def _check_finite(name: str, t: torch.Tensor) -> None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 
 import numpy as np
 import torch
+
+from ._checks import int_arg
 
 __all__ = ["cubic_kernel", "resample_axis", "imresize", "resize_weights"]
 
@@ -167,14 +168,10 @@ def imresize(
         out_w = max(1, math.ceil(round(scale * w, 9)))
         sh = sw = float(scale)
     else:
-        try:
-            out_h, out_w = (operator.index(v) for v in output_shape)  # type: ignore[union-attr]
-            if isinstance(output_shape[0], bool) or isinstance(output_shape[1], bool):  # type: ignore[index]
-                raise TypeError
+        try:  # not a pair, or an element that is not a positive integer
+            out_h, out_w = (int_arg(v, "output_shape", 1, None, "") for v in output_shape)  # type: ignore[union-attr]
         except (TypeError, ValueError):
             raise ValueError(f"output_shape must be two positive integers (H, W), got {output_shape!r}") from None
-        if out_h < 1 or out_w < 1:
-            raise ValueError(f"output_shape must be two positive integers (H, W), got {output_shape!r}")
         sh, sw = out_h / h, out_w / w
     orig_dtype = t.dtype
     work = t if t.is_floating_point() else t.to(torch.float64)
