@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #ifdef __CUDACC__
 #define PSR_HD __host__ __device__ __forceinline__
@@ -203,6 +204,41 @@ PSR_HD double lerp_edges(double a, double b, double t) {
   if (!finite_double(a)) return a;
   if (!finite_double(b)) return b;
   return 2.0 * (0.5 * a + t * (0.5 * b - 0.5 * a));
+}
+
+// A plane's bins (make_binner) and the binned map of a value (map), one definition for the CPU and
+// CUDA kernels. float32 planes never overflow in double (binner_scale gives 1), so their hot path
+// skips the multiply and lerp_edges' checks: the same bits.
+struct Binner {
+  double mul, lo, factor;  // lo pre-scaled: lo_plane * mul
+  int64_t bins;
+
+  template <typename scalar_t>
+  PSR_HD double pos(double v) const {
+    if constexpr (std::is_same_v<scalar_t, double>) return (v * mul - lo) * factor;
+    return (v - lo) * factor;
+  }
+  // floor(pos) clamped to [0, bins - 1]; truncation is floor for pos >= 0, and NaN (possible only
+  // with check=False) lands in bin 0.
+  PSR_HD int64_t bin(double pos) const {
+    if (pos >= 0.0 && pos < static_cast<double>(bins)) return static_cast<int64_t>(pos);
+    return pos >= static_cast<double>(bins) ? bins - 1 : 0;
+  }
+  // The value's bin k and its position t in it, interpolated between the edge map's em[k], em[k+1].
+  template <typename scalar_t>
+  PSR_HD double map(double v, const double* em) const {
+    const double p = pos<scalar_t>(v);
+    const int64_t k = bin(p);
+    double t = p - static_cast<double>(k);
+    t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
+    if constexpr (std::is_same_v<scalar_t, double>) return lerp_edges(em[k], em[k + 1], t);
+    return em[k] + t * (em[k + 1] - em[k]);
+  }
+};
+
+PSR_HD Binner make_binner(double lo, double hi, int64_t bins) {
+  const double mul = binner_scale(lo, hi, bins);
+  return Binner{mul, lo * mul, static_cast<double>(bins) / (hi * mul - lo * mul), bins};
 }
 
 }  // namespace psr

@@ -18,7 +18,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -296,31 +295,6 @@ void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar
   });
 }
 
-// Bin of a value: floor((v - lo) * factor) clamped to [0, bins - 1], and its position within it.
-// Where hi - lo overflows (float64 ranges beyond DBL_MAX) or bins / (hi - lo) does (subnormal
-// ranges), every value is first scaled by a power of two, `mul` (exact), so that both are finite;
-// otherwise mul is 1 and pos is bit for bit (v - lo) * factor (psr_common.h: binner_scale).
-struct Binner {
-  double mul, lo, factor;  // lo is pre-scaled: lo_plane * mul
-  int64_t bins;
-  Binner(double lo_, double hi_, int64_t bins_) : bins(bins_) {
-    mul = binner_scale(lo_, hi_, bins_);
-    lo = lo_ * mul;
-    factor = static_cast<double>(bins_) / (hi_ * mul - lo);
-  }
-  // float32 ranges never overflow in double (mul is 1): their hot loops skip the multiply.
-  template <typename scalar_t>
-  inline double pos(double v) const {
-    if constexpr (std::is_same_v<scalar_t, double>) return (v * mul - lo) * factor;
-    return (v - lo) * factor;
-  }
-  inline int64_t bin(double pos) const {
-    // Truncation is floor for pos >= 0; NaN (possible only with check=False) lands in bin 0.
-    if (pos >= 0.0 && pos < static_cast<double>(bins)) return static_cast<int64_t>(pos);
-    return pos >= static_cast<double>(bins) ? bins - 1 : 0;
-  }
-};
-
 template <typename scalar_t, typename Rows>
 void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64_t bins, scalar_t* out) {
   const int64_t R = rows.rows(), C = rows.cols(), n = R * C;
@@ -353,7 +327,7 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
     std::fill(out, out + n, static_cast<scalar_t>(rc.fp.back()));
     return;
   }
-  const Binner bn(lo, hi, bins);
+  const Binner bn = make_binner(lo, hi, bins);
 
   // One histogram per group of blocks, at most kHistBudget counts in all, so that memory does not
   // grow with threads x bins (2^24 bins: a single histogram, counted by one thread at a time).
@@ -382,15 +356,7 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
   for_rows([&](int64_t, const scalar_t* v, int64_t y) {
     scalar_t* o = out + y * C;
     for (int64_t j = 0; j < C; ++j) {
-      const double pos = bn.pos<scalar_t>(static_cast<double>(v[j]));
-      const int64_t k = bn.bin(pos);
-      double t = pos - static_cast<double>(k);
-      t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
-      if constexpr (std::is_same_v<scalar_t, double>) {
-        o[j] = lerp_edges(em[k], em[k + 1], t);  // float64 edges may overflow their difference
-      } else {
-        o[j] = static_cast<scalar_t>(em[k] + t * (em[k + 1] - em[k]));
-      }
+      o[j] = static_cast<scalar_t>(bn.map<scalar_t>(static_cast<double>(v[j]), em.data()));
     }
   });
 }

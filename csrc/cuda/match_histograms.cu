@@ -19,7 +19,6 @@
 #endif
 
 #include <limits>
-#include <type_traits>
 
 #include "kernels.cuh"
 
@@ -255,31 +254,13 @@ __global__ void __launch_bounds__(kThreads) minmax_kernel(Src src, int64_t plane
   }
 }
 
-// The bin of a value, exactly as the CPU kernel and psr/_reference.py compute it. float64 planes
-// whose range (or bins over it) overflows are first scaled by a power of two, mul (binner_scale in
-// psr_common.h); float32 ranges never overflow in double, so their path has no multiply (mul = 1).
-struct Binner {
-  double mul, lo, factor;  // lo pre-scaled: lo_plane * mul
-  int64_t bins;
-  template <typename scalar_t>
-  __device__ __forceinline__ double pos(double v) const {
-    if constexpr (std::is_same<scalar_t, double>::value) return (v * mul - lo) * factor;
-    return (v - lo) * factor;
-  }
-  __device__ __forceinline__ int64_t bin(double pos) const {
-    if (pos >= 0.0 && pos < static_cast<double>(bins)) return static_cast<int64_t>(pos);
-    return pos >= static_cast<double>(bins) ? bins - 1 : 0;
-  }
-};
-
 template <typename scalar_t>
 __device__ __forceinline__ bool plane_binner(const typename KeyTraits<scalar_t>::key_t* mn,
                                              const typename KeyTraits<scalar_t>::key_t* mx, int64_t p, int64_t bins,
                                              Binner& b) {
   const double lo = static_cast<double>(KeyTraits<scalar_t>::value(mn[p]));
   const double hi = static_cast<double>(KeyTraits<scalar_t>::value(mx[p]));
-  const double mul = std::is_same<scalar_t, double>::value ? binner_scale(lo, hi, bins) : 1.0;
-  b = Binner{mul, lo * mul, static_cast<double>(bins) / (hi * mul - lo * mul), bins};
+  b = make_binner(lo, hi, bins);  // psr_common.h, as the CPU kernel
   return lo != hi;
 }
 
@@ -409,17 +390,7 @@ __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
   for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
     src.for_each_value(p, tile, smem, [&](scalar_t v, int64_t i) {
       if (varies) {
-        const double pos = bn.pos<scalar_t>(static_cast<double>(v));
-        const int64_t k = bn.bin(pos);
-        double t = pos - static_cast<double>(k);
-        t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
-        const double e0 = e[k], e1 = e[k + 1];
-        // float32 edges cannot overflow their difference in double: no check on that path.
-        if constexpr (std::is_same<scalar_t, double>::value) {
-          plane_out[i] = lerp_edges(e0, e1, t);
-        } else {
-          plane_out[i] = static_cast<scalar_t>(e0 + t * (e1 - e0));
-        }
+        plane_out[i] = static_cast<scalar_t>(bn.map<scalar_t>(static_cast<double>(v), e));
       } else {
         plane_out[i] = top;
       }
