@@ -81,18 +81,12 @@ def back_to_back_ms(fn: Callable[[], object], repeats: int, calls: int = 10) -> 
     A single call timed between events also counts the host's time to enqueue it once the GPU
     side is shorter; back to back the enqueueing of one call overlaps the kernels of the last.
     """
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+
+    def queued() -> None:
         for _ in range(calls):
             fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
+
+    return median_ms(queued, "cuda", repeats) / calls
 
 
 def paired_ms(f: Callable[[], object], g: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
