@@ -831,6 +831,11 @@ def test_wheel_ships_sources(tmp_path: Path, csrc_link: str) -> None:
         "psr_napari/napari.yaml",
     } <= names
     assert not any(n.startswith(("tests/", "runs/", "csrc/")) for n in names)
+    # PEP 639 licence metadata (the TOML-table form stops building with setuptools from 2027-02).
+    (meta,) = (n for n in names if n.endswith(".dist-info/METADATA"))
+    fields = zipfile.ZipFile(whl).read(meta).decode().splitlines()
+    assert "License-Expression: BSD-3-Clause" in fields
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 
 def test_no_warning_when_loaded() -> None:
