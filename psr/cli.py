@@ -1,8 +1,9 @@
 """The ``psr`` command line: upscale files, train, export, evaluate, benchmark, build the extension.
 
 Subcommand modules are imported only when their subcommand runs, so ``psr upscale`` never loads
-torchvision or the training stack: ``train``, ``export`` and ``eval`` are listed by placeholder
-parsers and get their real ones only when named on the command line.
+torchvision or the training stack, and ``psr --help`` does not load torch: ``stylize``, ``train``,
+``export`` and ``eval`` are listed by placeholder parsers and get their real ones only when named
+on the command line.
 
 Exit status: 0 on success, 2 for usage and input errors (bad arguments, missing or unreadable
 inputs, outputs that exist, unknown models), 1 for failures at run time (out of memory, a write
@@ -36,6 +37,7 @@ _BENCH_KNOWN = ("ops", "stylize", "train", "upscale")  # when benchmarks/ is abs
 # Modes Pillow writes to each format (what a result of the input's mode can be saved as).
 _WRITABLE = {"JPEG": ("L", "RGB"), "PNG": ("1", "L", "LA", "I;16", "P", "RGB", "RGBA")}
 _LAZY_HELP = {
+    "stylize": "stylise image files (real-time style transfer)",
     "train": "train a network (psr train --help)",
     "export": "export a training run as a shipped-weights file",
     "eval": "evaluate models on a benchmark set",
@@ -684,11 +686,18 @@ def _cmd_placeholder(args: argparse.Namespace) -> int:
 
 
 def _add_heavy(sub: argparse._SubParsersAction, name: str, real: bool) -> None:
-    """Register ``train``, ``export`` or ``eval``: the real parser, or a placeholder that lists it."""
+    """Register ``stylize``, ``train``, ``export`` or ``eval``: the real parser, or a placeholder
+    that lists it."""
     if not real:
         p = sub.add_parser(name, help=_LAZY_HELP[name], add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         p.set_defaults(func=_cmd_placeholder)
+        return
+    if name == "stylize":
+        # importlib: the package attribute ``psr.stylize`` is the function, not the module.
+        p = sub.add_parser(name, help=_LAZY_HELP[name], epilog=_EPILOG_SHORT)
+        importlib.import_module("psr.stylize").add_arguments(p)
+        p.set_defaults(func=_cmd_stylize)
         return
     if name in ("train", "export"):
         from . import train
@@ -716,9 +725,10 @@ def _add_heavy(sub: argparse._SubParsersAction, name: str, real: bool) -> None:
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``psr`` parser for ``argv``.
 
-    ``train``, ``export`` and ``eval`` import the training stack to build their options, so they
-    get their real parsers only when ``argv`` names them (or when ``argv`` is None: everything);
-    otherwise placeholders list them in ``psr --help`` and in "invalid choice" messages.
+    ``stylize``, ``train``, ``export`` and ``eval`` import torch (the last three the training
+    stack) to build their options, so they get their real parsers only when ``argv`` names them
+    (or when ``argv`` is None: everything); otherwise placeholders list them in ``psr --help`` and
+    in "invalid choice" messages.
     """
     parser = argparse.ArgumentParser(
         prog="psr",
@@ -730,6 +740,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"psr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Subcommands whose options need torch get their real parsers only when asked for, so
+    # `psr --help` and `psr upscale` stay light.
+    command = None if argv is None else next((a for a in argv if not a.startswith("-")), None)
 
     p = sub.add_parser("upscale", help="upscale image files (PNG, JPEG, TIFF)", epilog=_EPILOG_SHORT)
     p.add_argument(
@@ -761,9 +774,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary; errors only")
     p.set_defaults(func=_cmd_upscale)
 
-    p = sub.add_parser("stylize", help="stylise image files (real-time style transfer)", epilog=_EPILOG_SHORT)
-    importlib.import_module("psr.stylize").add_arguments(p)
-    p.set_defaults(func=_cmd_stylize)
+    _add_heavy(sub, "stylize", real=argv is None or command == "stylize")
 
     p = sub.add_parser("models", help="list shipped models")
     p.add_argument("--json", action="store_true")
@@ -779,8 +790,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_cmd_build_ext)
 
-    # Heavy subcommands get their real parsers only when asked for, so `psr upscale` stays light.
-    command = None if argv is None else next((a for a in argv if not a.startswith("-")), None)
     for name in ("train", "export", "eval"):
         _add_heavy(sub, name, real=argv is None or command == name)
     return parser

@@ -348,6 +348,29 @@ def test_inference_path_never_imports_torchvision_or_triton() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_package_names_load_on_first_use() -> None:
+    """``import psr`` does not import torch; every public name resolves on first use, and
+    ``psr.evaluate``/``psr.stylize`` stay the functions after their submodules are imported."""
+    code = (
+        "import importlib, sys, types, psr\n"
+        "assert 'torch' not in sys.modules, 'import psr imported torch'\n"
+        "import psr.evaluate, psr.stylize, psr.api\n"
+        "importlib.import_module('psr.evaluate'); importlib.import_module('psr.stylize')\n"
+        "assert callable(psr.evaluate) and callable(psr.stylize), (psr.evaluate, psr.stylize)\n"
+        "assert psr.evaluate is sys.modules['psr.evaluate'].evaluate\n"
+        "assert psr.stylize is sys.modules['psr.stylize'].stylize\n"
+        "assert isinstance(sys.modules['psr.stylize'], types.ModuleType)\n"
+        "for name in psr.__all__:\n"
+        "    assert getattr(psr, name) is not None and name in dir(psr), name\n"
+        "from psr import upscale, Upscaler, evaluate\n"
+        "assert evaluate is psr.evaluate and upscale is psr.api.upscale\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(AttributeError, match="nosuch"):
+        psr.nosuch  # noqa: B018
+
+
 def test_upscaler_module(tiny_model: Path) -> None:
     x = torch.rand(2, 3, 5, 6)
     mod = psr.Upscaler(4, model=tiny_model)

@@ -368,10 +368,22 @@ def test_help_lists_every_command_and_upscale_stays_light(
     with pytest.raises(SystemExit):
         main(["--help"])
     listing = capsys.readouterr().out
-    assert all(f"    {name} " in listing for name in ("train", "export", "eval")), listing
+    assert all(f"    {name} " in listing for name in ("stylize", "train", "export", "eval")), listing
     with pytest.raises(SystemExit):
         main(["train", "--help"])  # the real parser, with its options
     assert "--data" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["stylize", "--help"])
+    assert "--preserve-color" in capsys.readouterr().out
+    # --help, --version and upscale's options answer without importing torch (about 3 s here).
+    for argv in (["--help"], ["--version"], ["upscale", "--help"], ["nosuch"]):
+        code = (
+            "import contextlib, io, sys\nfrom psr.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n    main({argv!r})\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, (argv, done.stderr)
     src = tmp_path / "x.png"
     Image.fromarray(rng.integers(0, 256, (5, 7, 3), np.uint8)).save(src)
     code = (
