@@ -279,9 +279,12 @@ inline int num_sms() { return ::psr_emu::num_sms(); }
 #endif
 
 // Resident blocks of kThreads threads per SM for `kernel` with `smem` bytes of dynamic shared
-// memory (at least 1), cached per device, kernel and smem size (any host thread).
+// memory (at least 1), cached per device, kernel and smem size (any host thread). The size is
+// rounded up to 1 KiB first (a conservative count), so the cache stays small however many bin
+// counts callers use.
 template <typename... KArgs>
 inline int blocks_per_sm(void (*kernel)(KArgs...), size_t smem) {
+  smem = (smem + 1023) / 1024 * 1024;
   struct Entry {
     int device;
     const void* kernel;
