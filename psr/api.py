@@ -20,7 +20,22 @@ from .weights import WEIGHTS_DIR, _weights_key, load_model
 __all__ = ["upscale", "Upscaler", "resolve_model", "BICUBIC"]
 
 BICUBIC = "bicubic"
-_PIL_MODES = {"L": np.uint8, "I;16": np.uint16, "RGB": np.uint8, "RGBA": np.uint8}
+_PIL_MODES = {"L": np.uint8, "I;16": np.uint16, "I": np.int32, "F": np.float32, "RGB": np.uint8, "RGBA": np.uint8}
+# What to convert other PIL modes to first (psr returns the mode it was given, which these cannot
+# hold after upscaling: a palette, 1-bit, or a colour space the networks were not trained on).
+_PIL_CONVERT = {
+    "1": "L",
+    "P": "RGB', or 'RGBA' where it has transparency",
+    "PA": "RGBA",
+    "LA": "RGBA",
+    "La": "RGBA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+}
 _MAX_NDIM = 6
 
 
@@ -104,7 +119,11 @@ def _as_array(image: Any) -> tuple[np.ndarray | torch.Tensor, str, str | None]:
         Image = None  # type: ignore[assignment]
     if Image is not None and isinstance(image, Image.Image):
         if image.mode not in _PIL_MODES:
-            raise ValueError(f"image: PIL mode {image.mode!r} is not supported; expected one of {sorted(_PIL_MODES)}")
+            hint = _PIL_CONVERT.get(image.mode)
+            raise ValueError(
+                f"image: PIL mode {image.mode!r} is not supported; expected one of {sorted(_PIL_MODES)}"
+                + (f" (convert it first: image.convert('{hint}'))" if hint else "")
+            )
         arr = np.asarray(image)
         if image.mode == "I;16":
             arr = arr.astype(np.uint16)
@@ -467,8 +486,8 @@ def upscale(
     ----------
     image : ndarray, PIL.Image or Tensor
         numpy: (H, W) gray, (..., H, W, 3|4) RGB(A) with ``channel_axis="auto"``, or any layout
-        with an explicit ``channel_axis``. PIL: modes L, I;16, RGB, RGBA. torch: (H, W),
-        (C, H, W) or (N, C, H, W) with C in {1, 3, 4}.
+        with an explicit ``channel_axis``. PIL: modes L, I;16, I, F, RGB, RGBA (convert others first). torch:
+        (H, W), (C, H, W) or (N, C, H, W) with C in {1, 3, 4}.
     scale : int
         Upscaling factor; must equal the model's.
     model : str, path or nn.Module, optional

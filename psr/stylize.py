@@ -127,7 +127,7 @@ def stylize(
     image : ndarray, PIL.Image or Tensor
         As for :func:`psr.upscale`: numpy (H, W) gray or (..., H, W, 3|4) RGB(A) with
         ``channel_axis="auto"`` (or any layout with an explicit ``channel_axis``); PIL modes L,
-        I;16, RGB, RGBA; torch (H, W), (C, H, W) or (N, C, H, W) with C in {1, 3, 4}.
+        I;16, I, F, RGB, RGBA; torch (H, W), (C, H, W) or (N, C, H, W) with C in {1, 3, 4}.
     style : str, path or nn.Module
         A shipped style (``psr.list_models(task="style")``), a style weights file, or a module
         mapping RGB [0, 1] (N, 3, H, W) to the same shape.

@@ -112,7 +112,14 @@ def test_stacks_and_channel_axis(tiny_model: Path, rng: np.random.Generator) -> 
 
 @pytest.mark.parametrize(
     "mode,shape,dtype",
-    [("L", (9, 7), np.uint8), ("I;16", (9, 7), np.uint16), ("RGB", (9, 7, 3), np.uint8), ("RGBA", (9, 7, 4), np.uint8)],
+    [
+        ("L", (9, 7), np.uint8),
+        ("I;16", (9, 7), np.uint16),
+        ("I", (9, 7), np.int32),
+        ("F", (9, 7), np.float32),
+        ("RGB", (9, 7, 3), np.uint8),
+        ("RGBA", (9, 7, 4), np.uint8),
+    ],
 )
 def test_pil_modes(tiny_model: Path, rng: np.random.Generator, mode: str, shape: tuple, dtype: type) -> None:
     arr = rng.integers(0, 256 if dtype == np.uint8 else 60000, shape).astype(dtype)
@@ -121,6 +128,13 @@ def test_pil_modes(tiny_model: Path, rng: np.random.Generator, mode: str, shape:
     out = psr.upscale(im, 4, model=tiny_model)
     assert isinstance(out, Image.Image) and out.mode == mode and out.size == (28, 36)
     np.testing.assert_array_equal(np.asarray(out), psr.upscale(arr, 4, model=tiny_model))
+
+
+@pytest.mark.parametrize("mode,hint", [("P", "RGBA"), ("LA", "RGBA"), ("1", "L"), ("CMYK", "RGB"), ("YCbCr", "RGB")])
+def test_pil_modes_refused_with_a_hint(rng: np.random.Generator, mode: str, hint: str) -> None:
+    im = Image.fromarray(rng.integers(0, 256, (9, 7, 3), np.uint8)).convert(mode)
+    with pytest.raises(ValueError, match=rf"PIL mode '{mode}' is not supported.*image\.convert\('.*{hint}"):
+        psr.upscale(im, 4, model="bicubic")
 
 
 @pytest.mark.parametrize("device", DEVICES)
