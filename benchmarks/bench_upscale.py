@@ -57,7 +57,7 @@ def bf16_psnr(model: SRNet, shared: Path, device: torch.device) -> dict[str, flo
     res: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for f in sorted(set5.glob("*.png")):
         hr = mod_crop(np.asarray(Image.open(f).convert("RGB")), 4)
-        lr = np.moveaxis(imresize(np.moveaxis(hr, -1, 0), 0.25), 0, -1)
+        lr = imresize(hr, 0.25)  # (H, W, 3)
         x = torch.from_numpy(lr).permute(2, 0, 1)[None].float().to(device) / 255
         for mode in ("fp32", "bf16"):
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16"):

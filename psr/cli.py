@@ -575,7 +575,7 @@ def _upscale_sample(args: argparse.Namespace) -> int:
     if hr.ndim == 2:
         hr = np.stack([hr] * 3, axis=-1)
     hr = hr[: hr.shape[0] - hr.shape[0] % args.scale, : hr.shape[1] - hr.shape[1] % args.scale]
-    lr = np.moveaxis(imresize(np.moveaxis(hr, -1, 0), 1 / args.scale), 0, -1)  # MATLAB bicubic, uint8
+    lr = imresize(hr, 1 / args.scale)  # MATLAB bicubic over (H, W, 3), uint8
     sr = upscale(
         lr, args.scale, model=model, match_histogram=args.match_histogram, device=args.device, precision=args.precision
     )

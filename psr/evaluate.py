@@ -95,10 +95,9 @@ def load_hr(path: str | os.PathLike) -> np.ndarray:
 
 def _degrade(hr: np.ndarray, scale: int) -> np.ndarray:
     """LR by the MATLAB-compatible imresize(HR, 1/s), uint8 in, rounded uint8 out."""
-    chw = hr if hr.ndim == 2 else np.ascontiguousarray(hr.transpose(2, 0, 1))
-    lr = imresize(chw, 1.0 / scale)
+    lr = imresize(hr, 1.0 / scale, channel_axis=None if hr.ndim == 2 else -1)
     assert isinstance(lr, np.ndarray)
-    return lr if hr.ndim == 2 else np.ascontiguousarray(lr.transpose(1, 2, 0))
+    return lr
 
 
 def _luma(img: np.ndarray) -> np.ndarray:

@@ -121,24 +121,32 @@ def imresize(
     *,
     output_shape: tuple[int, int] | None = None,
     antialias: bool = True,
+    channel_axis: int | str | None = "auto",
 ) -> torch.Tensor | np.ndarray:
-    """MATLAB-compatible ``imresize(image, scale, 'bicubic')`` over the last two axes.
+    """MATLAB-compatible ``imresize(image, scale, 'bicubic')`` over the two spatial axes.
 
     Parameters
     ----------
-    image : ndarray or Tensor, shape (..., H, W)
-        Floating input is resized in its own precision; integer input is resized in float64 and
-        rounded (halves away from zero) and clipped back to its dtype, as MATLAB does for uint8.
+    image : ndarray or Tensor
+        (..., H, W), or with a channel axis (see ``channel_axis``). Floating input is resized in
+        its own precision; integer input is resized in float64 and rounded (halves away from
+        zero) and clipped back to its dtype, as MATLAB does for uint8.
     scale : float, optional
         Scale factor for both axes; output size is ``ceil(scale * n)`` as in MATLAB.
     output_shape : (int, int), optional
         Explicit output (H, W); the scale per axis is then ``out / in``.
     antialias : bool
         Stretch the kernel when downscaling (MATLAB's default).
+    channel_axis : "auto", int or None
+        The axis holding channels; the spatial axes are then the last two others. ``"auto"``
+        (as in :func:`psr.upscale`): a numpy array of 3 or more dimensions whose last axis is 1,
+        3 or 4 long is (..., H, W, C), as MATLAB and scikit-image read an RGB array; anything
+        else, and every tensor ((N, C, H, W) as torch lays it out), is resized over its last two
+        axes. ``None``: always the last two axes.
 
     Returns
     -------
-    Same kind (numpy or torch) and dtype as ``image``.
+    Same kind (numpy or torch), dtype and layout as ``image``.
     """
     is_numpy = isinstance(image, np.ndarray)
     if is_numpy:
@@ -153,6 +161,22 @@ def imresize(
         raise TypeError(f"image must have a real integer or floating-point dtype, got {t.dtype}")
     if t.ndim < 2:
         raise ValueError(f"image must have at least 2 dimensions (..., H, W), got shape {tuple(t.shape)}")
+    if isinstance(channel_axis, str) and channel_axis == "auto":
+        ch = t.ndim - 1 if is_numpy and t.ndim >= 3 and t.shape[-1] in (1, 3, 4) else None
+    elif channel_axis is None:
+        ch = None
+    elif isinstance(channel_axis, (int, np.integer)) and not isinstance(channel_axis, (bool, np.bool_)):
+        if t.ndim < 3:
+            raise ValueError(
+                f"channel_axis={channel_axis} needs an image with 3 or more dimensions, got shape {tuple(t.shape)}"
+            )
+        if not -t.ndim <= channel_axis < t.ndim:
+            raise ValueError(f"channel_axis={channel_axis} is out of range for an image of shape {tuple(t.shape)}")
+        ch = int(channel_axis) % t.ndim
+    else:
+        raise ValueError(f"channel_axis must be 'auto', None or an integer, got {channel_axis!r}")
+    if ch is not None:  # channels just before the spatial axes; moved back at the end
+        t = t.movedim(ch, -3)
     h, w = t.shape[-2:]
     if h < 1 or w < 1:
         raise ValueError(f"image must be non-empty, got shape {tuple(t.shape)}")
@@ -184,7 +208,9 @@ def imresize(
     if not t.is_floating_point():
         info = torch.iinfo(orig_dtype)
         work = _round_half_away(work).clamp(info.min, info.max).to(orig_dtype)
-    return work.numpy() if is_numpy else work
+    if ch is not None:
+        work = work.movedim(-3, ch)
+    return np.ascontiguousarray(work.numpy()) if is_numpy else work
 
 
 def _round_half_away(x: torch.Tensor) -> torch.Tensor:

@@ -102,9 +102,9 @@ def _matlab_round(ref: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(("shape", "scale"), [((2, 3, 17, 13), 0.25), ((2000, 4, 4), 2.0)])
 def test_uint8_rounds_and_clips_like_matlab(rng: np.random.Generator, shape: tuple, scale: float) -> None:
     x = rng.integers(0, 256, shape, dtype=np.uint8)
-    out = imresize(x, scale)
+    out = imresize(x, scale, channel_axis=None)  # a stack of 4x4 images, not 4 channels
     assert out.dtype == np.uint8 and out.shape[-2:] == tuple(math.ceil(scale * n) for n in shape[-2:])
-    ref = imresize(x.astype(np.float64), scale)
+    ref = imresize(x.astype(np.float64), scale, channel_axis=None)
     if scale == 2.0:  # thousands of upscales: some land exactly on a half, where MATLAB rounds up
         assert np.any(np.abs(ref - np.trunc(ref)) == 0.5)
     np.testing.assert_array_equal(out, np.clip(_matlab_round(ref), 0, 255).astype(np.uint8))
@@ -168,6 +168,40 @@ def test_output_shape_option_and_errors() -> None:
         imresize(np.zeros(5), 2.0)
     with pytest.raises(TypeError, match="numpy array or torch tensor"):
         imresize([[1.0]], 2.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_channel_axis(rng: np.random.Generator, dtype: type, channels: int) -> None:
+    """(H, W, C) numpy arrays resize over H and W, as MATLAB's imresize does for an RGB array: each
+    channel equals the 2-D resize of that channel alone (an independent per-plane oracle)."""
+    hr = rng.integers(0, 256, (2, 13, 17, channels)).astype(dtype)
+    out = imresize(hr, 0.5)  # "auto": channels last
+    assert out.shape == (2, 7, 9, channels) and out.dtype == dtype and out.flags.c_contiguous
+    for i in range(2):
+        for c in range(channels):
+            np.testing.assert_array_equal(out[i, ..., c], imresize(np.ascontiguousarray(hr[i, ..., c]), 0.5))
+    np.testing.assert_array_equal(imresize(hr, 0.5, channel_axis=-1), out)
+    # The same planes elsewhere: explicit channel axes, tensors (last two axes by default).
+    chw = np.ascontiguousarray(np.moveaxis(hr, -1, 1))
+    np.testing.assert_array_equal(np.moveaxis(imresize(chw, 0.5, channel_axis=1), 1, -1), out)
+    t = torch.from_numpy(hr)
+    np.testing.assert_array_equal(imresize(t, 0.5, channel_axis=-1).numpy(), out)
+    np.testing.assert_array_equal(imresize(t.movedim(-1, 1), 0.5).movedim(1, -1).numpy(), out)
+    # None: the last two axes, whatever their length.
+    assert imresize(hr[0], 2.0, channel_axis=None).shape == (13, 34, 2 * channels)
+    assert imresize(hr[0, :5, :8], 2.0).shape == (10, 16, channels)
+
+
+def test_channel_axis_errors() -> None:
+    x = np.zeros((4, 5, 3))
+    for bad in ("last", 1.0, True):
+        with pytest.raises(ValueError, match="channel_axis must be"):
+            imresize(x, 2.0, channel_axis=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="out of range"):
+        imresize(x, 2.0, channel_axis=3)
+    with pytest.raises(ValueError, match="3 or more dimensions"):
+        imresize(np.zeros((4, 5)), 2.0, channel_axis=0)
 
 
 def test_read_only_arrays_resize_without_a_warning() -> None:
