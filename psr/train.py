@@ -599,7 +599,15 @@ def main(args: argparse.Namespace) -> dict:
         if args.batch_size % world:
             raise ValueError(f"--batch-size ({args.batch_size}) must be a multiple of the {world} processes")
     try:
-        return _fit(args, rank, world, device, _style_job if style else _sr_job)
+        result = _fit(args, rank, world, device, _style_job if style else _sr_job)
+        if world > 1:
+            import torch.distributed as dist
+
+            # Every rank past its last collective before any tears gloo down: a rank that destroys
+            # the group while rank 0 still writes its final checkpoint aborted now and then
+            # ("terminate called without an active exception").
+            dist.barrier()
+        return result
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise
