@@ -20,3 +20,16 @@ def int_arg(value: object, name: str, lo: int, hi: int | None, expected: str) ->
             if v >= lo and (hi is None or v <= hi):
                 return v
     raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def channel_axis_index(channel_axis: int, shape: tuple[int, ...]) -> int:
+    """An integer ``channel_axis`` of an image of ``shape`` as a non-negative axis index.
+
+    The image needs the channel axis plus two spatial axes; a ValueError names the argument.
+    """
+    ndim = len(shape)
+    if not -ndim <= channel_axis < ndim:
+        raise ValueError(f"channel_axis={channel_axis} is out of range for an image of shape {shape}")
+    if ndim < 3:
+        raise ValueError(f"channel_axis={channel_axis} needs an image with 3 or more dimensions, got shape {shape}")
+    return int(channel_axis) % ndim

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import ops
+from ._checks import channel_axis_index
 from .models import SRNet
 from .weights import WEIGHTS_DIR, _weights_key, load_model
 
@@ -185,11 +186,7 @@ def _channel_layout(
     elif isinstance(channel_axis, (int, np.integer)) and not isinstance(channel_axis, (bool, np.bool_)):
         if kind == "pil":
             raise ValueError(f"channel_axis={channel_axis!r}: a PIL image's layout is fixed; leave channel_axis='auto'")
-        if not -ndim <= channel_axis < ndim:
-            raise ValueError(f"channel_axis={channel_axis} is out of range for an image of shape {shape}")
-        if ndim < 3:
-            raise ValueError(f"channel_axis={channel_axis} needs an image with 3 or more dimensions, got shape {shape}")
-        ch_axis, default_rgb = int(channel_axis) % ndim, False
+        ch_axis, default_rgb = channel_axis_index(channel_axis, shape), False
     else:
         raise ValueError(f"channel_axis must be 'auto', None or an integer, got {channel_axis!r}")
     if channel_axis is None and kind == "pil":

@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 import torch
 
-from ._checks import int_arg
+from ._checks import channel_axis_index, int_arg
 
 __all__ = ["cubic_kernel", "resample_axis", "imresize", "resize_weights"]
 
@@ -166,13 +166,7 @@ def imresize(
     elif channel_axis is None:
         ch = None
     elif isinstance(channel_axis, (int, np.integer)) and not isinstance(channel_axis, (bool, np.bool_)):
-        if t.ndim < 3:
-            raise ValueError(
-                f"channel_axis={channel_axis} needs an image with 3 or more dimensions, got shape {tuple(t.shape)}"
-            )
-        if not -t.ndim <= channel_axis < t.ndim:
-            raise ValueError(f"channel_axis={channel_axis} is out of range for an image of shape {tuple(t.shape)}")
-        ch = int(channel_axis) % t.ndim
+        ch = channel_axis_index(channel_axis, tuple(t.shape))
     else:
         raise ValueError(f"channel_axis must be 'auto', None or an integer, got {channel_axis!r}")
     if ch is not None:  # channels just before the spatial axes; moved back at the end
