@@ -71,20 +71,23 @@ inline Taps<scalar_t> make_taps(int S, double a) {
 
 // Values of bicubic(x) (+ residual) for (P, H, W) planes upscaled by S, a tile at a time: a tile
 // is `band` input rows by kThreads / S input columns, i.e. about kThreads output columns, and
-// thread t owns output column phase t % S of input column t / S of the tile. Horizontal pass
-// first: for every input row of the tile (and two rows above and below) each thread computes its
-// one horizontal value from the row staged in shared memory, keeping the last five in registers,
-// so an output is 3 FMAs and a multiply on registers and the block synchronises once per input
-// row (S output rows).
+// thread t owns output column phase t % S of input column t / S of the tile. The block first
+// stages the tile's input patch (its rows and columns plus two on each side) in shared memory,
+// all loads in flight at once, behind one barrier; then each thread runs down its column with no
+// further barrier: per input row one horizontal value from the patch (5 FMAs), the last five kept
+// in registers, so an output is 3 FMAs and a multiply on registers. (Staging a row at a time, as
+// before, cost a barrier and an exposed load latency per input row: on an H200 the passes ran
+// 3-4x slower than their arithmetic.)
 // A thread's values run down its column (vertically adjacent pixels); a warp's are 32 consecutive
-// pixels of a row (coalesced). Needs kSourceSmem scalars of shared memory.
-constexpr int kStagedRow = kThreads + 4;        // scalars of one staged input row (a tile and its halo)
-constexpr int kSourceSmem = 2 * kStagedRow;     // shared scalars a source needs: two staged rows
+// pixels of a row (coalesced). Needs Src::kSmem scalars of shared memory.
+constexpr int kSourceSmemBytes = 12 * 1024;  // a bicubic source's staged patch (the band adapts to it)
+constexpr int kMaxBand = 16;                 // input rows per tile by default, at most
 
 // kResidual: whether a residual (P, H * S, W * S) is added (a compile-time flag, so that kernels
 // without one issue no test or load for it per value).
 template <typename scalar_t, bool kResidual = false>
 struct BicubicSource {
+  static constexpr int kSmem = kSourceSmemBytes / static_cast<int>(sizeof(scalar_t));
   const scalar_t* x;
   const scalar_t* residual;  // (P, H * S, W * S) when kResidual, else unused (nullptr)
   int64_t H, W;
@@ -101,8 +104,15 @@ struct BicubicSource {
     s.set_band(1);
     return s;
   }
+  // The most input rows per tile whose patch, (rows + 4) x (cpt + 4), fits kSmem (>= 1 for every
+  // S and dtype: 5 x 260 doubles at S = 1).
+  int max_band() const {
+    const int m = kSmem / (kThreads / taps.S + 4) - 4;
+    return m > 1 ? m : 1;
+  }
   void set_band(int b) {
-    band = b;
+    const int m = max_band();
+    band = b < 1 ? 1 : (b > m ? m : b);
     cpt = kThreads / taps.S;
     const int64_t ct = (W + cpt - 1) / cpt;
     tpp = ((H + band - 1) / band) * ct;
@@ -127,44 +137,44 @@ struct BicubicSource {
     const uint32_t tile_row = t32 / ctiles;
     const int64_t q_first = static_cast<int64_t>(tile_row) * band;
     const int64_t c0 = static_cast<int64_t>(t32 - tile_row * ctiles) * cpt;
-    const int64_t q_end = q_first + band < H ? q_first + band : H;
+    const int nq = static_cast<int>(q_first + band < H ? band : H - q_first);  // input rows of this tile
+    const int width = cpt + 4;  // patch columns c0 - 2 .. c0 + cpt + 1
     const int tc = static_cast<int>(threadIdx.x) / S, rx = static_cast<int>(threadIdx.x) % S;
     const int64_t col = c0 + tc;
     const bool active = tc < cpt && col < W;
     const scalar_t* plane = x + p * H * W;
+    __syncthreads();  // the previous tile's patch may still be read
+    // Patch row r is input row q_first - 2 + r (padded). Columns past W + 1 are never read: an
+    // active thread reads columns col - 2 .. col + 2 <= W + 1.
+    for (int e = threadIdx.x; e < (nq + 4) * width; e += blockDim.x) {
+      const int r = e / width, c = e - r * width;
+      const int64_t j = c0 + c - 2;
+      if (j - 2 < W) {
+        smem[e] = __ldg(plane + pad_index(q_first - 2 + r, H, taps.symmetric) * W + pad_index(j, W, taps.symmetric));
+      }
+    }
+    __syncthreads();
     const scalar_t h0 = taps.w5[rx][0], h1 = taps.w5[rx][1], h2 = taps.w5[rx][2], h3 = taps.w5[rx][3],
                    h4 = taps.w5[rx][4];
-    // The horizontal value of input row q at this thread's output column. Rows are staged in two
-    // alternating buffers: a buffer is written again two rows later, after the next row's barrier,
-    // which every thread reaches only when done reading it; so one barrier per row.
-    int buf = 0;
-    auto horizontal = [&](int64_t q) {
-      const scalar_t* row = plane + pad_index(q, H, taps.symmetric) * W;
-      scalar_t* staged = smem + buf * kStagedRow;
-      buf ^= 1;
-      for (int c = threadIdx.x; c < cpt + 4; c += blockDim.x) {  // cpt + 4 exceeds kThreads at S = 1
-        const int64_t j = c0 + c - 2;
-        if (j - 2 < W) staged[c] = __ldg(row + pad_index(j, W, taps.symmetric));  // past W + 1: never read
-      }
-      __syncthreads();
-      const scalar_t* s = staged + tc;
+    // The horizontal value of patch row r at this thread's output column.
+    auto horizontal = [&](int r) {
+      const scalar_t* s = smem + r * width + tc;
       return active ? fma_(h4, s[4], fma_(h3, s[3], fma_(h2, s[2], fma_(h1, s[1], h0 * s[0])))) : scalar_t(0);
     };
-    __syncthreads();  // the previous tile's last rows may still be read from either buffer
+    if (!active) return;  // no barrier follows in this call
     // win[k]: input row q - 2 + k, k = 0 .. 4.
-    scalar_t win0 = 0, win1 = horizontal(q_first - 2), win2 = horizontal(q_first - 1), win3 = horizontal(q_first),
-             win4 = horizontal(q_first + 1);
+    scalar_t win0 = 0, win1 = horizontal(0), win2 = horizontal(1), win3 = horizontal(2), win4 = horizontal(3);
     const int64_t ncols = cols();
     const int neg = taps.neg;
     const scalar_t* res = kResidual ? residual + p * numel() : nullptr;
-    for (int64_t q = q_first; q < q_end; ++q) {
+    int64_t i0 = q_first * S * ncols + col * S + rx;  // output (q * S, col * S + rx)
+    for (int k = 0; k < nq; ++k, i0 += S * ncols) {
       win0 = win1;
       win1 = win2;
       win2 = win3;
       win3 = win4;
-      win4 = horizontal(q + 2);
-      if (!active) continue;
-      int64_t i = q * S * ncols + col * S + rx;  // output (q * S + ry, col * S + rx)
+      win4 = horizontal(k + 4);
+      int64_t i = i0;  // output (q * S + ry, col * S + rx), q = q_first + k
       // Output row q * S + ry reads input rows q + offset - 1 .. q + offset + 2: offset -1 for the
       // first neg rows, then 0.
       int ry = 0;
@@ -193,16 +203,16 @@ inline int64_t tuning_env(const char* name) {
   return (*end == '\0' && n > 0) ? static_cast<int64_t>(n) : 0;
 }
 
-// Input rows per tile for P planes: the most (up to 16; each tile also computes the horizontal
-// pass of 4 halo rows) that still gives every SM a few resident blocks' worth of tiles.
+// Input rows per tile for P planes: the most (up to kMaxBand and what the patch fits; each tile
+// also stages 4 halo rows) that still gives every SM a few resident blocks' worth of tiles.
 template <typename scalar_t, bool kResidual>
 BicubicSource<scalar_t, kResidual> BicubicSource<scalar_t, kResidual>::for_planes(int64_t P, int sms) const {
   BicubicSource s = *this;
   const int64_t forced = tuning_env("PSR_CUDA_TILE_ROWS");  // tuning only: input rows per tile
   if (forced > 0) {
-    s.set_band(static_cast<int>(forced < 1024 ? forced : 1024));
+    s.set_band(static_cast<int>(forced < 1024 ? forced : 1024));  // set_band caps it at max_band()
   } else {
-    s.set_band(16);
+    s.set_band(kMaxBand);
     while (s.band > 1 && P * s.tiles_per_plane() < int64_t(sms) * 16) s.set_band(s.band / 2);
   }
   // for_each_value splits tile indices in 32 bits
@@ -214,6 +224,7 @@ BicubicSource<scalar_t, kResidual> BicubicSource<scalar_t, kResidual>::for_plane
 // kPlainRun per thread, kThreads apart (each load and store of a warp is coalesced).
 template <typename scalar_t>
 struct PlainSource {
+  static constexpr int kSmem = 1;  // no staging
   const scalar_t* p0;
   int64_t n;
   int64_t tpp;  // tiles per plane (set on the host by make)

@@ -150,7 +150,7 @@ __global__ void ref_unique_kernel(const KR* s, const uint32_t* pos, int64_t item
 template <typename scalar_t, typename Src, typename KS>
 __global__ void __launch_bounds__(kThreads) key_kernel(Src src, int64_t plane0, int64_t chunk0, KS* keys,
                                                        uint32_t* idx) {
-  PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
+  PSR_SHARED_ARRAY(scalar_t, smem, Src::kSmem);
   const int64_t p = plane0 + blockIdx.y;
   const int64_t at = (p - chunk0) * src.numel();
   KS hi = 0;
@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(kThreads) minmax_kernel(Src src, int64_t plane
                                                           typename KeyTraits<scalar_t>::key_t* mn,
                                                           typename KeyTraits<scalar_t>::key_t* mx) {
   using K = typename KeyTraits<scalar_t>::key_t;
-  PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
+  PSR_SHARED_ARRAY(scalar_t, smem, Src::kSmem);
   const int64_t p = plane0 + blockIdx.y;
   K lo = ~K(0), hi = 0;
   for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
                                                         const typename KeyTraits<scalar_t>::key_t* mn,
                                                         const typename KeyTraits<scalar_t>::key_t* mx, int64_t bins,
                                                         unsigned long long* hist, bool shared_hist) {
-  PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
+  PSR_SHARED_ARRAY(scalar_t, smem, Src::kSmem);
   PSR_EXTERN_SHARED(unsigned int, sh);
   const int64_t p = plane0 + blockIdx.y;
   Binner bn;
@@ -373,7 +373,7 @@ __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
                                                        const typename KeyTraits<scalar_t>::key_t* mx, int64_t bins,
                                                        const double* em, const double* top_p, scalar_t* out,
                                                        bool shared_edges) {
-  PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
+  PSR_SHARED_ARRAY(scalar_t, smem, Src::kSmem);
   PSR_EXTERN_SHARED(double, she);
   const int64_t p = plane0 + blockIdx.y;
   Binner bn;

@@ -11,7 +11,7 @@ namespace {
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) upsample_kernel(BicubicSource<scalar_t> src, int64_t plane0,
                                                             scalar_t* out) {
-  PSR_SHARED_ARRAY(scalar_t, smem, kSourceSmem);
+  PSR_SHARED_ARRAY(scalar_t, smem, BicubicSource<scalar_t>::kSmem);
   const int64_t tpp = src.tiles_per_plane();
   const int64_t p = plane0 + blockIdx.x / tpp;
   scalar_t* plane_out = out + p * src.numel();
