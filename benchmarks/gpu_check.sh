@@ -25,6 +25,7 @@
 #   3c. per-kernel profile of the fused op (profile_ops.py -> profile_ops.md)      ~30 s (limit 90 s)
 #   3d. work-split sweep: tile rows (binned), planar sort threshold (exact) (tune_cuda.py -> tune_cuda.md)
 #                                                       ~30 s (limit 90 s)
+#   3e. (opt-in, step "ncu") Nsight Compute sections of the three binned passes  ~30 s (limit 120 s)
 #   4. speed: psr.upscale / network fp32 vs bf16, stylize 512 / 1024 (< 5 ms goal)   ~1 min (limit 150 s)
 #   5. training throughput at the paper's batch and patch (200k-in-20-min goal)      ~1 min (limit 150 s)
 #   6. GPU training for PSR_GPU_TRAIN_MINUTES (default 1.5) each: x4-perceptual fine-tuned from
@@ -197,6 +198,23 @@ if want tune && have_ops tune; then
   step tune 90 tune_cuda.log $PY benchmarks/tune_cuda.py --device "$DEV" --markdown "$OUT/tune_cuda.md" \
     ${PSR_GPU_QUICK:+--quick}
   grep -E "^\|" "$OUT/tune_cuda.log" | tee -a "$summary"
+fi
+
+# 3e. Nsight Compute: where the binned passes stall (one 3x1024^2 x4 call; opt-in step "ncu") ------
+if want ncu && have_ops ncu; then
+  NCU=$(command -v ncu || echo "$CUDA_HOME/bin/ncu")
+  step ncu 120 ncu.log "$NCU" --clock-control none -k "regex:minmax_kernel|hist_kernel|map_kernel" -c 3 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+    $PY -c "
+import torch
+from psr import ops
+x = torch.rand(1, 3, 1024, 1024, device='$DEV')
+ops.upsample_match(x, 4, bins=1024, check=False)
+torch.cuda.synchronize()
+"
+  grep -E "^  [a-z_]+kernel|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Warp Cycles Per Issued" \
+    "$OUT/ncu.log" | sed 's/^ *//' | cut -c1-160 | tee -a "$summary"
 fi
 
 # 4. upscale and stylize speed -----------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Sweep the CUDA kernels' two work-split guesses side by side, to set their defaults from measurements.
 
 * ``PSR_CUDA_TILE_ROWS``: input rows per tile of the bicubic source (default: the tallest of
-  16, 8, 4, 2, 1 that leaves every SM 16 tiles). Each tile also computes 4 halo rows, so taller is
+  16, 8, 4, 2, 1 that leaves every SM 16 tiles, capped by the 12 KiB shared-memory patch). Each
+  tile also stages 4 halo rows, so taller is
   less work, shorter is more parallelism. Timed on the binned fused op (bins 1024) at the sizes of
   the GPU goal.
 * ``PSR_CUDA_PLANAR_MAX_PIXELS``: exact mode sorts float32 planes of up to this many pixels a chunk
-  of planes at a time with 64-bit keys (default 2^22), larger ones one plane at a time with 32-bit
+  of planes at a time with 64-bit keys (default 2^21), larger ones one plane at a time with 32-bit
   keys. Timed on the exact fused op for RGB images with planes of 2^18 to 2^24 pixels (the last above
   the default), with batching off (1), the default, and always on (2^30).
 

@@ -29,10 +29,12 @@ constexpr int64_t kSmemBins = 8192;   // histograms up to this many bins live in
 constexpr int64_t kSmemEdges = 4096;  // edge maps up to this many edges too (32 KiB)
 // Exact mode sorts float32 planes of up to this many pixels a chunk of planes at a time (64-bit
 // keys: more bytes per item, far fewer launches); larger planes one at a time with 32-bit keys.
-// PSR_CUDA_PLANAR_MAX_PIXELS overrides it (tuning only; 1 disables batching in effect).
+// PSR_CUDA_PLANAR_MAX_PIXELS overrides it (tuning only; 1 disables batching in effect). 2^21 from
+// benchmarks/tune_cuda.py on an H200: batching won at 2^20 pixels per plane (0.51 against 0.55 ms)
+// and lost at 2^22 (1.36 against 1.29 ms at 3x512^2 x4, 1.61 against 1.48 ms at 3x1024^2 x2).
 int64_t planar_max_pixels() {
   const int64_t forced = tuning_env("PSR_CUDA_PLANAR_MAX_PIXELS");
-  return forced > 0 ? forced : int64_t(1) << 22;
+  return forced > 0 ? forced : int64_t(1) << 21;
 }
 
 template <typename T>
