@@ -5,6 +5,10 @@ Architecture (the paper's supplementary material, Table 2, for upscaling factor 
     9x9 conv, 64  ->  4 residual blocks (3x3 conv, BN, ReLU, 3x3 conv, BN, identity skip)
     ->  log2(f) x [3x3 conv, stride 1/2, 64, BN, ReLU]  ->  9x9 conv, 3  ->  scaled tanh
 
+The paper trains f = 4 and 8; f = 2 and 3 are this project's additions. f = 3 has one upsampling
+stage of factor 3 (a 3x3 transposed conv of stride 3: every output sees exactly one tap, so there is
+no uneven kernel overlap to leave a checkerboard; or nearest x3 + 3x3 conv, or a PixelShuffle(3)).
+
 Departures from the paper, all switchable in :class:`SRConfig`:
 
 * ``global_skip=True`` adds a bicubic upsampling of the input to the output, so the network
@@ -34,12 +38,14 @@ from torch import nn
 
 from . import _reference
 
-__all__ = ["SRConfig", "SRNet", "ResidualBlock", "StyleConfig", "StyleNet"]
+__all__ = ["SR_SCALES", "SRConfig", "SRNet", "ResidualBlock", "StyleConfig", "StyleNet"]
+
+SR_SCALES = (2, 3, 4, 8)  # the upscaling factors SRNet is built for
 
 
 @dataclass
 class SRConfig:
-    scale: int = 4  # upscaling factor f; one 2x upsampling stage per factor of 2 (f in {2, 4, 8})
+    scale: int = 4  # upscaling factor f in {2, 3, 4, 8}: one 2x upsampling stage per factor of 2, one 3x for 3
     channels: int = 64  # width of every hidden convolution (paper: 64)
     num_blocks: int = 4  # residual blocks at LR resolution (paper: 4)
     upsample: str = "deconv"  # "deconv" (paper) | "resize_conv" | "pixel_shuffle"
@@ -48,8 +54,8 @@ class SRConfig:
     skip_a: float = -0.5  # Keys parameter of the skip's bicubic: -0.5 is MATLAB's, the benchmark's
 
     def __post_init__(self) -> None:
-        if self.scale not in (2, 4, 8):
-            raise ValueError(f"scale must be 2, 4 or 8, got {self.scale!r}")
+        if self.scale not in SR_SCALES:
+            raise ValueError(f"scale must be 2, 3, 4 or 8, got {self.scale!r}")
         if self.upsample not in ("deconv", "resize_conv", "pixel_shuffle"):
             raise ValueError(f"upsample must be 'deconv', 'resize_conv' or 'pixel_shuffle', got {self.upsample!r}")
         if self.norm not in ("batch", "none"):
@@ -88,13 +94,20 @@ class ResidualBlock(nn.Module):
         return x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
 
 
-def _upsample_layer(cfg: SRConfig) -> nn.Module:
+def _stages(scale: int) -> list[int]:
+    """The factors of the upsampling stages: 2 per factor of 2 (the paper), or one 3."""
+    return [3] if scale == 3 else [2] * int(math.log2(scale))
+
+
+def _upsample_layer(cfg: SRConfig, factor: int) -> nn.Module:
     c = cfg.channels
     if cfg.upsample == "deconv":
+        if factor == 3:  # output = 3 * input exactly, one tap per output pixel
+            return nn.ConvTranspose2d(c, c, 3, stride=3)
         return nn.ConvTranspose2d(c, c, 3, stride=2, padding=1, output_padding=1)
     if cfg.upsample == "resize_conv":
-        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1))
-    return nn.Sequential(nn.Conv2d(c, 4 * c, 3, padding=1), nn.PixelShuffle(2))
+        return nn.Sequential(nn.Upsample(scale_factor=factor, mode="nearest"), nn.Conv2d(c, c, 3, padding=1))
+    return nn.Sequential(nn.Conv2d(c, factor * factor * c, 3, padding=1), nn.PixelShuffle(factor))
 
 
 class SRNet(nn.Module):
@@ -108,8 +121,8 @@ class SRNet(nn.Module):
         self.head_bn = _norm(cfg, c)
         self.blocks = nn.Sequential(*[ResidualBlock(cfg) for _ in range(cfg.num_blocks)])
         ups: list[nn.Module] = []
-        for _ in range(int(math.log2(cfg.scale))):
-            ups += [_upsample_layer(cfg), _norm(cfg, c), nn.ReLU(inplace=True)]
+        for factor in _stages(cfg.scale):
+            ups += [_upsample_layer(cfg, factor), _norm(cfg, c), nn.ReLU(inplace=True)]
         self.upsample = nn.Sequential(*ups)
         self.tail = nn.Conv2d(c, 3, 9, padding=4)
         if cfg.global_skip:
@@ -128,14 +141,10 @@ class SRNet(nn.Module):
     def receptive_radius(self) -> int:
         """How many LR pixels beyond a pixel can change its output (bounds tile overlap)."""
         lr = 4 + 2 * self.cfg.num_blocks  # head 9x9, two 3x3 per block
-        hr = 0
-        f = 1
-        for _ in range(int(math.log2(self.cfg.scale))):
-            f *= 2
-            hr += 2  # a 3x3 kernel at the new resolution, plus the stride-2 footprint
+        hr = 2 * len(_stages(self.cfg.scale))  # per stage a 3x3 kernel at the new resolution and its footprint
         hr += 4  # tail 9x9
         skip = 3 if self.cfg.global_skip else 0  # bicubic taps
-        return lr + math.ceil(hr / 2) + skip
+        return lr + math.ceil(hr / 2) + skip  # HR pixels counted as half an LR pixel: at least f = 2
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pre-activation output ``h`` of the last convolution."""
@@ -162,7 +171,7 @@ class SRNet(nn.Module):
             return fused
 
         def fold(conv: nn.Module, bn: nn.BatchNorm2d, transposed: bool, repeat: int = 1) -> None:
-            # ``repeat``: a PixelShuffle(2) between conv and BN sends conv channel k to BN channel k // 4.
+            # ``repeat``: a PixelShuffle(r) between conv and BN sends conv channel k to BN channel k // r^2.
             assert isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d))
             std = torch.sqrt(bn.running_var + bn.eps)
             gain = (bn.weight / std).repeat_interleave(repeat)
@@ -184,7 +193,7 @@ class SRNet(nn.Module):
             if isinstance(up, nn.ConvTranspose2d):
                 fold(up, bn, True)
             elif isinstance(up[-1], nn.PixelShuffle):
-                fold(up[0], bn, False, repeat=4)
+                fold(up[0], bn, False, repeat=up[-1].upscale_factor ** 2)
             else:
                 fold(up[-1], bn, False)
             mods[i + 1] = nn.Identity()

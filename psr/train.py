@@ -65,7 +65,7 @@ from .data import (
     split_train_val,
 )
 from .metrics import psnr, rgb_to_y, shave, ssim
-from .models import SRConfig, SRNet, StyleConfig, StyleNet
+from .models import SR_SCALES, SRConfig, SRNet, StyleConfig, StyleNet
 from .resize import imresize
 from .weights import save_weights
 
@@ -129,7 +129,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="sr", choices=("sr", "style"), help="super-resolution or style transfer")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, default=shared / "data" / "train", help="folder of training images")
-    g.add_argument("--scale", type=int, default=4, choices=(2, 4, 8), help="upscaling factor")
+    g.add_argument("--scale", type=int, default=4, choices=SR_SCALES, help="upscaling factor")
     g.add_argument("--patch", type=int, default=288, help="HR patch size (a multiple of --scale)")
     g.add_argument(
         "--degradation",

@@ -522,8 +522,8 @@ def test_shipped_name_wins_over_a_local_folder(tmp_path: Path, monkeypatch: pyte
     assert psr.upscale(img, 4, model="x4-pixel").shape == (36, 44)
     with pytest.raises(ValueError, match="is a folder"):
         psr.upscale(img, 4, model="./x4-pixel")
-    with pytest.raises(ValueError) as info:
-        psr.upscale(img, 3)
+    with pytest.raises(ValueError, match="no shipped model 'x5-pixel'") as info:
+        psr.upscale(img, 5)
     assert "wave" not in str(info.value) and "starry_night" not in str(info.value)
 
 

@@ -105,7 +105,7 @@ def test_degradation_parse() -> None:
         Degradation.parse(1.0)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
 @pytest.mark.parametrize("spec", ["paper", "bicubic", "blur_range:0.3:1.2"])
 def test_degradation_shapes(images: list[Path], scale: int, spec: str) -> None:
     patch = 4 * scale if scale < 8 else 32

@@ -21,7 +21,7 @@ def _random_bn(model: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
 @pytest.mark.parametrize("skip", [True, False])
 def test_shapes_and_range(device: str, scale: int, skip: bool) -> None:
     model = SRNet(SRConfig(scale=scale, channels=8, num_blocks=2, global_skip=skip)).to(device).eval()
@@ -51,7 +51,7 @@ def test_skip_starts_near_bicubic() -> None:
 
 
 @pytest.mark.parametrize("upsample", ["deconv", "resize_conv", "pixel_shuffle"])
-@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
 def test_fuse_folds_batchnorm_exactly(upsample: str, scale: int) -> None:
     model = SRNet(SRConfig(scale=scale, upsample=upsample, channels=16, num_blocks=2)).double()
     _random_bn(model)
@@ -63,8 +63,9 @@ def test_fuse_folds_batchnorm_exactly(upsample: str, scale: int) -> None:
     torch.testing.assert_close(fused(x, clamp=False), model(x, clamp=False), atol=1e-10, rtol=1e-10)
 
 
-def test_receptive_radius_bounds_influence() -> None:
-    model = SRNet(SRConfig(scale=4, channels=8)).double().eval()
+@pytest.mark.parametrize("scale", [3, 4])
+def test_receptive_radius_bounds_influence(scale: int) -> None:
+    model = SRNet(SRConfig(scale=scale, channels=8)).double().eval()
     _random_bn(model)
     nn.init.normal_(model.tail.weight, std=0.1)
     r = model.receptive_radius
@@ -75,16 +76,32 @@ def test_receptive_radius_bounds_influence() -> None:
     diff = (model(x2, clamp=False) - model(x, clamp=False)).abs().sum(1)[0]
     ys, xs = torch.nonzero(diff > 0, as_tuple=True)
     # Every changed output lies within r LR pixels of the perturbed pixel.
-    assert (ys // 4 - c).abs().max() <= r and (xs // 4 - c).abs().max() <= r
+    assert (ys // scale - c).abs().max() <= r and (xs // scale - c).abs().max() <= r
     assert len(ys) > 0
 
 
 def test_config_validation() -> None:
-    with pytest.raises(ValueError, match="scale"):
-        SRConfig(scale=3)
+    for bad in (1, 5, 6, 16):
+        with pytest.raises(ValueError, match="scale must be 2, 3, 4 or 8"):
+            SRConfig(scale=bad)
     with pytest.raises(ValueError, match="upsample"):
         SRConfig(upsample="bilinear")
     with pytest.raises(ValueError, match="unknown SRConfig"):
         SRConfig.from_dict({"scale": 4, "bogus": 1})
     with pytest.raises(ValueError, match="RGB"):
         SRNet(SRConfig(scale=2, channels=4, num_blocks=0))(torch.rand(1, 1, 5, 5))
+
+
+def test_scale3_stage_is_one_tap_per_output() -> None:
+    """x3 upsamples in one stage of factor 3 (no 2x stages): the paper-style transposed conv of
+    stride 3 and kernel 3 gives every output pixel exactly one tap, so no uneven overlap."""
+    model = SRNet(SRConfig(scale=3, channels=4, num_blocks=0))
+    ups = [m for m in model.upsample if isinstance(m, nn.ConvTranspose2d)]
+    assert len(ups) == 1 and ups[0].stride == (3, 3) and ups[0].kernel_size == (3, 3)
+    conv = nn.ConvTranspose2d(1, 1, 3, stride=3, bias=False)
+    nn.init.ones_(conv.weight)
+    # Each output pixel's value counts the input pixels (taps) that reach it.
+    assert torch.equal(conv(torch.ones(1, 1, 5, 7)), torch.ones(1, 1, 15, 21))
+    for up in ("resize_conv", "pixel_shuffle"):
+        m = SRNet(SRConfig(scale=3, upsample=up, channels=4, num_blocks=0)).eval()
+        assert m(torch.rand(1, 3, 4, 5)).shape == (1, 3, 12, 15)

@@ -312,6 +312,29 @@ def test_validate_agrees_with_evaluate(tmp_path: Path, rng: np.random.Generator)
     assert per_image == pytest.approx(d, rel=1e-6)
 
 
+def test_scale3_trains_exports_and_upscales(tmp_path: Path, data_dir: Path, rng: np.random.Generator) -> None:
+    """x3 end to end: 3x LR patches, a one-stage x3 network, export, psr.upscale and psr.evaluate."""
+    import psr
+    from psr.evaluate import evaluate
+
+    out = tmp_path / "x3"
+    tiny = list(TINY)
+    tiny[tiny.index("--scale") + 1] = "3"
+    train.main(parse(*tiny, "--data", data_dir, "--out", out, "--iterations", "2", "--workers", "0",
+                     "--degradation", "bicubic"))  # fmt: skip
+    p = argparse.ArgumentParser()
+    train.add_export_arguments(p)
+    dst = tmp_path / "x3.safetensors"
+    set5 = write_images(tmp_path / "set5", [(45, 39)], rng)
+    meta = train.export_main(p.parse_args([str(out), "-o", str(dst), "--set5", str(set5), "--device", "cpu"]))
+    assert psr.read_metadata(dst)["scale"] == 3 and meta["patch"] == 24
+    img = rng.integers(0, 256, (7, 10, 3), dtype=np.uint8)
+    assert psr.upscale(img, 3, model=dst).shape == (21, 30, 3)
+    with pytest.raises(ValueError, match="upscales by 3"):
+        psr.upscale(img, 4, model=dst)
+    assert evaluate(set5, 3, dst, device="cpu", perceptual=False)["psnr"] == pytest.approx(meta["set5_psnr"], abs=1e-3)
+
+
 def test_export_writes_shipped_format(tmp_path: Path, data_dir: Path, rng: np.random.Generator) -> None:
     import psr
     from psr.evaluate import evaluate

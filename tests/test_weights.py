@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import psr
+from psr.models import SR_SCALES
 from psr.weights import FORMAT, read_metadata
 
 from .conftest import make_tiny_model
@@ -37,7 +38,7 @@ def test_shipped_models_listed_with_metadata() -> None:
     models = psr.list_models()
     for name, meta in models.items():
         assert meta["name"] == name
-        assert meta["scale"] in (2, 4, 8)
+        assert meta["scale"] in SR_SCALES
         for key in ("loss", "degradation", "iterations", "patch", "match_histogram", "config"):
             assert key in meta, (name, key)
         assert psr.load_model(name).scale == meta["scale"]
