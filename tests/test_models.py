@@ -98,7 +98,8 @@ def test_scale3_stage_is_one_tap_per_output() -> None:
     model = SRNet(SRConfig(scale=3, channels=4, num_blocks=0))
     ups = [m for m in model.upsample if isinstance(m, nn.ConvTranspose2d)]
     assert len(ups) == 1 and ups[0].stride == (3, 3) and ups[0].kernel_size == (3, 3)
-    conv = nn.ConvTranspose2d(1, 1, 3, stride=3, bias=False)
+    u = ups[0]  # its geometry on one channel with unit weights
+    conv = nn.ConvTranspose2d(1, 1, u.kernel_size, u.stride, u.padding, u.output_padding, bias=False)
     nn.init.ones_(conv.weight)
     # Each output pixel's value counts the input pixels (taps) that reach it.
     assert torch.equal(conv(torch.ones(1, 1, 5, 7)), torch.ones(1, 1, 15, 21))

@@ -76,8 +76,8 @@ inline Taps<scalar_t> make_taps(int S, double a) {
 // all loads in flight at once, behind one barrier; then each thread runs down its column with no
 // further barrier: per input row one horizontal value from the patch (5 FMAs), the last five kept
 // in registers, so an output is 3 FMAs and a multiply on registers. (Staging a row at a time, as
-// before, cost a barrier and an exposed load latency per input row: on an H200 the passes ran
-// 3-4x slower than their arithmetic.)
+// before, cost a barrier and an exposed load latency per input row; on an H200 this change made
+// the min/max and histogram passes 20-25% faster at x4, benchmarks/RESULTS.md.)
 // A thread's values run down its column (vertically adjacent pixels); a warp's are 32 consecutive
 // pixels of a row (coalesced). Needs Src::kSmem scalars of shared memory.
 constexpr int kSourceSmemBytes = 12 * 1024;  // a bicubic source's staged patch (the band adapts to it)
