@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import ops
-from ._checks import channel_axis_index
+from ._checks import channel_axis_arg, channel_axis_index
 from .models import SRNet
 from .weights import WEIGHTS_DIR, _weights_key, load_model
 
@@ -157,7 +157,8 @@ def _channel_layout(
 ) -> tuple[int | None, bool]:
     """(channel axis normalised to >= 0 or None, whether it holds RGB(A)) for an image of ``shape``."""
     ndim = len(shape)
-    if isinstance(channel_axis, str) and channel_axis == "auto":
+    channel_axis = channel_axis_arg(channel_axis)
+    if channel_axis == "auto":
         if kind == "torch":
             if ndim not in (2, 3, 4):
                 raise ValueError(
@@ -183,12 +184,10 @@ def _channel_layout(
         default_rgb = ch_axis is not None and shape[ch_axis] in (3, 4)
     elif channel_axis is None:
         ch_axis, default_rgb = None, False
-    elif isinstance(channel_axis, (int, np.integer)) and not isinstance(channel_axis, (bool, np.bool_)):
+    else:
         if kind == "pil":
             raise ValueError(f"channel_axis={channel_axis!r}: a PIL image's layout is fixed; leave channel_axis='auto'")
         ch_axis, default_rgb = channel_axis_index(channel_axis, shape), False
-    else:
-        raise ValueError(f"channel_axis must be 'auto', None or an integer, got {channel_axis!r}")
     if channel_axis is None and kind == "pil":
         raise ValueError("channel_axis=None: a PIL image's layout is fixed; leave channel_axis='auto'")
     is_rgb = default_rgb if rgb is None else rgb

@@ -55,7 +55,8 @@ class SRConfig:
 
     def __post_init__(self) -> None:
         if self.scale not in SR_SCALES:
-            raise ValueError(f"scale must be 2, 3, 4 or 8, got {self.scale!r}")
+            *most, last = SR_SCALES
+            raise ValueError(f"scale must be {', '.join(map(str, most))} or {last}, got {self.scale!r}")
         if self.upsample not in ("deconv", "resize_conv", "pixel_shuffle"):
             raise ValueError(f"upsample must be 'deconv', 'resize_conv' or 'pixel_shuffle', got {self.upsample!r}")
         if self.norm not in ("batch", "none"):

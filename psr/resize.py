@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 import torch
 
-from ._checks import channel_axis_index, int_arg
+from ._checks import channel_axis_arg, channel_axis_index, int_arg
 
 __all__ = ["cubic_kernel", "resample_axis", "imresize", "resize_weights"]
 
@@ -161,14 +161,13 @@ def imresize(
         raise TypeError(f"image must have a real integer or floating-point dtype, got {t.dtype}")
     if t.ndim < 2:
         raise ValueError(f"image must have at least 2 dimensions (..., H, W), got shape {tuple(t.shape)}")
-    if isinstance(channel_axis, str) and channel_axis == "auto":
+    channel_axis = channel_axis_arg(channel_axis)
+    if channel_axis == "auto":
         ch = t.ndim - 1 if is_numpy and t.ndim >= 3 and t.shape[-1] in (1, 3, 4) else None
     elif channel_axis is None:
         ch = None
-    elif isinstance(channel_axis, (int, np.integer)) and not isinstance(channel_axis, (bool, np.bool_)):
-        ch = channel_axis_index(channel_axis, tuple(t.shape))
     else:
-        raise ValueError(f"channel_axis must be 'auto', None or an integer, got {channel_axis!r}")
+        ch = channel_axis_index(channel_axis, tuple(t.shape))
     if ch is not None:  # channels just before the spatial axes; moved back at the end
         t = t.movedim(ch, -3)
     h, w = t.shape[-2:]
