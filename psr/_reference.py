@@ -12,7 +12,7 @@ import torch
 
 from .resize import resample_axis
 
-__all__ = ["upsample_bicubic", "match_histograms", "upsample_match", "interp"]
+__all__ = ["upsample_bicubic", "match_histograms", "upsample_match", "plane_range", "interp"]
 
 
 def _check_scale(scale: int) -> int:
@@ -62,7 +62,9 @@ def _ref_cdf(ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cumsum(counts, 0).to(torch.float64) / ref.numel(), values.to(torch.float64)
 
 
-def _match_1d(src: torch.Tensor, ref: torch.Tensor, bins: int | None) -> torch.Tensor:
+def _match_1d(
+    src: torch.Tensor, ref: torch.Tensor, bins: int | None, bin_range: tuple[float, float] | None = None
+) -> torch.Tensor:
     ref_q, ref_values = _ref_cdf(ref)
     if bins is None:
         # skimage semantics: every distinct source value maps to the reference value at its upper
@@ -70,10 +72,13 @@ def _match_1d(src: torch.Tensor, ref: torch.Tensor, bins: int | None) -> torch.T
         values, inverse, counts = torch.unique(src, sorted=True, return_inverse=True, return_counts=True)
         src_q = torch.cumsum(counts, 0).to(torch.float64) / src.numel()
         return interp(src_q, ref_q, ref_values)[inverse].to(src.dtype)
-    # Binned: bin b = floor((v - min) * bins / (max - min)), clamped to bins - 1; the exact map is
-    # evaluated at the bins' edge quantiles (fraction of values in lower bins) and interpolated
-    # linearly inside each bin. The compiled kernels use these exact float64 operations.
-    lo, hi = float(src.min()), float(src.max())
+    # Binned: bin b = floor((v - lo) * bins / (hi - lo)), clamped to 0..bins - 1, over bin_range or
+    # the source's [min, max]; the exact map is evaluated at the bins' edge quantiles (fraction of
+    # values in lower bins) and interpolated linearly inside each bin (t clamped to [0, 1], so values
+    # outside the range take their end bin's outer edge). The compiled kernels use these exact
+    # float64 operations. + 0.0 makes -0.0 0.0, as the CUDA kernels' keys do.
+    lo, hi = (float(src.min()), float(src.max())) if bin_range is None else bin_range
+    lo, hi = lo + 0.0, hi + 0.0
     if lo == hi:  # one tie group at quantile 1: the reference's maximum, as in exact mode
         return torch.full_like(src, float(ref_values[-1]))
     # Values are scaled by a power of two (exact) where hi - lo or bins / (hi - lo) would overflow
@@ -111,13 +116,20 @@ def _lerp_edges(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tens
     return torch.where(wide, wide_out, out)
 
 
-def match_histograms(source: torch.Tensor, reference: torch.Tensor, *, bins: int | None = None) -> torch.Tensor:
+def match_histograms(
+    source: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    bins: int | None = None,
+    bin_range: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Match each (sample, channel) of ``source`` (N, C, H, W) to ``reference`` (N, C, h, w).
 
     With ``bins=None`` this equals ``skimage.exposure.match_histograms`` per channel, ties
-    included. With ``bins=k`` the source CDF is sampled at k equal-width bins; each output then lies
-    within its bin's mapped range of the exact result (see :func:`psr.ops.match_histograms`).
-    ``reference`` is cast to ``source``'s dtype.
+    included. With ``bins=k`` the source CDF is sampled at k equal-width bins over ``bin_range``
+    (N, C, 2) or each plane's [min, max]; each output then lies within its bin's mapped range of the
+    exact result (see :func:`psr.ops.match_histograms`). ``reference`` and ``bin_range`` are cast to
+    ``source``'s dtype.
     """
     if source.ndim != 4 or reference.ndim != 4:
         raise ValueError(
@@ -129,12 +141,19 @@ def match_histograms(source: torch.Tensor, reference: torch.Tensor, *, bins: int
         )
     if bins is not None and (isinstance(bins, bool) or not isinstance(bins, int) or bins < 1):
         raise ValueError(f"bins must be None or a positive integer, got {bins!r}")
+    if bin_range is not None:
+        if bins is None:
+            raise ValueError("bin_range needs bins (binned mode)")
+        if tuple(bin_range.shape) != (*source.shape[:2], 2):
+            raise ValueError(f"bin_range must have shape {(*source.shape[:2], 2)}, got {tuple(bin_range.shape)}")
+        bin_range = bin_range.to(source.dtype)
     out = torch.empty_like(source, memory_format=torch.contiguous_format)
     for n in range(source.shape[0]):
         for c in range(source.shape[1]):
             s = source[n, c].reshape(-1)
             r = reference[n, c].reshape(-1).to(source.dtype)
-            out[n, c] = _match_1d(s, r, bins).reshape(source.shape[2:])
+            rng = None if bin_range is None else (float(bin_range[n, c, 0]), float(bin_range[n, c, 1]))
+            out[n, c] = _match_1d(s, r, bins, rng).reshape(source.shape[2:])
     return out
 
 
@@ -147,10 +166,20 @@ def upsample_match(
     a: float = -0.75,
     bins: int | None = None,
 ) -> torch.Tensor:
-    """``match_histograms(upsample_bicubic(x, scale, a=a) + residual, reference or x)``."""
+    """``match_histograms(upsample_bicubic(x, scale, a=a) + residual, reference or x)``.
+
+    Binned mode bins over each plane of ``x``'s [min, max] (:func:`plane_range`).
+    """
     up = upsample_bicubic(x, scale, a=a)
     if residual is not None:
         if residual.shape != up.shape:
             raise ValueError(f"residual must have shape {tuple(up.shape)}, got {tuple(residual.shape)}")
         up = up + residual
-    return match_histograms(up, x if reference is None else reference, bins=bins)
+    rng = plane_range(x) if bins is not None else None
+    return match_histograms(up, x if reference is None else reference, bins=bins, bin_range=rng)
+
+
+def plane_range(x: torch.Tensor) -> torch.Tensor:
+    """Each (sample, channel) plane's ``[min, max]`` of ``x`` (N, C, H, W), as (N, C, 2)."""
+    flat = x.reshape(*x.shape[:2], -1)
+    return torch.stack([flat.amin(-1), flat.amax(-1)], -1)

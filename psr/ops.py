@@ -29,7 +29,7 @@ import torch
 from . import _build, _reference
 from ._checks import int_arg
 
-__all__ = ["backend", "upsample_bicubic", "match_histograms", "upsample_match"]
+__all__ = ["backend", "upsample_bicubic", "match_histograms", "upsample_match", "plane_range"]
 
 MAX_BINS = 1 << 24
 _fakes_registered = False
@@ -162,7 +162,12 @@ def upsample_bicubic(x: torch.Tensor, scale: int, *, a: float = -0.75, check: bo
 
 
 def match_histograms(
-    source: torch.Tensor, reference: torch.Tensor, *, bins: int | None = None, check: bool = True
+    source: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    bins: int | None = None,
+    bin_range: torch.Tensor | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Match the histogram of each (sample, channel) of ``source`` to ``reference``'s.
 
@@ -181,20 +186,27 @@ def match_histograms(
         source maps to the reference's maximum. The quantiles are exact integer ratios whatever
         the image size.
 
-        ``k`` (1..2^24): binned fast mode. Value v falls in bin ``b = floor((v - min) * k / (max -
-        min))`` (clamped to k - 1); the exact map F is evaluated at the quantiles ``c_b`` (fraction
-        of values in bins below b) and interpolated linearly inside each bin. Since
-        ``c_b < q(v) <= c_{b+1}`` and F is nondecreasing, the exact and the binned result both lie
-        in ``[F(c_b), F(c_{b+1})]``, so ``|binned(v) - exact(v)| <= F(c_{b+1}) - F(c_b)``: the
-        spread of reference values over v's bin's quantile range (plus the output dtype's
-        rounding). Summed over all bins this is the reference's range; it is small where the
-        source's values spread over many bins. The binned map is continuous and nondecreasing, so
-        it keeps the order of values. More bins tighten the bound but need not bring binned mode
+        ``k`` (1..2^24): binned fast mode. Value v falls in bin ``b = floor((v - lo) * k / (hi -
+        lo))``, clamped to 0..k - 1, over the plane's ``bin_range`` ``[lo, hi]``; the exact map F
+        is evaluated at the quantiles ``c_b`` (fraction of values in bins below b) and
+        interpolated linearly inside each bin (values outside ``[lo, hi]`` take their end bin's
+        outer edge). Since ``c_b < q(v) <= c_{b+1}`` and F is nondecreasing, the exact and the
+        binned result both lie in ``[F(c_b), F(c_{b+1})]``, so ``|binned(v) - exact(v)| <=
+        F(c_{b+1}) - F(c_b)``: the spread of reference values over v's bin's quantile range (plus
+        the output dtype's rounding), whatever the range. Summed over all bins this is the
+        reference's range; it is small where the source's values spread over many bins. The
+        binned map is continuous and nondecreasing, so it keeps the order of values. More bins tighten the bound but need not bring binned mode
         closer to exact mode where the source has few distinct values (8-bit data): exact mode
         maps a tie group to its upper quantile, binned mode interpolates inside the bin, so a
         group's spread F(c_{b+1}) - F(c_b) stays. On CPU the per-thread histograms are capped at
         64 MiB in all (fewer threads count them for very large k). Where a float64 plane's range
         (or k over it) overflows, values are scaled by a power of two first, which is exact.
+    bin_range : Tensor, (N, C, 2), optional
+        Binned mode only: each plane's ``[lo, hi]`` (``lo <= hi``, finite; cast to ``source``'s
+        dtype). ``None`` (default): the plane's own ``[min, max]``, found by a pass over the
+        source. Values outside it count in the end bins. With ``lo == hi`` every value maps to
+        the reference's maximum, as a constant source does. :func:`upsample_match` bins over
+        ``plane_range(x)`` of its low-resolution input, which spares it that pass.
     check : bool
         Refuse NaN/Inf in the inputs (one host synchronisation on CUDA; with ``check=False`` the
         binned CUDA path never synchronises).
@@ -211,6 +223,8 @@ def match_histograms(
         )
     _same_device("reference", reference, source)
     b = _check_bins(bins)
+    if bin_range is not None:
+        _check_bin_range(bin_range, source, b, check)
     if check:
         _check_finite("source", source)
         _check_finite("reference", reference)
@@ -219,11 +233,42 @@ def match_histograms(
         return torch.empty_like(source, memory_format=torch.contiguous_format)
     dt = _work_dtype(source)
     src, ref = source.to(dt), reference.to(source.dtype).to(dt)
+    rng = bin_range.detach().to(source.dtype).to(dt) if bin_range is not None else None
     if _use_extension(src, ref):
-        y = torch.ops.psr.match_histograms(src, ref, b)
+        y = torch.ops.psr.match_histograms(src, ref, b, rng)
     else:
-        y = _reference.match_histograms(src, ref, bins=b)
+        y = _reference.match_histograms(src, ref, bins=b, bin_range=rng)
     return y.to(source.dtype)
+
+
+def _check_bin_range(bin_range: object, source: torch.Tensor, bins: int | None, check: bool) -> None:
+    if not isinstance(bin_range, torch.Tensor):
+        raise TypeError(f"bin_range must be a torch.Tensor, got {type(bin_range).__name__}")
+    if bins is None:
+        raise ValueError("bin_range applies to binned mode only: pass bins=k as well")
+    if not bin_range.is_floating_point():
+        raise TypeError(f"bin_range must be a floating-point tensor, got {bin_range.dtype}")
+    want = (*source.shape[:2], 2)
+    if tuple(bin_range.shape) != want:
+        raise ValueError(f"bin_range must be (N, C, 2) = {want}, one [lo, hi] per plane, got {tuple(bin_range.shape)}")
+    _same_device("bin_range", bin_range, source)
+    if check and bin_range.device.type != "meta" and bin_range.numel():
+        r = bin_range.to(source.dtype)  # the values that will be used
+        if not bool(torch.isfinite(r).all()):
+            raise ValueError("bin_range contains NaN or Inf (in source's dtype); pass finite [lo, hi] pairs")
+        if bool((r[..., 0] > r[..., 1]).any()):
+            raise ValueError("bin_range must have lo <= hi in every plane, got a pair with lo > hi")
+
+
+def plane_range(x: torch.Tensor) -> torch.Tensor:
+    """Each (sample, channel) plane's ``[min, max]`` of ``x`` (N, C, H, W), as (N, C, 2).
+
+    The bin range :func:`upsample_match` uses in binned mode, so that
+    ``upsample_match(x, s, bins=k)`` equals ``match_histograms(upsample_bicubic(x, s), x, bins=k,
+    bin_range=plane_range(x))``.
+    """
+    _check_image("x", x)
+    return _reference.plane_range(x)
 
 
 def upsample_match(
@@ -242,6 +287,11 @@ def upsample_match(
     ``x`` (exact mode keeps only the sort keys). Arguments are as for :func:`upsample_bicubic` and
     :func:`match_histograms`; ``residual`` is (N, C, H * scale, W * scale) and ``reference``
     (N, C, h, w), both on ``x``'s device and cast to its dtype.
+
+    Binned mode (``bins=k``) places the bins over each plane's range of the low-resolution ``x``,
+    ``bin_range=plane_range(x)``, not over the upsampled values: that spares a whole pass over
+    them (recomputing every bicubic value), and the bound of :func:`match_histograms` holds for
+    any range. Bicubic overshoot (and a residual) beyond that range counts in the end bins.
 
     Returns
     -------
@@ -300,7 +350,9 @@ def _register_fakes() -> None:
         return x.new_empty((x.shape[0], x.shape[1], x.shape[2] * scale, x.shape[3] * scale))
 
     @torch.library.register_fake("psr::match_histograms")
-    def _(source: torch.Tensor, reference: torch.Tensor, bins: int | None) -> torch.Tensor:
+    def _(
+        source: torch.Tensor, reference: torch.Tensor, bins: int | None, bin_range: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return source.new_empty(source.shape)
 
     @torch.library.register_fake("psr::upsample_match")

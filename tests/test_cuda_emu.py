@@ -247,8 +247,26 @@ def test_match_binned_extreme_float64_ranges(emu: ModuleType, rng: np.random.Gen
     x = src[:, :2, :5, :6].contiguous() * 0.5  # bicubic overshoot stays below DBL_MAX
     got = emu.upsample_match(x, 3, None, None, -0.75, 64)
     assert not torch.isnan(got).any()
-    want = emu.match_histograms(emu.upsample_bicubic(x, 3, -0.75), x, 64)  # the fused op is the composition
+    # the fused op is the composition, binned over x's range
+    want = emu.match_histograms(emu.upsample_bicubic(x, 3, -0.75), x, 64, ops.plane_range(x))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_match_binned_given_range(emu: ModuleType, rng: np.random.Generator, dtype: torch.dtype) -> None:
+    """bin_range on the emulated kernels (keys from the given pairs, no min/max pass): narrower and
+    wider than the data, -0.0 as an end, a single point; equal to the CPU kernel to the last bit."""
+    src = torch.from_numpy(rng.normal(size=(2, 3, 17, 21))).to(dtype)
+    ref = torch.from_numpy(rng.random((2, 3, 8, 9))).to(dtype)
+    own = ops.plane_range(src)
+    r = torch.stack([own * 0.5, own * 3 - 1], 0)  # (2, N, C, 2): narrower, wider
+    r[0, 0, 0] = torch.tensor([-0.0, 0.5], dtype=dtype)
+    r[1, 1, 2] = 0.25  # a single point
+    for bins in (1, 9, 700):
+        for rr in r:
+            want = ops.match_histograms(src, ref, bins=bins, bin_range=rr)
+            torch.testing.assert_close(emu.match_histograms(src, ref, bins, rr), want, rtol=0, atol=0)
+    assert torch.all(emu.match_histograms(src, ref, 9, r[1])[1, 2] == ref[1, 2].max())
 
 
 def test_match_binned_constant_planes(emu: ModuleType, rng: np.random.Generator) -> None:
@@ -276,10 +294,11 @@ def test_upsample_match_is_composition(
     for residual, reference in [(None, None), (res, ref)]:
         got = emu.upsample_match(x, scale, residual, reference, a, bins)
         src = up if residual is None else up + residual
-        want = emu.match_histograms(src, x if reference is None else reference, bins)
+        rng_x = ops.plane_range(x) if bins is not None else None  # the fused op bins over x's range
+        want = emu.match_histograms(src, x if reference is None else reference, bins, rng_x)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
         if bins is not None:  # and the CPU kernel, up to values on a bin edge
-            cpu = ops.match_histograms(src, x if reference is None else reference, bins=bins)
+            cpu = ops.upsample_match(x, scale, residual=residual, reference=reference, a=a, bins=bins)
             assert float(((got - cpu).abs() > 1e-5).double().mean()) < 0.01
     if bins is None and dtype == torch.float64:
         want = sk_match(up + res, ref)
@@ -305,7 +324,9 @@ def test_grid_sizes_do_not_change_results(emu: ModuleType, rng: np.random.Genera
     want_up = F.interpolate(x.double(), scale_factor=4, mode="bicubic", align_corners=False)
     torch.testing.assert_close(up.double(), want_up, rtol=0, atol=ATOL[torch.float32])
     torch.testing.assert_close(want[None], sk_match(up, x), rtol=0, atol=0)
-    torch.testing.assert_close(want[256], ops.match_histograms(up, x, bins=256), rtol=0, atol=0)
+    torch.testing.assert_close(
+        want[256], ops.match_histograms(up, x, bins=256, bin_range=ops.plane_range(x)), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize(("grid_y", "cub_items"), [(3, 300), (2, 700)])
@@ -368,9 +389,14 @@ def test_fuzz_small_shapes(emu: ModuleType, data: st.DataObject) -> None:
     ref = torch.from_numpy(g.random((n, c, data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))))).to(dtype)
     torch.testing.assert_close(emu.match_histograms(up, ref, None), sk_match(up, ref), rtol=0, atol=0)
     bins = data.draw(st.sampled_from([None, 1, 3, 100]))
-    got = emu.match_histograms(up, ref, bins)
+    rng_x = ops.plane_range(xt) if bins is not None else None  # the fused op bins over x's range
+    got = emu.match_histograms(up, ref, bins, rng_x)
     torch.testing.assert_close(emu.upsample_match(xt, scale, None, ref, a, bins), got, rtol=0, atol=0)
-    torch.testing.assert_close(got, ops.match_histograms(up, ref, bins=bins), rtol=0, atol=0)
+    torch.testing.assert_close(got, ops.match_histograms(up, ref, bins=bins, bin_range=rng_x), rtol=0, atol=0)
+    if bins is not None:
+        torch.testing.assert_close(
+            emu.match_histograms(up, ref, bins), ops.match_histograms(up, ref, bins=bins), rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,32 @@ from psr.resize import imresize
 
 from .test_reference import binned_interval, sk_match
 
+
+def _img() -> torch.Tensor:
+    return torch.rand(1, 1, 4, 4)
+
+
+def assert_within_binned_bound(
+    got: torch.Tensor,
+    exact: torch.Tensor,
+    src: torch.Tensor,
+    ref: torch.Tensor,
+    bins: int,
+    bin_range: torch.Tensor | None = None,
+) -> None:
+    """Binned output within [F(c_b), F(c_b+1)] of each value's bin, and so within that of exact mode."""
+    tol = 4 * torch.finfo(got.dtype).eps
+    g64, e64 = got.cpu().double(), exact.cpu().double()
+    for n in range(src.shape[0]):
+        for c in range(src.shape[1]):
+            rng_nc = None if bin_range is None else tuple(float(v) for v in bin_range[n, c])
+            s = src[n, c].cpu().double().numpy().ravel()
+            lo, hi = binned_interval(s, ref[n, c].cpu().double().numpy().ravel(), bins, rng_nc)
+            g, e = g64[n, c].numpy().ravel(), e64[n, c].numpy().ravel()
+            assert np.all((lo - tol <= g) & (g <= hi + tol)), (n, c)
+            assert np.all(np.abs(g - e) <= hi - lo + tol), (n, c)
+
+
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
@@ -233,6 +259,39 @@ def test_match_binned_bound(rng: np.random.Generator, device: str, dtype: torch.
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bins", [1, 6, 300])
+def test_match_binned_given_range(rng: np.random.Generator, device: str, dtype: torch.dtype, bins: int) -> None:
+    """bin_range: ranges narrower than the data (values past them in the end bins), wider, per plane
+    different, and a single point; the bound holds for each, the backends agree with the reference
+    to the last bit, and the plane's own range gives the default."""
+    src = torch.from_numpy(rng.normal(size=(2, 3, 23, 19))).to(dtype=dtype, device=device)
+    ref = torch.from_numpy(rng.random((2, 3, 9, 14)) ** 2).to(dtype=dtype, device=device)
+    own = ops.plane_range(src)
+    torch.testing.assert_close(own[..., 0], src.flatten(2).min(-1).values, rtol=0, atol=0)
+    torch.testing.assert_close(own[..., 1], src.flatten(2).max(-1).values, rtol=0, atol=0)
+    torch.testing.assert_close(
+        ops.match_histograms(src, ref, bins=bins, bin_range=own),
+        ops.match_histograms(src, ref, bins=bins),
+        rtol=0,
+        atol=0,
+    )
+    exact = ops.match_histograms(src, ref)
+    spread = torch.from_numpy(rng.uniform(-0.5, 1.5, size=(2, 3, 2))).to(dtype=dtype, device=device).sort(-1).values
+    mid = own.mean(-1, keepdim=True)
+    point = mid.expand(-1, -1, 2).contiguous()
+    for r in (own * 0.5, own * 2 + 1, mid + spread, point):
+        got = ops.match_histograms(src, ref, bins=bins, bin_range=r)
+        want = _reference.match_histograms(src.cpu(), ref.cpu(), bins=bins, bin_range=r.cpu())
+        torch.testing.assert_close(got.cpu(), want, rtol=0, atol=0)
+        if r is not point:
+            assert_within_binned_bound(got, exact, src, ref, bins, r)
+    # A single-point range: every value maps to the reference's maximum, as a constant source does.
+    got = ops.match_histograms(src, ref, bins=bins, bin_range=point)
+    torch.testing.assert_close(got, ref.flatten(2).max(-1).values[..., None, None].expand_as(got), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_match_binned_constant_and_monotone(rng: np.random.Generator, device: str) -> None:
     ref = rand(rng, (1, 2, 7, 8), torch.float32, device)
     src = torch.full((1, 2, 9, 9), 3.0, device=device)
@@ -304,9 +363,14 @@ def test_upsample_match_is_composition(
         got = ops.upsample_match(x, scale, residual=residual, reference=reference, a=a, bins=bins)
         up = ops.upsample_bicubic(x, scale, a=a)
         src = up if residual is None else up + residual
-        # The fused kernel recomputes the same bicubic values: equal to the composed ops.
-        want = ops.match_histograms(src, x if reference is None else reference, bins=bins)
+        # The fused kernel recomputes the same bicubic values and bins over x's range: equal to
+        # the composed ops.
+        rng_x = ops.plane_range(x) if bins is not None else None
+        want = ops.match_histograms(src, x if reference is None else reference, bins=bins, bin_range=rng_x)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+        if bins is not None:  # and within the bound of exact mode, whatever the range
+            exact = ops.match_histograms(src, x if reference is None else reference)
+            assert_within_binned_bound(got, exact, src, x if reference is None else reference, bins, rng_x)
     if bins is None:  # and to skimage on a float64 bicubic
         up64 = _reference.upsample_bicubic(x.cpu().double(), scale, a=a) + res.cpu().double()
         want = sk_match(up64, ref.cpu().double())
@@ -366,7 +430,8 @@ def test_wide_planes_many_tiles(rng: np.random.Generator, device: str) -> None:
     torch.testing.assert_close(up, want, rtol=0, atol=ATOL[torch.float32])
     for bins in (None, 256, 9000):
         got = ops.upsample_match(x, 4, bins=bins)
-        torch.testing.assert_close(got, ops.match_histograms(up, x, bins=bins), rtol=0, atol=0)
+        rng_x = ops.plane_range(x) if bins is not None else None
+        torch.testing.assert_close(got, ops.match_histograms(up, x, bins=bins, bin_range=rng_x), rtol=0, atol=0)
     torch.testing.assert_close(ops.upsample_match(x, 4).cpu(), sk_match(up.cpu(), x.cpu()), rtol=0, atol=0)
 
 
@@ -463,6 +528,33 @@ def test_check_false_skips_the_test() -> None:
             ValueError,
             "bins",
         ),
+        (lambda: ops.match_histograms(_img(), _img(), bin_range=torch.tensor([[[0.0, 1.0]]])), ValueError, "bins=k"),
+        (lambda: ops.match_histograms(_img(), _img(), bins=4, bin_range=[0.0, 1.0]), TypeError, "bin_range"),
+        (
+            lambda: ops.match_histograms(_img(), _img(), bins=4, bin_range=torch.zeros(1, 1, 3)),
+            ValueError,
+            r"\(N, C, 2\)",
+        ),
+        (
+            lambda: ops.match_histograms(_img(), _img(), bins=4, bin_range=torch.zeros(1, 1, 2, dtype=torch.int64)),
+            TypeError,
+            "floating",
+        ),
+        (
+            lambda: ops.match_histograms(_img(), _img(), bins=4, bin_range=torch.tensor([[[1.0, 0.0]]])),
+            ValueError,
+            "lo <= hi",
+        ),
+        (
+            lambda: ops.match_histograms(_img(), _img(), bins=4, bin_range=torch.tensor([[[0.0, float("nan")]]])),
+            ValueError,
+            "NaN",
+        ),
+        (
+            lambda: ops.match_histograms(_img(), _img(), bins=4, bin_range=torch.tensor([[[0.0, 1e300]]]).double()),
+            ValueError,
+            "Inf",
+        ),
         (
             lambda: ops.match_histograms(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4, device="meta")),
             ValueError,
@@ -495,6 +587,14 @@ def test_kernels_check_their_inputs_too() -> None:
         torch.ops.psr.upsample_bicubic(torch.zeros(1, 1, 3, 3), 9, -0.75)
     with pytest.raises(RuntimeError, match="float32 or float64"):
         torch.ops.psr.match_histograms(torch.zeros(1, 1, 3, 3, dtype=torch.float16), torch.zeros(1, 1, 3, 3), None)
+    x = torch.rand(1, 2, 3, 3)
+    for bins, rng_x, match in [
+        (None, torch.zeros(1, 2, 2), "needs bins"),
+        (4, torch.zeros(2, 1, 2), "shape"),
+        (4, torch.zeros(1, 2, 2, dtype=torch.float64), "dtype"),
+    ]:
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.psr.match_histograms(x, x, bins, rng_x)
 
 
 # ------------------------------------------------------------------------ opcheck, fuzzing
@@ -508,8 +608,9 @@ def test_opcheck(rng: np.random.Generator, device: str) -> None:
     cases = [
         (torch.ops.psr.upsample_bicubic.default, (x, 2, -0.75)),
         (torch.ops.psr.upsample_bicubic.default, (x.double(), 3, -0.5)),
-        (torch.ops.psr.match_histograms.default, (x, ref, None)),
-        (torch.ops.psr.match_histograms.default, (x, ref, 16)),
+        (torch.ops.psr.match_histograms.default, (x, ref, None, None)),
+        (torch.ops.psr.match_histograms.default, (x, ref, 16, None)),
+        (torch.ops.psr.match_histograms.default, (x, ref, 16, ops.plane_range(x) * 0.5)),
         (torch.ops.psr.upsample_match.default, (x, 2, res, ref, -0.75, None)),
         (torch.ops.psr.upsample_match.default, (x, 2, None, None, -0.5, 8)),
     ]
@@ -536,8 +637,10 @@ def test_fuzz_small_shapes(data: st.DataObject) -> None:
     ref = torch.from_numpy(g.random((n, c, data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5)))))
     torch.testing.assert_close(ops.match_histograms(up, ref), sk_match(up, ref), rtol=0, atol=0)
     bins = data.draw(st.sampled_from([None, 1, 3, 100]))
+    rng_x = ops.plane_range(xt) if bins is not None else None
     torch.testing.assert_close(
-        ops.upsample_match(xt, scale, reference=ref, a=a, bins=bins), ops.match_histograms(up, ref, bins=bins)
+        ops.upsample_match(xt, scale, reference=ref, a=a, bins=bins),
+        ops.match_histograms(up, ref, bins=bins, bin_range=rng_x),
     )
     torch.testing.assert_close(
         ops.match_histograms(up, ref, bins=bins), _reference.match_histograms(up, ref, bins=bins), rtol=0, atol=1e-12

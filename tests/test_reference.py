@@ -66,9 +66,15 @@ def sk_match(src: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
 
 
-def binned_interval(src: np.ndarray, ref: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """For 1-D float64 arrays: the exact map at each value's bin edges, [F(c_b), F(c_b+1)] (numpy)."""
-    lo, hi = src.min(), src.max()
+def binned_interval(
+    src: np.ndarray, ref: np.ndarray, bins: int, bin_range: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """For 1-D float64 arrays: the exact map at each value's bin edges, [F(c_b), F(c_b+1)] (numpy).
+
+    Bins span ``bin_range`` (default: the source's min and max); values outside it count in the end
+    bins.
+    """
+    lo, hi = (src.min(), src.max()) if bin_range is None else bin_range
     k = np.clip(np.floor((src - lo) * (bins / (hi - lo))), 0, bins - 1).astype(np.int64)
     cum = np.concatenate([[0], np.cumsum(np.bincount(k, minlength=bins))])
     rv, rc = np.unique(ref, return_counts=True)

@@ -88,9 +88,28 @@ struct BicubicRows {
 };
 
 // Histogram-match P planes of rows.rows() x rows.cols() values to reference planes (P, ref_n)
-// and write the result to out (P, rows, cols). bins: exact (skimage) when empty, else binned.
+// and write the result to out (P, rows, cols). bins: exact (skimage) when empty, else binned, over
+// bin_range (P, 2): each plane's (lo, hi), or nullptr for the plane's own min and max.
 template <typename scalar_t, typename Rows>
 void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_n, std::optional<int64_t> bins,
-                  scalar_t* out);
+                  const scalar_t* bin_range, scalar_t* out);
+
+// The (P, 2) bin range of binned matching: given as (N, C, 2) (checked against N, C and dtype),
+// or each plane's [min, max] of x (N, C, H, W), as the fused op bins. Undefined when not binned.
+inline at::Tensor bin_range_arg(const char* op, const std::optional<at::Tensor>& given, const at::Tensor& x,
+                                std::optional<int64_t> bins) {
+  const int64_t N = x.size(0), C = x.size(1);
+  if (given.has_value()) {
+    TORCH_CHECK(bins.has_value(), op, ": bin_range needs bins (binned mode)");
+    TORCH_CHECK(given->sizes() == at::IntArrayRef({N, C, 2}), op, ": bin_range must have shape ",
+                at::IntArrayRef({N, C, 2}), ", got ", given->sizes());
+    TORCH_CHECK(given->scalar_type() == x.scalar_type() && given->device() == x.device(), op,
+                ": bin_range must have the source's dtype and device");
+    return given->contiguous();
+  }
+  if (!bins.has_value() || N * C == 0) return at::Tensor();
+  auto [lo, hi] = at::aminmax(x.reshape({N * C, -1}), 1);
+  return at::stack({lo, hi}, 1).contiguous();
+}
 
 }  // namespace psr::cpu

@@ -6,8 +6,10 @@
 // their pixel index and radix-sorted; one walk over the sorted run then assigns each tie group its
 // value. Counts are integers throughout, so quantiles are exact however many pixels there are.
 //
-// Binned mode counts the source in `bins` equal-width bins over [min, max] and maps each value by
-// linear interpolation between the exact maps of its bin's edges; see psr/ops.py for the bound.
+// Binned mode counts the source in `bins` equal-width bins over a range (the plane's [min, max],
+// or one given per plane: the fused op gives the low-resolution plane's, which spares it a pass
+// over the upsampled values) and maps each value by linear interpolation between the exact maps
+// of its bin's edges; values outside the range fall in the end bins. See psr/ops.py for the bound.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -296,7 +298,8 @@ void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar
 }
 
 template <typename scalar_t, typename Rows>
-void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64_t bins, scalar_t* out) {
+void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64_t bins, const scalar_t* range,
+                        scalar_t* out) {
   const int64_t R = rows.rows(), C = rows.cols(), n = R * C;
   const int64_t nb = std::min(num_blocks(n, 16384), R);
   const int64_t chunk = (R + nb - 1) / nb;
@@ -310,20 +313,28 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
     });
   };
 
-  std::vector<double> mins(static_cast<size_t>(nb), std::numeric_limits<double>::infinity());
-  std::vector<double> maxs(static_cast<size_t>(nb), -std::numeric_limits<double>::infinity());
-  for_rows([&](int64_t blk, const scalar_t* v, int64_t) {
-    scalar_t lo = v[0], hi = v[0];
-    for (int64_t j = 1; j < C; ++j) {
-      lo = std::min(lo, v[j]);
-      hi = std::max(hi, v[j]);
-    }
-    mins[blk] = std::min(mins[blk], static_cast<double>(lo));
-    maxs[blk] = std::max(maxs[blk], static_cast<double>(hi));
-  });
-  const double lo = *std::min_element(mins.begin(), mins.end());
-  const double hi = *std::max_element(maxs.begin(), maxs.end());
-  if (lo == hi) {  // a constant source is one tie group at quantile 1: the reference's maximum
+  double lo, hi;
+  if (range != nullptr) {  // given: no pass over the values (+ 0.0: -0.0 counts as 0.0, as CUDA's keys)
+    lo = static_cast<double>(range[0]) + 0.0;
+    hi = static_cast<double>(range[1]) + 0.0;
+  } else {
+    std::vector<double> mins(static_cast<size_t>(nb), std::numeric_limits<double>::infinity());
+    std::vector<double> maxs(static_cast<size_t>(nb), -std::numeric_limits<double>::infinity());
+    for_rows([&](int64_t blk, const scalar_t* v, int64_t) {
+      scalar_t l = v[0], h = v[0];
+      for (int64_t j = 1; j < C; ++j) {
+        l = std::min(l, v[j]);
+        h = std::max(h, v[j]);
+      }
+      mins[blk] = std::min(mins[blk], static_cast<double>(l));
+      maxs[blk] = std::max(maxs[blk], static_cast<double>(h));
+    });
+    lo = *std::min_element(mins.begin(), mins.end()) + 0.0;
+    hi = *std::max_element(maxs.begin(), maxs.end()) + 0.0;
+  }
+  // A constant source is one tie group at quantile 1: the reference's maximum. So is every value
+  // when a given range is a single point.
+  if (lo == hi) {
     std::fill(out, out + n, static_cast<scalar_t>(rc.fp.back()));
     return;
   }
@@ -368,7 +379,7 @@ constexpr int64_t kSplitPlaneAt = int64_t(1) << 18;
 
 template <typename scalar_t, typename Rows>
 void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_n, std::optional<int64_t> bins,
-                  scalar_t* out) {
+                  const scalar_t* bin_range, scalar_t* out) {
   const int64_t n = rows.rows() * rows.cols();
   using E = typename Pair<scalar_t>::type;
   // Planes p0 .. p1 in turn, reusing one pair of sort buffers (fresh pages cost a fault each).
@@ -392,7 +403,8 @@ void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_
       });
       for (int64_t p = q0; p < q1; ++p) {
         if (bins.has_value()) {
-          match_binned_plane(rows, p, rcs[p - q0], *bins, out + p * n);
+          match_binned_plane(rows, p, rcs[p - q0], *bins, bin_range != nullptr ? bin_range + 2 * p : nullptr,
+                             out + p * n);
         } else {
           match_exact_plane(rows, p, rcs[p - q0], out + p * n, a.get(), b.get());
         }
@@ -416,16 +428,16 @@ void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_
 }
 
 template void match_planes<float, PlainRows<float>>(const PlainRows<float>&, int64_t, const float*, int64_t,
-                                                    std::optional<int64_t>, float*);
+                                                    std::optional<int64_t>, const float*, float*);
 template void match_planes<double, PlainRows<double>>(const PlainRows<double>&, int64_t, const double*, int64_t,
-                                                      std::optional<int64_t>, double*);
+                                                      std::optional<int64_t>, const double*, double*);
 template void match_planes<float, BicubicRows<float>>(const BicubicRows<float>&, int64_t, const float*, int64_t,
-                                                      std::optional<int64_t>, float*);
+                                                      std::optional<int64_t>, const float*, float*);
 template void match_planes<double, BicubicRows<double>>(const BicubicRows<double>&, int64_t, const double*,
-                                                        int64_t, std::optional<int64_t>, double*);
+                                                        int64_t, std::optional<int64_t>, const double*, double*);
 
 static at::Tensor match_histograms_cpu(const at::Tensor& source, const at::Tensor& reference,
-                                       std::optional<int64_t> bins) {
+                                       std::optional<int64_t> bins, const std::optional<at::Tensor>& bin_range) {
   TORCH_CHECK(source.dim() == 4 && reference.dim() == 4,
               "psr::match_histograms: source and reference must be (N, C, H, W), got ", source.sizes(), " and ",
               reference.sizes());
@@ -443,13 +455,15 @@ static at::Tensor match_histograms_cpu(const at::Tensor& source, const at::Tenso
               "psr::match_histograms: bins must be in 1..2^24");
   const at::Tensor src = source.contiguous();
   const at::Tensor ref = reference.contiguous();
+  const at::Tensor range = bin_range.has_value() ? bin_range_arg("psr::match_histograms", bin_range, src, bins)
+                                                 : at::Tensor();
   at::Tensor out = at::empty(src.sizes(), src.options());
   const int64_t P = src.size(0) * src.size(1);
   if (P == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "psr_match_histograms_cpu", [&] {
     const PlainRows<scalar_t> rows{src.const_data_ptr<scalar_t>(), src.size(2), src.size(3)};
     match_planes(rows, P, ref.const_data_ptr<scalar_t>(), ref.size(2) * ref.size(3), bins,
-                 out.mutable_data_ptr<scalar_t>());
+                 range.defined() ? range.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>());
   });
   return out;
 }

@@ -40,11 +40,13 @@ static at::Tensor upsample_match_cpu(const at::Tensor& x_in, int64_t scale, cons
   }
   at::Tensor out = at::empty({N, C, H * s, W * s}, x.options());
   if (out.numel() == 0) return out;
+  // Binned mode bins over each low-resolution plane's [min, max] (no pass over the upsampled values).
+  const at::Tensor range = bin_range_arg("psr::upsample_match", std::nullopt, x, bins);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "psr_upsample_match_cpu", [&] {
     const Bicubic<scalar_t> b(x.const_data_ptr<scalar_t>(), H, W, s, a);
     const BicubicRows<scalar_t> rows{&b, res.defined() ? res.const_data_ptr<scalar_t>() : nullptr};
     match_planes(rows, N * C, ref.const_data_ptr<scalar_t>(), ref.size(2) * ref.size(3), bins,
-                 out.mutable_data_ptr<scalar_t>());
+                 range.defined() ? range.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>());
   });
   return out;
 }

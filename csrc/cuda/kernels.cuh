@@ -322,7 +322,8 @@ inline int blocks_per_sm(void (*kernel)(KArgs...), size_t smem) {
 }
 
 // Histogram matching on CUDA (match_histograms.cu). source: a plain (N, C, H, W) tensor, or
-// undefined when bicubic is given: then the source is upsample(x, S, a) + residual.
+// undefined when bicubic is given: then the source is upsample(x, S, a) + residual, binned over
+// each plane of x's [min, max]. bin_range: undefined or (N, C, 2), for a plain source only.
 struct BicubicArgs {
   at::Tensor x;         // (N, C, H, W) contiguous
   int64_t scale;
@@ -331,6 +332,6 @@ struct BicubicArgs {
 };
 
 at::Tensor match_cuda(const at::Tensor& source, const BicubicArgs* bicubic, const at::Tensor& reference,
-                      std::optional<int64_t> bins);
+                      std::optional<int64_t> bins, const at::Tensor& bin_range = at::Tensor());
 
 }  // namespace psr::cuda_ops

@@ -7,7 +7,8 @@
 // Exact mode: (key, index) pairs from the source, CUB radix sort (per plane, or float32 planes a
 // chunk at a time with the plane in the keys' high word), then one pass over the sorted keys maps
 // each tie group's upper quantile through its plane's reference and writes the group's pixels.
-// Binned mode, all planes at once: min/max (atomics on order-preserving keys), a histogram with
+// Binned mode, all planes at once: the bin range (a given one; the fused op's low-resolution planes'
+// min/max; else the source's, atomics on order-preserving keys), a histogram with
 // run-aggregated increments (privatised in shared memory up to kSmemBins bins), one scan per chunk,
 // the edge map, and a mapping pass (the edge map in shared memory up to kSmemEdges edges). Nothing here synchronises with the host; the
 // source's values are recomputed by each pass (for bicubic, from the low-resolution planes).
@@ -256,6 +257,16 @@ __global__ void __launch_bounds__(kThreads) minmax_kernel(Src src, int64_t plane
   }
 }
 
+// A given bin range (P, 2) as keys, as minmax_kernel leaves them (-0.0 becomes 0.0).
+template <typename scalar_t>
+__global__ void range_keys_kernel(const scalar_t* range, int64_t P, typename KeyTraits<scalar_t>::key_t* mn,
+                                  typename KeyTraits<scalar_t>::key_t* mx) {
+  PSR_GRID_STRIDE(p, P) {
+    mn[p] = KeyTraits<scalar_t>::key(range[2 * p]);
+    mx[p] = KeyTraits<scalar_t>::key(range[2 * p + 1]);
+  }
+}
+
 template <typename scalar_t>
 __device__ __forceinline__ bool plane_binner(const typename KeyTraits<scalar_t>::key_t* mn,
                                              const typename KeyTraits<scalar_t>::key_t* mx, int64_t p, int64_t bins,
@@ -412,8 +423,18 @@ dim3 plane_grid(Kernel kernel, size_t smem, int64_t tiles_per_plane, int64_t np)
 // ---------------------------------------------------------------------------------------------
 // driver
 
+// Binned mode's bin range: given (P, 2) values, else each plane's min/max of the low-resolution
+// planes lr (P, lr_n) when given (the fused op), else of the source itself.
+template <typename scalar_t>
+struct BinRange {
+  const scalar_t* given = nullptr;
+  const scalar_t* lr = nullptr;
+  int64_t lr_n = 0;
+};
+
 template <typename scalar_t, typename Src>
-void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::optional<int64_t> bins, at::Tensor& out) {
+void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::optional<int64_t> bins,
+                  const BinRange<scalar_t>& range, at::Tensor& out) {
   using K = typename KeyTraits<scalar_t>::key_t;
   const cudaStream_t stream = current_stream();
   const int64_t n = src_in.numel();
@@ -541,10 +562,20 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   double* top = as<double>(em) + P * (nbins + 1);
   const bool shared_hist = nbins <= kSmemBins;
   const size_t hist_smem = shared_hist ? static_cast<size_t>(nbins) * sizeof(unsigned int) : 0;
-  // Per plane the histogram needs only that plane's min/max: both kernels run on each run of rows.
+  if (range.given != nullptr) {
+    launch(range_keys_kernel<scalar_t>, blocks_for(P), kThreads, 0, stream, range.given, P, mn, mx);
+  }
+  // Per plane the histogram needs only that plane's range: both kernels run on each run of rows.
   for_grid_rows(P, [&](int64_t p0, int64_t np) {
-    launch(minmax_kernel<scalar_t, Src>, plane_grid(minmax_kernel<scalar_t, Src>, 0, tpp, np), kThreads, 0, stream,
-           src, p0, mn, mx);
+    if (range.lr != nullptr && range.given == nullptr) {  // the low-resolution planes: a plain pass
+      using Lr = PlainSource<scalar_t>;
+      const Lr lr = Lr::make(range.lr, range.lr_n);
+      launch(minmax_kernel<scalar_t, Lr>, plane_grid(minmax_kernel<scalar_t, Lr>, 0, lr.tiles_per_plane(), np),
+             kThreads, 0, stream, lr, p0, mn, mx);
+    } else if (range.given == nullptr) {
+      launch(minmax_kernel<scalar_t, Src>, plane_grid(minmax_kernel<scalar_t, Src>, 0, tpp, np), kThreads, 0, stream,
+             src, p0, mn, mx);
+    }
     launch(hist_kernel<scalar_t, Src>, plane_grid(hist_kernel<scalar_t, Src>, hist_smem, tpp, np), kThreads, hist_smem,
            stream, src, p0, mn, mx, nbins, hist, shared_hist);
   });
@@ -572,7 +603,7 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
 }  // namespace
 
 at::Tensor match_cuda(const at::Tensor& source, const BicubicArgs* bicubic, const at::Tensor& reference,
-                      std::optional<int64_t> bins) {
+                      std::optional<int64_t> bins, const at::Tensor& bin_range) {
   const at::Tensor& like = bicubic != nullptr ? bicubic->x : source;
   const DeviceGuard guard(like.device());
   const int64_t N = like.size(0), C = like.size(1);
@@ -584,24 +615,26 @@ at::Tensor match_cuda(const at::Tensor& source, const BicubicArgs* bicubic, cons
     if (bicubic != nullptr) {
       const Taps<scalar_t> taps = make_taps<scalar_t>(static_cast<int>(S), bicubic->a);
       const scalar_t* x = bicubic->x.const_data_ptr<scalar_t>();
+      const BinRange<scalar_t> range{nullptr, x, like.size(2) * like.size(3)};  // the fused op bins over x's range
       if (bicubic->residual.defined()) {
         const auto src = BicubicSource<scalar_t, true>::make(x, bicubic->residual.const_data_ptr<scalar_t>(),
                                                              like.size(2), like.size(3), taps);
-        match_planes<scalar_t>(src, N * C, ref, bins, out);
+        match_planes<scalar_t>(src, N * C, ref, bins, range, out);
       } else {
         const auto src = BicubicSource<scalar_t, false>::make(x, nullptr, like.size(2), like.size(3), taps);
-        match_planes<scalar_t>(src, N * C, ref, bins, out);
+        match_planes<scalar_t>(src, N * C, ref, bins, range, out);
       }
     } else {
       const auto src = PlainSource<scalar_t>::make(source.const_data_ptr<scalar_t>(), source.size(2) * source.size(3));
-      match_planes<scalar_t>(src, N * C, ref, bins, out);
+      const BinRange<scalar_t> range{bin_range.defined() ? bin_range.const_data_ptr<scalar_t>() : nullptr};
+      match_planes<scalar_t>(src, N * C, ref, bins, range, out);
     }
   });
   return out;
 }
 
 static at::Tensor match_histograms_cuda(const at::Tensor& source, const at::Tensor& reference,
-                                        std::optional<int64_t> bins) {
+                                        std::optional<int64_t> bins, const std::optional<at::Tensor>& bin_range) {
   TORCH_CHECK(source.dim() == 4 && reference.dim() == 4,
               "psr::match_histograms: source and reference must be (N, C, H, W), got ", source.sizes(), " and ",
               reference.sizes());
@@ -618,7 +651,17 @@ static at::Tensor match_histograms_cuda(const at::Tensor& source, const at::Tens
               reference.sizes());
   TORCH_CHECK(!bins.has_value() || (*bins >= 1 && *bins <= (int64_t(1) << 24)),
               "psr::match_histograms: bins must be in 1..2^24");
-  return match_cuda(source.contiguous(), nullptr, reference, bins);
+  at::Tensor range;
+  if (bin_range.has_value()) {
+    TORCH_CHECK(bins.has_value(), "psr::match_histograms: bin_range needs bins (binned mode)");
+    TORCH_CHECK(bin_range->sizes() == at::IntArrayRef({source.size(0), source.size(1), 2}),
+                "psr::match_histograms: bin_range must have shape ",
+                at::IntArrayRef({source.size(0), source.size(1), 2}), ", got ", bin_range->sizes());
+    TORCH_CHECK(bin_range->scalar_type() == source.scalar_type() && bin_range->device() == source.device(),
+                "psr::match_histograms: bin_range must have the source's dtype and device");
+    range = bin_range->contiguous();
+  }
+  return match_cuda(source.contiguous(), nullptr, reference, bins, range);
 }
 
 #ifndef PSR_CUDA_EMU

@@ -59,7 +59,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace pybind11::literals;
   m.doc() = "psr's CUDA ops run by a CPU emulator (tests only)";
   m.def("upsample_bicubic", &psr::cuda_ops::upsample_bicubic_cuda, "x"_a, "scale"_a, "a"_a);
-  m.def("match_histograms", &psr::cuda_ops::match_histograms_cuda, "source"_a, "reference"_a, "bins"_a);
+  m.def("match_histograms", &psr::cuda_ops::match_histograms_cuda, "source"_a, "reference"_a, "bins"_a,
+        "bin_range"_a = pybind11::none());
   m.def("upsample_match", &psr::cuda_ops::upsample_match_cuda, "x"_a, "scale"_a, "residual"_a, "reference"_a, "a"_a,
         "bins"_a);
   m.def(
