@@ -207,11 +207,20 @@ PSR_HD double lerp_edges(double a, double b, double t) {
 }
 
 // A plane's bins (make_binner) and the binned map of a value (map), one definition for the CPU and
-// CUDA kernels. float32 planes never overflow in double (binner_scale gives 1), so their hot path
-// skips the multiply and lerp_edges' checks: the same bits.
+// CUDA kernels and psr/_reference.py.
+// - float64 planes, and float32 planes whose range or factor does not fit float32: double
+//   arithmetic, (v * mul - lo) * factor, with lerp_edges for edges whose difference overflows.
+// - float32 planes otherwise (f32): float arithmetic, each operation rounded on its own (no
+//   contraction: -ffp-contract=off, --fmad=false): position (v - lo32) * factor32 with
+//   factor32 = float(bins / (hi - lo)) (the quotient in double), and the lerp on float edges
+//   em32[k] + t * (em32[k + 1] - em32[k]) when the reference's range fits float32 (lerp32), else
+//   in double. Rounding is monotone, so bins stay ordered by value and the bound holds; float
+//   arithmetic costs half the issue slots of double's (and no conversions) in the CUDA passes.
 struct Binner {
   double mul, lo, factor;  // lo pre-scaled: lo_plane * mul
   int64_t bins;
+  float lo32, factor32;  // f32 planes
+  bool f32;
 
   template <typename scalar_t>
   PSR_HD double pos(double v) const {
@@ -224,6 +233,17 @@ struct Binner {
     if (pos >= 0.0 && pos < static_cast<double>(bins)) return static_cast<int64_t>(pos);
     return pos >= static_cast<double>(bins) ? bins - 1 : 0;
   }
+  PSR_HD float pos32(float v) const { return (v - lo32) * factor32; }
+  PSR_HD int bin32(float pos) const {  // bins <= 2^24: float(bins) is exact
+    if (pos >= 0.0f && pos < static_cast<float>(bins)) return static_cast<int>(pos);
+    return pos >= static_cast<float>(bins) ? static_cast<int>(bins) - 1 : 0;
+  }
+  // The bin of a value (kF32: this plane is f32, a float32 plane).
+  template <typename scalar_t, bool kF32>
+  PSR_HD int64_t bin_of(scalar_t v) const {
+    if constexpr (kF32) return bin32(pos32(static_cast<float>(v)));
+    return bin(pos<scalar_t>(static_cast<double>(v)));
+  }
   // The value's bin k and its position t in it, interpolated between the edge map's em[k], em[k+1].
   template <typename scalar_t>
   PSR_HD double map(double v, const double* em) const {
@@ -234,11 +254,40 @@ struct Binner {
     if constexpr (std::is_same_v<scalar_t, double>) return lerp_edges(em[k], em[k + 1], t);
     return em[k] + t * (em[k + 1] - em[k]);
   }
+  // f32 planes: on float edges em32(k) (float(em[k])) when kLerp32, else on the double edges em.
+  template <bool kLerp32, typename Edge32>
+  PSR_HD float map32(float v, const Edge32& em32, const double* em) const {
+    const float p = pos32(v);
+    const int k = bin32(p);
+    float t = p - static_cast<float>(k);
+    t = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+    if constexpr (kLerp32) {
+      const float a = em32(k);
+      return a + t * (em32(k + 1) - a);
+    } else {
+      return static_cast<float>(em[k] + static_cast<double>(t) * (em[k + 1] - em[k]));
+    }
+  }
 };
 
-PSR_HD Binner make_binner(double lo, double hi, int64_t bins) {
+// float32 planes (float_plane) get the f32 binning where their range and factor are finite floats.
+PSR_HD Binner make_binner(double lo, double hi, int64_t bins, bool float_plane = false) {
   const double mul = binner_scale(lo, hi, bins);
-  return Binner{mul, lo * mul, static_cast<double>(bins) / (hi * mul - lo * mul), bins};
+  Binner b{mul, lo * mul, static_cast<double>(bins) / (hi * mul - lo * mul), bins, 0.0f, 0.0f, false};
+  if (float_plane) {
+    b.lo32 = static_cast<float>(lo);
+    b.factor32 = static_cast<float>(static_cast<double>(bins) / (hi - lo));
+    const float range = static_cast<float>(hi) - b.lo32;
+    b.f32 = range - range == 0.0f && b.factor32 - b.factor32 == 0.0f;  // both finite (not inf, not NaN)
+  }
+  return b;
+}
+
+// Whether an f32 plane's lerp runs on float edges: the reference's range (em[0] .. em[bins], its
+// minimum and maximum) has a finite float difference.
+PSR_HD bool lerp32_ok(double em_first, double em_last) {
+  const float d = static_cast<float>(em_last) - static_cast<float>(em_first);
+  return d - d == 0.0f;
 }
 
 }  // namespace psr

@@ -81,6 +81,15 @@ def _match_1d(
     lo, hi = lo + 0.0, hi + 0.0
     if lo == hi:  # one tie group at quantile 1: the reference's maximum, as in exact mode
         return torch.full_like(src, float(ref_values[-1]))
+    if src.dtype == torch.float32:
+        f32 = _binner32(lo, hi, bins)
+        if f32 is not None:  # float32 arithmetic, as psr_common.h's Binner (f32)
+            lo32, factor32 = f32
+            pos32 = (src - lo32) * factor32
+            k32 = torch.nan_to_num(pos32.floor(), nan=0.0).clamp(0, bins - 1)
+            t32 = (pos32 - k32).clamp(0, 1)
+            edge_map = _edge_map(k32.long(), bins, ref_q, ref_values, src.numel())
+            return _lerp32(edge_map, k32.long(), t32)
     # Values are scaled by a power of two (exact) where hi - lo or bins / (hi - lo) would overflow
     # (float64 only), as csrc/psr_common.h's binner_scale does; otherwise mul is 1.
     mul = _binner_scale(lo, hi, bins)
@@ -89,10 +98,32 @@ def _match_1d(
     k = torch.nan_to_num(pos.floor(), nan=0.0).clamp(0, bins - 1)  # NaN (check=False) in bin 0
     t = (pos - k).clamp(0, 1)
     k = k.long()
-    cum = torch.zeros(bins + 1, dtype=torch.int64, device=src.device)
-    cum[1:] = torch.cumsum(torch.bincount(k, minlength=bins), 0)
-    edge_map = interp(cum.to(torch.float64) / src.numel(), ref_q, ref_values)
+    edge_map = _edge_map(k, bins, ref_q, ref_values, src.numel())
     return _lerp_edges(edge_map[k], edge_map[k + 1], t).to(src.dtype)
+
+
+def _edge_map(k: torch.Tensor, bins: int, ref_q: torch.Tensor, ref_values: torch.Tensor, n: int) -> torch.Tensor:
+    """The exact map at each bin edge's quantile (fraction of the values in lower bins), float64."""
+    cum = torch.zeros(bins + 1, dtype=torch.int64, device=k.device)
+    cum[1:] = torch.cumsum(torch.bincount(k, minlength=bins), 0)
+    return interp(cum.to(torch.float64) / n, ref_q, ref_values)
+
+
+def _binner32(lo: float, hi: float, bins: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """float32 bins (lo32, factor32 as 0-d float32 tensors) where the range and factor are finite floats."""
+    lo32 = torch.tensor(lo, dtype=torch.float32)
+    factor32 = torch.tensor(bins / (hi - lo), dtype=torch.float32)
+    span = torch.tensor(hi, dtype=torch.float32) - lo32
+    return (lo32, factor32) if bool(torch.isfinite(span) & torch.isfinite(factor32)) else None
+
+
+def _lerp32(edge_map: torch.Tensor, k: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """float32 planes: on float edges where the reference's range fits float32 (psr_common.h's lerp32)."""
+    e32 = edge_map.to(torch.float32)
+    if bool(torch.isfinite(e32[-1] - e32[0])):
+        a = e32[k]
+        return a + t * (e32[k + 1] - a)
+    return (edge_map[k] + t.to(torch.float64) * (edge_map[k + 1] - edge_map[k])).to(torch.float32)
 
 
 def _binner_scale(lo: float, hi: float, bins: int) -> float:

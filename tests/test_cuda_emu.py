@@ -205,7 +205,8 @@ def test_match_binned_is_the_cpu_kernel(
     tol = 4 * torch.finfo(dtype).eps
     for n in range(2):
         for c in range(2):
-            lo, hi = binned_interval(src[n, c].double().numpy().ravel(), ref[n, c].double().numpy().ravel(), bins)
+            s, r = src[n, c].double().numpy().ravel(), ref[n, c].double().numpy().ravel()
+            lo, hi = binned_interval(s, r, bins, None, dtype == torch.float32)
             g = got[n, c].double().numpy().ravel()
             assert np.all((lo - tol <= g) & (g <= hi + tol))
 
@@ -250,6 +251,19 @@ def test_match_binned_extreme_float64_ranges(emu: ModuleType, rng: np.random.Gen
     # the fused op is the composition, binned over x's range
     want = emu.match_histograms(emu.upsample_bicubic(x, 3, -0.75), x, 64, ops.plane_range(x))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_match_binned_float32_fallbacks(emu: ModuleType, rng: np.random.Generator) -> None:
+    """float32 planes: a subnormal range (float64 binning) and a reference spanning +-3e38 (double
+    lerp) beside ordinary planes (float32 arithmetic); equal to the CPU kernel to the last bit."""
+    src = torch.from_numpy(rng.normal(size=(1, 3, 13, 11))).float()
+    src[0, 0] = torch.from_numpy(rng.random((13, 11)) * 1e-41).float()
+    ref = torch.from_numpy(rng.random((1, 3, 7, 9))).float()
+    ref[0, 1, 0, :2] = torch.tensor([-3e38, 3e38])
+    for bins in (3, 64, 5000):  # 5000: edges too many for shared memory
+        got = emu.match_histograms(src, ref, bins)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, ops.match_histograms(src, ref, bins=bins), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -50,7 +50,8 @@ def assert_within_binned_bound(
         for c in range(src.shape[1]):
             rng_nc = None if bin_range is None else tuple(float(v) for v in bin_range[n, c])
             s = src[n, c].cpu().double().numpy().ravel()
-            lo, hi = binned_interval(s, ref[n, c].cpu().double().numpy().ravel(), bins, rng_nc)
+            f32 = src.dtype == torch.float32
+            lo, hi = binned_interval(s, ref[n, c].cpu().double().numpy().ravel(), bins, rng_nc, f32)
             g, e = g64[n, c].numpy().ravel(), e64[n, c].numpy().ravel()
             assert np.all((lo - tol <= g) & (g <= hi + tol)), (n, c)
             assert np.all(np.abs(g - e) <= hi - lo + tol), (n, c)
@@ -246,7 +247,7 @@ def test_match_binned_bound(rng: np.random.Generator, device: str, dtype: torch.
     for n in range(2):
         for c in range(2):
             s = src[n, c].cpu().double().numpy().ravel()
-            lo, hi = binned_interval(s, ref[n, c].cpu().double().numpy().ravel(), bins)
+            lo, hi = binned_interval(s, ref[n, c].cpu().double().numpy().ravel(), bins, None, dtype == torch.float32)
             g, e = got[n, c].numpy().ravel(), exact[n, c].numpy().ravel()
             assert np.all((lo - tol <= g) & (g <= hi + tol))
             assert np.all(np.abs(g - e) <= hi - lo + tol)
@@ -256,6 +257,26 @@ def test_match_binned_bound(rng: np.random.Generator, device: str, dtype: torch.
     torch.testing.assert_close(
         got, _reference.match_histograms(src.cpu(), ref.cpu(), bins=bins).double(), rtol=0, atol=tol
     )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_match_binned_float32_fallbacks(rng: np.random.Generator, device: str) -> None:
+    """float32 planes bin in float32 unless the range or its factor is not a finite float (a
+    subnormal range: bins / (hi - lo) > FLT_MAX), and lerp on float edges unless the reference's
+    range overflows float32 (+-3e38): then double arithmetic, as in the reference, to the last bit,
+    with no NaN or Inf and within the bound."""
+    tiny = torch.from_numpy(rng.random((1, 2, 13, 11)) * 1e-41).float()  # subnormal float32 values
+    assert tiny.max() > 0 and tiny.max() < torch.finfo(torch.float32).tiny
+    ref = torch.from_numpy(rng.random((1, 2, 7, 9))).float()
+    wide_ref = ref.clone()
+    wide_ref[0, 1, 0, :2] = torch.tensor([-3e38, 3e38])
+    src = torch.from_numpy(rng.normal(size=(1, 2, 13, 11))).float()
+    for s, r in [(tiny, ref), (src, wide_ref), (tiny, wide_ref)]:
+        for bins in (3, 64):
+            got = ops.match_histograms(s.to(device), r.to(device), bins=bins).cpu()
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got, _reference.match_histograms(s, r, bins=bins), rtol=0, atol=0)
+            assert_within_binned_bound(got, ops.match_histograms(s, r), s, r, bins)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -67,15 +67,26 @@ def sk_match(src: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def binned_interval(
-    src: np.ndarray, ref: np.ndarray, bins: int, bin_range: tuple[float, float] | None = None
+    src: np.ndarray,
+    ref: np.ndarray,
+    bins: int,
+    bin_range: tuple[float, float] | None = None,
+    float32: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For 1-D float64 arrays: the exact map at each value's bin edges, [F(c_b), F(c_b+1)] (numpy).
 
     Bins span ``bin_range`` (default: the source's min and max); values outside it count in the end
-    bins.
+    bins. ``float32``: the values are float32 and binned in float32 arithmetic, ``(v - lo) * factor``
+    with ``factor = float32(bins / (hi - lo))``, as the ops do for float32 planes.
     """
     lo, hi = (src.min(), src.max()) if bin_range is None else bin_range
-    k = np.clip(np.floor((src - lo) * (bins / (hi - lo))), 0, bins - 1).astype(np.int64)
+    with np.errstate(over="ignore"):
+        factor32, span32 = np.float32(bins / (hi - lo)), np.float32(hi) - np.float32(lo)
+    if float32 and np.isfinite(factor32) and np.isfinite(span32):  # else float64, as the ops
+        pos = (src.astype(np.float32) - np.float32(lo)) * factor32
+    else:
+        pos = (src - lo) * (bins / (hi - lo))
+    k = np.clip(np.floor(pos), 0, bins - 1).astype(np.int64)
     cum = np.concatenate([[0], np.cumsum(np.bincount(k, minlength=bins))])
     rv, rc = np.unique(ref, return_counts=True)
     edge = np.interp(cum / src.size, np.cumsum(rc) / ref.size, rv)

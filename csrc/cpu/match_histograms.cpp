@@ -338,7 +338,7 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
     std::fill(out, out + n, static_cast<scalar_t>(rc.fp.back()));
     return;
   }
-  const Binner bn = make_binner(lo, hi, bins);
+  const Binner bn = make_binner(lo, hi, bins, std::is_same_v<scalar_t, float>);
 
   // One histogram per group of blocks, at most kHistBudget counts in all, so that memory does not
   // grow with threads x bins (2^24 bins: a single histogram, counted by one thread at a time).
@@ -351,7 +351,11 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
     std::unique_lock<std::mutex> hold(hist_lock[g], std::defer_lock);
     if (nh < nb) hold.lock();
     int64_t* h = &hist[g * bins];
-    for (int64_t j = 0; j < C; ++j) ++h[bn.bin(bn.pos<scalar_t>(static_cast<double>(v[j])))];
+    if (bn.f32) {
+      for (int64_t j = 0; j < C; ++j) ++h[bn.bin_of<scalar_t, true>(v[j])];
+    } else {
+      for (int64_t j = 0; j < C; ++j) ++h[bn.bin_of<scalar_t, false>(v[j])];
+    }
   });
   // Edge k's quantile is the fraction of values in bins below k; map it exactly through the
   // reference, then interpolate linearly inside each bin.
@@ -363,6 +367,21 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
     if (k < bins) {
       for (int64_t g = 0; g < nh; ++g) cum += hist[g * bins + k];
     }
+  }
+  if (bn.f32) {  // float32 arithmetic (psr_common.h)
+    const bool lerp32 = lerp32_ok(em[0], em[bins]);
+    std::vector<float> em32(em.begin(), em.end());
+    const float* e32 = em32.data();
+    const auto edge = [e32](int k) { return e32[k]; };
+    for_rows([&](int64_t, const scalar_t* v, int64_t y) {
+      scalar_t* o = out + y * C;
+      if (lerp32) {
+        for (int64_t j = 0; j < C; ++j) o[j] = bn.map32<true>(static_cast<float>(v[j]), edge, em.data());
+      } else {
+        for (int64_t j = 0; j < C; ++j) o[j] = bn.map32<false>(static_cast<float>(v[j]), edge, em.data());
+      }
+    });
+    return;
   }
   for_rows([&](int64_t, const scalar_t* v, int64_t y) {
     scalar_t* o = out + y * C;

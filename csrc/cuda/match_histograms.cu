@@ -273,7 +273,7 @@ __device__ __forceinline__ bool plane_binner(const typename KeyTraits<scalar_t>:
                                              Binner& b) {
   const double lo = static_cast<double>(KeyTraits<scalar_t>::value(mn[p]));
   const double hi = static_cast<double>(KeyTraits<scalar_t>::value(mx[p]));
-  b = make_binner(lo, hi, bins);  // psr_common.h, as the CPU kernel
+  b = make_binner(lo, hi, bins, std::is_same_v<scalar_t, float>);  // psr_common.h, as the CPU kernel
   return lo != hi;
 }
 
@@ -305,16 +305,24 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
       atomicAdd(gh + cur, static_cast<unsigned long long>(count_cur));
     }
   };
-  for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
-    src.for_each_value(p, tile, smem, [&](scalar_t v, int64_t) {
-      const int64_t b = bn.bin(bn.pos<scalar_t>(static_cast<double>(v)));
-      if (b != cur) {
-        flush();
-        cur = b;
-        count_cur = 0;
-      }
-      ++count_cur;
-    });
+  // The plane's arithmetic (float or double binning) is block-uniform: one loop for each.
+  const auto count = [&](auto f32) {
+    for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
+      src.for_each_value(p, tile, smem, [&](scalar_t v, int64_t) {
+        const int64_t b = bn.bin_of<scalar_t, decltype(f32)::value>(v);
+        if (b != cur) {
+          flush();
+          cur = b;
+          count_cur = 0;
+        }
+        ++count_cur;
+      });
+    }
+  };
+  if (bn.f32) {
+    count(std::true_type{});
+  } else {
+    count(std::false_type{});
   }
   flush();
   if (shared_hist) {
@@ -392,22 +400,38 @@ __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
   Binner bn;
   const bool varies = plane_binner<scalar_t>(mn, mx, p, bins, bn);  // block-uniform
   const double* e = em + p * (bins + 1);
+  // f32 planes with float edges (lerp32) keep them as floats in the same shared memory.
+  const bool lerp32 = varies && bn.f32 && lerp32_ok(e[0], e[bins]);  // block-uniform
+  float* e32 = reinterpret_cast<float*>(she);
   if (varies && shared_edges) {
-    for (int64_t k = threadIdx.x; k <= bins; k += blockDim.x) she[k] = e[k];
+    if (lerp32) {
+      for (int64_t k = threadIdx.x; k <= bins; k += blockDim.x) e32[k] = static_cast<float>(e[k]);
+    } else {
+      for (int64_t k = threadIdx.x; k <= bins; k += blockDim.x) she[k] = e[k];
+      e = she;
+    }
     __syncthreads();
-    e = she;
   }
-  // A constant plane is one tie group at quantile 1: the reference's maximum.
-  const scalar_t top = varies ? scalar_t(0) : static_cast<scalar_t>(top_p[p]);
   scalar_t* plane_out = out + p * src.numel();
-  for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
-    src.for_each_value(p, tile, smem, [&](scalar_t v, int64_t i) {
-      if (varies) {
-        plane_out[i] = static_cast<scalar_t>(bn.map<scalar_t>(static_cast<double>(v), e));
-      } else {
-        plane_out[i] = top;
-      }
-    });
+  const auto each = [&](const auto& f) {
+    for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
+      src.for_each_value(p, tile, smem, f);
+    }
+  };
+  if (!varies) {  // a constant plane is one tie group at quantile 1: the reference's maximum
+    const scalar_t top = static_cast<scalar_t>(top_p[p]);
+    each([&](scalar_t, int64_t i) { plane_out[i] = top; });
+  } else if (lerp32 && shared_edges) {
+    const auto edge = [e32](int k) { return e32[k]; };
+    each([&](scalar_t v, int64_t i) { plane_out[i] = bn.map32<true>(static_cast<float>(v), edge, e); });
+  } else if (lerp32) {  // float edges from the double ones in global memory, rounded the same way
+    const auto edge = [e](int k) { return static_cast<float>(e[k]); };
+    each([&](scalar_t v, int64_t i) { plane_out[i] = bn.map32<true>(static_cast<float>(v), edge, e); });
+  } else if (bn.f32) {
+    const auto edge = [e32](int k) { return e32[k]; };  // unused: double edges
+    each([&](scalar_t v, int64_t i) { plane_out[i] = bn.map32<false>(static_cast<float>(v), edge, e); });
+  } else {
+    each([&](scalar_t v, int64_t i) { plane_out[i] = static_cast<scalar_t>(bn.map<scalar_t>(static_cast<double>(v), e)); });
   }
 }
 
