@@ -65,48 +65,85 @@ def _ref_cdf(ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _match_1d(
     src: torch.Tensor, ref: torch.Tensor, bins: int | None, bin_range: tuple[float, float] | None = None
 ) -> torch.Tensor:
-    ref_q, ref_values = _ref_cdf(ref)
     if bins is None:
         # skimage semantics: every distinct source value maps to the reference value at its upper
         # quantile (the fraction of source values <= it), interpolated in the reference's CDF.
+        ref_q, ref_values = _ref_cdf(ref)
         values, inverse, counts = torch.unique(src, sorted=True, return_inverse=True, return_counts=True)
         src_q = torch.cumsum(counts, 0).to(torch.float64) / src.numel()
         return interp(src_q, ref_q, ref_values)[inverse].to(src.dtype)
     # Binned: bin b = floor((v - lo) * bins / (hi - lo)), clamped to 0..bins - 1, over bin_range or
-    # the source's [min, max]; the exact map is evaluated at the bins' edge quantiles (fraction of
-    # values in lower bins) and interpolated linearly inside each bin (t clamped to [0, 1], so values
-    # outside the range take their end bin's outer edge). The compiled kernels use these exact
-    # float64 operations. + 0.0 makes -0.0 0.0, as the CUDA kernels' keys do.
+    # the source's [min, max]; the reference's CDF (binned too, _binned_ref_cdf) is evaluated at the
+    # bins' edge quantiles (fraction of values in lower bins) and interpolated linearly inside each
+    # bin (t clamped to [0, 1], so values outside the range take their end bin's outer edge). The
+    # compiled kernels use these exact operations (psr_common.h's Binner). + 0.0 makes -0.0 0.0, as
+    # the CUDA kernels' keys do.
+    ref_q, ref_values = _binned_ref_cdf(ref, bins)
     lo, hi = (float(src.min()), float(src.max())) if bin_range is None else bin_range
     lo, hi = lo + 0.0, hi + 0.0
     if lo == hi:  # one tie group at quantile 1: the reference's maximum, as in exact mode
         return torch.full_like(src, float(ref_values[-1]))
-    if src.dtype == torch.float32:
-        f32 = _binner32(lo, hi, bins)
-        if f32 is not None:  # float32 arithmetic, as psr_common.h's Binner (f32)
-            lo32, factor32 = f32
-            pos32 = (src - lo32) * factor32
-            k32 = torch.nan_to_num(pos32.floor(), nan=0.0).clamp(0, bins - 1)
-            t32 = (pos32 - k32).clamp(0, 1)
-            edge_map = _edge_map(k32.long(), bins, ref_q, ref_values, src.numel())
-            return _lerp32(edge_map, k32.long(), t32)
-    # Values are scaled by a power of two (exact) where hi - lo or bins / (hi - lo) would overflow
-    # (float64 only), as csrc/psr_common.h's binner_scale does; otherwise mul is 1.
-    mul = _binner_scale(lo, hi, bins)
-    lo_s = lo * mul
-    pos = (src.to(torch.float64) * mul - lo_s) * (bins / (hi * mul - lo_s))
-    k = torch.nan_to_num(pos.floor(), nan=0.0).clamp(0, bins - 1)  # NaN (check=False) in bin 0
-    t = (pos - k).clamp(0, 1)
-    k = k.long()
-    edge_map = _edge_map(k, bins, ref_q, ref_values, src.numel())
+    k, t, f32 = _bin(src, lo, hi, bins)
+    cum = torch.zeros(bins + 1, dtype=torch.int64, device=k.device)
+    cum[1:] = torch.cumsum(torch.bincount(k, minlength=bins), 0)
+    edge_map = interp(cum.to(torch.float64) / src.numel(), ref_q, ref_values)
+    if f32:
+        return _lerp32(edge_map, k, t)
     return _lerp_edges(edge_map[k], edge_map[k + 1], t).to(src.dtype)
 
 
-def _edge_map(k: torch.Tensor, bins: int, ref_q: torch.Tensor, ref_values: torch.Tensor, n: int) -> torch.Tensor:
-    """The exact map at each bin edge's quantile (fraction of the values in lower bins), float64."""
-    cum = torch.zeros(bins + 1, dtype=torch.int64, device=k.device)
-    cum[1:] = torch.cumsum(torch.bincount(k, minlength=bins), 0)
-    return interp(cum.to(torch.float64) / n, ref_q, ref_values)
+def _bin(v: torch.Tensor, lo: float, hi: float, bins: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Each value's bin k (int64) and position t in it over [lo, hi] (lo < hi), and whether float32
+    arithmetic was used, as psr_common.h's Binner: float32 values whose range and factor are finite
+    floats in float32, else float64 (values scaled by a power of two, exactly, where hi - lo or
+    bins / (hi - lo) would overflow). NaN (check=False) lands in bin 0."""
+    if v.dtype == torch.float32:
+        f32 = _binner32(lo, hi, bins)
+        if f32 is not None:
+            lo32, factor32 = f32
+            pos32 = (v - lo32) * factor32
+            k32 = torch.nan_to_num(pos32.floor(), nan=0.0).clamp(0, bins - 1)
+            return k32.long(), (pos32 - k32).clamp(0, 1), True
+    mul = _binner_scale(lo, hi, bins)
+    lo_s = lo * mul
+    pos = (v.to(torch.float64) * mul - lo_s) * (bins / (hi * mul - lo_s))
+    k = torch.nan_to_num(pos.floor(), nan=0.0).clamp(0, bins - 1)
+    return k.long(), (pos - k).clamp(0, 1), False
+
+
+def _binned_ref_cdf(ref: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Knots (quantiles, values; float64) of binned mode's reference CDF.
+
+    The reference is binned like the source (``bins`` bins over its [min, max]); each nonempty bin
+    contributes its smallest value at that value's upper quantile and its largest at the bin's
+    upper quantile. These are knots of the exact CDF (:func:`_ref_cdf`), which has no other knots
+    outside the bins' own spans, so interpolating them differs from the exact map by at most the
+    largest bin's spread of values (zero where every bin holds one distinct value).
+    """
+    r = ref + 0.0
+    m = r.numel()
+    lo, hi = float(r.min()) + 0.0, float(r.max()) + 0.0
+    if lo == hi:
+        return torch.ones(1, dtype=torch.float64, device=r.device), torch.full(
+            (1,), lo, dtype=torch.float64, device=r.device
+        )
+    k, _, _ = _bin(r, lo, hi, bins)
+    r64 = r.to(torch.float64)
+    counts = torch.bincount(k, minlength=bins)
+    inf = torch.full((bins,), math.inf, dtype=torch.float64, device=r.device)
+    bmin = inf.scatter_reduce(0, k, r64, "amin")
+    bmax = (-inf).scatter_reduce(0, k, r64, "amax")
+    cmin = torch.bincount(k[r64 == bmin[k]], minlength=bins)  # ties of each bin's smallest value
+    cum = torch.cumsum(counts, 0)
+    nz = counts > 0
+    q_min = (cum - counts + cmin)[nz].to(torch.float64) / m
+    q_max = cum[nz].to(torch.float64) / m
+    v_min, v_max = bmin[nz], bmax[nz]
+    two = v_max != v_min  # else the bin's one value is a single knot
+    q = torch.stack([q_min, q_max], 1)
+    v = torch.stack([v_min, v_max], 1)
+    keep = torch.stack([torch.ones_like(two), two], 1)
+    return q[keep], v[keep]
 
 
 def _binner32(lo: float, hi: float, bins: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -186,19 +186,26 @@ def match_histograms(
         source maps to the reference's maximum. The quantiles are exact integer ratios whatever
         the image size.
 
-        ``k`` (1..2^24): binned fast mode. Value v falls in bin ``b = floor((v - lo) * k / (hi -
-        lo))``, clamped to 0..k - 1, over the plane's ``bin_range`` ``[lo, hi]``; the exact map F
-        is evaluated at the quantiles ``c_b`` (fraction of values in bins below b) and
-        interpolated linearly inside each bin (values outside ``[lo, hi]`` take their end bin's
-        outer edge). Since ``c_b < q(v) <= c_{b+1}`` and F is nondecreasing, the exact and the
-        binned result both lie in ``[F(c_b), F(c_{b+1})]``, so ``|binned(v) - exact(v)| <=
-        F(c_{b+1}) - F(c_b)``: the spread of reference values over v's bin's quantile range (plus
-        the output dtype's rounding), whatever the range. Summed over all bins this is the
-        reference's range; it is small where the source's values spread over many bins. The
-        binned map is continuous and nondecreasing, so it keeps the order of values. More bins tighten the bound but need not bring binned mode
-        closer to exact mode where the source has few distinct values (8-bit data): exact mode
-        maps a tie group to its upper quantile, binned mode interpolates inside the bin, so a
-        group's spread F(c_{b+1}) - F(c_b) stays. On CPU the per-thread histograms are capped at
+        ``k`` (1..2^24): binned fast mode, with no sort. Value v falls in bin ``b = floor((v - lo)
+        * k / (hi - lo))``, clamped to 0..k - 1, over the plane's ``bin_range`` ``[lo, hi]``
+        (values outside it count in the end bins). The reference is binned the same way over its
+        own [min, max]; each nonempty reference bin gives two knots of the exact reference CDF, its
+        smallest value at that value's upper quantile and its largest at the bin's, and the map
+        G interpolates these knots as np.interp does (as exact mode interpolates all of them).
+        Between knots of one bin G may stray from the exact map F by at most that bin's spread of
+        values, ``s_ref`` at most (0 where every reference bin holds one distinct value: data with
+        at most a few hundred levels, such as 8-bit images, at k >= 256 or so); elsewhere G = F. G
+        is evaluated at the quantiles ``c_b`` (fraction of source values in bins below b) and
+        interpolated linearly inside each bin. Since ``c_b < q(v) <= c_{b+1}`` and F is
+        nondecreasing, ``|binned(v) - exact(v)| <= F(c_{b+1}) - F(c_b) + s_ref`` (plus the output
+        dtype's rounding), whatever the range: the spread of reference values over v's bin's
+        quantile range, small where the source's values spread over many bins. float32 planes
+        bin and interpolate in float32 arithmetic (float64 where the range, its factor or the
+        reference's range is not a finite float). The binned map is continuous and nondecreasing,
+        so it keeps the order of values. More bins tighten the bound but need not bring binned
+        mode closer to exact mode where the source has few distinct values (8-bit data): exact
+        mode maps a tie group to its upper quantile, binned mode interpolates inside the bin, so
+        a group's spread F(c_{b+1}) - F(c_b) stays. On CPU the per-thread histograms are capped at
         64 MiB in all (fewer threads count them for very large k). Where a float64 plane's range
         (or k over it) overflows, values are scaled by a power of two first, which is exact.
     bin_range : Tensor, (N, C, 2), optional

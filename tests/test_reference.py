@@ -66,6 +66,29 @@ def sk_match(src: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
 
 
+def np_bins(v: np.ndarray, lo: float, hi: float, bins: int, float32: bool) -> np.ndarray:
+    """Bin index of each value over [lo, hi] (numpy), as the ops bin: float32 values in float32
+    arithmetic, ``(v - lo) * float32(bins / (hi - lo))``, where that range and factor are finite
+    floats, else float64; clamped to 0..bins - 1 (values outside the range in the end bins)."""
+    with np.errstate(over="ignore"):
+        factor32, span32 = np.float32(bins / (hi - lo)), np.float32(hi) - np.float32(lo)
+    if float32 and np.isfinite(factor32) and np.isfinite(span32):
+        pos = (v.astype(np.float32) - np.float32(lo)) * factor32
+    else:
+        pos = (v - lo) * (bins / (hi - lo))
+    return np.clip(np.floor(pos), 0, bins - 1).astype(np.int64)
+
+
+def ref_bin_spread(ref: np.ndarray, bins: int, float32: bool) -> float:
+    """The largest spread (max - min) of reference values sharing one of binned mode's reference
+    bins: how far its binned reference CDF may stray from the exact one."""
+    lo, hi = ref.min(), ref.max()
+    if lo == hi:
+        return 0.0
+    k = np_bins(ref, lo, hi, bins, float32)
+    return max(float(np.ptp(ref[k == b])) for b in np.unique(k))
+
+
 def binned_interval(
     src: np.ndarray,
     ref: np.ndarray,
@@ -73,24 +96,20 @@ def binned_interval(
     bin_range: tuple[float, float] | None = None,
     float32: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For 1-D float64 arrays: the exact map at each value's bin edges, [F(c_b), F(c_b+1)] (numpy).
+    """For 1-D float64 arrays (numpy): where binned mode may put each value, the exact map at its
+    bin's edges [F(c_b), F(c_b+1)] widened by the reference bins' spread (the binned reference
+    CDF's error).
 
     Bins span ``bin_range`` (default: the source's min and max); values outside it count in the end
-    bins. ``float32``: the values are float32 and binned in float32 arithmetic, ``(v - lo) * factor``
-    with ``factor = float32(bins / (hi - lo))``, as the ops do for float32 planes.
+    bins. ``float32``: the values are float32 and binned in float32 arithmetic (:func:`np_bins`).
     """
     lo, hi = (src.min(), src.max()) if bin_range is None else bin_range
-    with np.errstate(over="ignore"):
-        factor32, span32 = np.float32(bins / (hi - lo)), np.float32(hi) - np.float32(lo)
-    if float32 and np.isfinite(factor32) and np.isfinite(span32):  # else float64, as the ops
-        pos = (src.astype(np.float32) - np.float32(lo)) * factor32
-    else:
-        pos = (src - lo) * (bins / (hi - lo))
-    k = np.clip(np.floor(pos), 0, bins - 1).astype(np.int64)
+    k = np_bins(src, lo, hi, bins, float32)
     cum = np.concatenate([[0], np.cumsum(np.bincount(k, minlength=bins))])
     rv, rc = np.unique(ref, return_counts=True)
     edge = np.interp(cum / src.size, np.cumsum(rc) / ref.size, rv)
-    return edge[k], edge[k + 1]
+    spread = ref_bin_spread(ref, bins, float32)
+    return edge[k] - spread, edge[k + 1] + spread
 
 
 # ------------------------------------------------------------------------------------ tests
@@ -160,6 +179,34 @@ def test_match_binned_bound(rng: np.random.Generator, bins: int) -> None:
         assert np.all((lo - 1e-12 <= g) & (g <= hi + 1e-12))
         assert np.all((lo - 1e-12 <= e) & (e <= hi + 1e-12))
     assert (got - exact).abs().max() > 0  # binned really is approximate
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bins", [1, 5, 64, 3000])
+def test_binned_reference_cdf(rng: np.random.Generator, dtype: torch.dtype, bins: int) -> None:
+    """Binned mode's reference CDF: its knots are knots of the exact CDF (np.unique's values at
+    their upper quantiles, as skimage builds it), including the first and last, and on a fine grid
+    of quantiles it strays from the exact map by at most the reference bins' spread; zero where
+    each bin holds one distinct value (quantised data with enough bins)."""
+    ref = rng.random(997) ** 2
+    ref[:40] = 0.5  # a tie group
+    ref[40:50] = 0.0
+    for data in (ref, np.round(ref * 20) / 20):
+        r = torch.from_numpy(data).to(dtype)
+        q, v = _reference._binned_ref_cdf(r, bins)
+        rv, rc = np.unique(r.double().numpy(), return_counts=True)
+        xq = np.cumsum(rc) / r.numel()
+        assert np.all(np.diff(q.numpy()) > 0) and np.all(np.diff(v.numpy()) > 0)
+        assert q[0] == xq[0] and v[0] == rv[0] and q[-1] == 1.0 and v[-1] == rv[-1]
+        for qq, vv in zip(q.numpy(), v.numpy(), strict=True):  # each knot is an exact knot
+            j = np.searchsorted(rv, vv)
+            assert rv[j] == vv and xq[j] == qq
+        grid = np.linspace(-0.01, 1.01, 5001)
+        err = np.abs(np.interp(grid, q.numpy(), v.numpy()) - np.interp(grid, xq, rv)).max()
+        spread = ref_bin_spread(r.double().numpy(), bins, dtype == torch.float32)
+        assert err <= spread + 1e-15
+        if data is not ref and bins >= 64:  # 21 levels, each alone in its bin: exact
+            assert spread == 0.0 and err == 0.0
 
 
 def test_upsample_match_is_composition(rng: np.random.Generator) -> None:

@@ -235,6 +235,56 @@ RefCdf reference_cdf(const scalar_t* ref, int64_t m) {
   return c;
 }
 
+// Binned mode's reference CDF (psr/_reference.py: _binned_ref_cdf): the reference binned like the
+// source, `bins` bins over its [min, max]; each nonempty bin gives two knots of the exact CDF, its
+// smallest value at that value's upper quantile and its largest at the bin's. No sort: two passes.
+template <typename scalar_t>
+RefCdf binned_reference_cdf(const scalar_t* ref, int64_t m, int64_t bins) {
+  RefCdf c;
+  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+  for (int64_t i = 0; i < m; ++i) {
+    const double v = static_cast<double>(ref[i]) + 0.0;  // -0.0 counts as 0.0, as CUDA's keys
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  if (!(lo < hi)) {  // one distinct value (or NaN with check=False): a single knot
+    c.xp.push_back(1.0);
+    c.fp.push_back(lo == hi ? lo : hi);
+    return c;
+  }
+  const Binner bn = make_binner(lo, hi, bins, std::is_same_v<scalar_t, float>);
+  std::vector<int64_t> count(static_cast<size_t>(bins), 0), cmin(static_cast<size_t>(bins), 0);
+  std::vector<double> bmin(static_cast<size_t>(bins), std::numeric_limits<double>::infinity());
+  std::vector<double> bmax(static_cast<size_t>(bins), -std::numeric_limits<double>::infinity());
+  std::vector<int32_t> bin(static_cast<size_t>(m));
+  for (int64_t i = 0; i < m; ++i) {
+    const scalar_t v = ref[i] + scalar_t(0);
+    const int64_t b = bn.f32 ? bn.bin_of<scalar_t, true>(v) : bn.bin_of<scalar_t, false>(v);
+    bin[i] = static_cast<int32_t>(b);
+    ++count[b];
+    bmin[b] = std::min(bmin[b], static_cast<double>(v));
+    bmax[b] = std::max(bmax[b], static_cast<double>(v));
+  }
+  for (int64_t i = 0; i < m; ++i) {
+    const int32_t b = bin[i];
+    if (static_cast<double>(ref[i] + scalar_t(0)) == bmin[b]) ++cmin[b];
+  }
+  const double md = static_cast<double>(m);
+  int64_t cum = 0;
+  for (int64_t b = 0; b < bins; ++b) {
+    if (count[b] == 0) continue;
+    c.xp.push_back(static_cast<double>(cum + cmin[b]) / md);
+    c.fp.push_back(bmin[b]);
+    cum += count[b];
+    if (bmax[b] != bmin[b]) {
+      c.xp.push_back(static_cast<double>(cum) / md);
+      c.fp.push_back(bmax[b]);
+    }
+  }
+  for (size_t j = 0; j + 1 < c.xp.size(); ++j) c.slope.push_back((c.fp[j + 1] - c.fp[j]) / (c.xp[j + 1] - c.xp[j]));
+  return c;
+}
+
 template <typename scalar_t, typename Rows>
 void match_exact_plane(const Rows& rows, int64_t plane, const RefCdf& rc, scalar_t* out,
                        typename Pair<scalar_t>::type* a, typename Pair<scalar_t>::type* b) {
@@ -418,7 +468,10 @@ void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_
     for (int64_t q0 = p0; q0 < p1; q0 += batch) {
       const int64_t q1 = std::min(p1, q0 + batch);
       at::parallel_for(q0, q1, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t p = r0; p < r1; ++p) rcs[p - q0] = reference_cdf(ref + p * ref_n, ref_n);
+        for (int64_t p = r0; p < r1; ++p) {
+          rcs[p - q0] = bins.has_value() ? binned_reference_cdf(ref + p * ref_n, ref_n, *bins)
+                                         : reference_cdf(ref + p * ref_n, ref_n);
+        }
       });
       for (int64_t p = q0; p < q1; ++p) {
         if (bins.has_value()) {

@@ -1,17 +1,20 @@
 // CUDA histogram matching, per plane (sample x channel), with the CPU kernel's semantics
 // (csrc/cpu/match_histograms.cpp has the derivation).
 //
-// Reference, all planes of a chunk (at most chunk_items() items) at once: keys sorted with CUB
-// (float32: one sort, the plane index in the keys' high word; float64: a sort per plane), unique
-// values and their quantiles compacted with one scan.
-// Exact mode: (key, index) pairs from the source, CUB radix sort (per plane, or float32 planes a
-// chunk at a time with the plane in the keys' high word), then one pass over the sorted keys maps
-// each tie group's upper quantile through its plane's reference and writes the group's pixels.
-// Binned mode, all planes at once: the bin range (a given one; the fused op's low-resolution planes'
-// min/max; else the source's, atomics on order-preserving keys), a histogram with
-// run-aggregated increments (privatised in shared memory up to kSmemBins bins), one scan per chunk,
-// the edge map, and a mapping pass (the edge map in shared memory up to kSmemEdges edges). Nothing here synchronises with the host; the
-// source's values are recomputed by each pass (for bicubic, from the low-resolution planes).
+// Exact mode. The reference, all planes of a chunk (at most chunk_items() items) at once: keys
+// sorted with CUB (float32: one sort, the plane index in the keys' high word; float64: a sort per
+// plane), unique values and their quantiles compacted with one scan. The source: (key, index)
+// pairs, CUB radix sort (per plane, or float32 planes a chunk at a time with the plane in the keys'
+// high word), then one pass over the sorted keys maps each tie group's upper quantile through its
+// plane's reference and writes the group's pixels.
+// Binned mode, all planes at once, no sort: the bin range (a given one; the fused op's
+// low-resolution planes' min/max; else the source's, atomics on order-preserving keys); the
+// reference binned over its own range (counts, each bin's smallest and largest value, the ties of
+// its smallest: the knots of its binned CDF); a histogram of the source with run-aggregated
+// increments (privatised in shared memory up to kSmemBins bins); one scan per chunk of each; the
+// edge map; and a mapping pass (the edge map in shared memory up to kSmemEdges edges). Nothing
+// here synchronises with the host; the source's values are recomputed by each pass (for bicubic,
+// from the low-resolution planes).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -28,6 +31,7 @@ namespace {
 
 constexpr int64_t kSmemBins = 8192;   // histograms up to this many bins live in shared memory
 constexpr int64_t kSmemEdges = 4096;  // edge maps up to this many edges too (32 KiB)
+constexpr size_t kRefBinSmem = 40 * 1024;  // reference bins (min, max, count) in shared memory up to this
 // Exact mode sorts float32 planes of up to this many pixels a chunk of planes at a time (64-bit
 // keys: more bytes per item, far fewer launches); larger planes one at a time with 32-bit keys.
 // PSR_CUDA_PLANAR_MAX_PIXELS overrides it (tuning only; 1 disables batching in effect). 2^21 from
@@ -319,8 +323,12 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
       });
     }
   };
-  if (bn.f32) {
-    count(std::true_type{});
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (bn.f32) {
+      count(std::true_type{});
+    } else {
+      count(std::false_type{});
+    }
   } else {
     count(std::false_type{});
   }
@@ -333,56 +341,209 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
   }
 }
 
-// np_interp(x, uq, uv, mu) of the plane's reference CDF (ref_unique_kernel's unique values: the
-// one ending at sorted index e - 1 has upper quantile e / m), found in its m sorted keys s
-// directly: the same comparisons and the same formula (interp_at), so the same bits.
-template <typename scalar_t, typename KR>
-__device__ double ref_interp(double x, const KR* s, int64_t m) {
-  const auto xq = [m](int64_t e) { return static_cast<double>(e) / static_cast<double>(m); };
-  if (s[0] == s[m - 1]) return ref_value<scalar_t>(s[0]);  // one unique value
-  if (x > xq(m)) return ref_value<scalar_t>(s[m - 1]);
-  if (!(x >= 0.0)) return ref_value<scalar_t>(s[0]);  // below the first quantile (or NaN)
-  // E: the largest e in [0, m] with xq(e) <= x (xq is increasing); x * m is within a step or two.
-  const double guess = x * static_cast<double>(m);
-  int64_t E = guess < static_cast<double>(m) ? static_cast<int64_t>(guess) : m;
-  while (E < m && xq(E + 1) <= x) ++E;
-  while (E > 0 && !(xq(E) <= x)) --E;
-  // The last unique value with xq(end) <= x ends at e: E itself if a run ends there, else where the
-  // run through index E - 1 starts.
-  int64_t e = E;
-  if (E > 0 && E < m && s[E - 1] == s[E]) {
-    int64_t lo = 0, hi = E - 1;  // first index of the run holding s[E - 1]
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (s[mid] == s[E - 1]) hi = mid; else lo = mid + 1;
-    }
-    e = lo;
-  }
-  if (e == 0) return ref_value<scalar_t>(s[0]);  // j < 0
-  if (e == m) return ref_value<scalar_t>(s[m - 1]);  // the last unique value
-  int64_t lo = e + 1, hi = m;  // the next unique value s[e] ends at the first index past its run
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (s[mid] == s[e]) lo = mid + 1; else hi = mid;
-  }
-  const double xp[2] = {xq(e), xq(lo)}, fp[2] = {ref_value<scalar_t>(s[e - 1]), ref_value<scalar_t>(s[e])};
-  return interp_at(x, xp, fp, 2, 0);
+// Binned mode's reference CDF (csrc/cpu/match_histograms.cpp: binned_reference_cdf): the reference
+// binned like the source over its own [min, max] (rmn, rmx keys); per bin its count, smallest and
+// largest value (keys), then the count of its smallest value's ties. Each nonempty bin gives the
+// exact CDF's knots (upper quantile of its smallest value, smallest value) and (the bin's upper
+// quantile, largest value). Runs of equal bins are aggregated in registers, as in hist_kernel.
+template <typename scalar_t>
+__device__ __forceinline__ bool ref_binner(const typename KeyTraits<scalar_t>::key_t* rmn,
+                                           const typename KeyTraits<scalar_t>::key_t* rmx, int64_t p, int64_t bins,
+                                           Binner& b) {
+  const double lo = static_cast<double>(KeyTraits<scalar_t>::value(rmn[p]));
+  const double hi = static_cast<double>(KeyTraits<scalar_t>::value(rmx[p]));
+  if (!(lo < hi)) return false;  // one distinct value: a single knot
+  b = make_binner(lo, hi, bins, std::is_same_v<scalar_t, float>);
+  return true;
 }
 
-// em[p][k]: the exact map of edge k's quantile (fraction of the plane's values in bins below k),
-// from the plane's m sorted reference keys; top[p]: the reference's maximum (a constant plane's
-// value). cum holds inclusive sums of the histograms, restarted at every chunk of `ppc` planes.
-template <typename scalar_t, typename KR>
+// Dynamic shared memory of ref_bin_kernel: min and max keys, then counts, per bin.
+template <typename scalar_t>
+constexpr size_t ref_bin_smem_per_bin() {
+  return 2 * sizeof(typename KeyTraits<scalar_t>::key_t) + sizeof(unsigned int);
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) ref_bin_kernel(PlainSource<scalar_t> src, int64_t plane0,
+                                                           const typename KeyTraits<scalar_t>::key_t* rmn,
+                                                           const typename KeyTraits<scalar_t>::key_t* rmx,
+                                                           int64_t bins, unsigned long long* count,
+                                                           typename KeyTraits<scalar_t>::key_t* bmin,
+                                                           typename KeyTraits<scalar_t>::key_t* bmax, bool shared) {
+  using K = typename KeyTraits<scalar_t>::key_t;
+  PSR_EXTERN_SHARED(unsigned long long, sm_raw);  // 8-byte aligned
+  const int64_t p = plane0 + blockIdx.y;
+  Binner rb;
+  if (!ref_binner<scalar_t>(rmn, rmx, p, bins, rb)) return;  // block-uniform
+  K* gmin = bmin + p * bins;
+  K* gmax = bmax + p * bins;
+  unsigned long long* gcount = count + p * bins;
+  K* smin = reinterpret_cast<K*>(sm_raw);
+  K* smax = smin + bins;
+  unsigned int* scount = reinterpret_cast<unsigned int*>(smax + bins);
+  if (shared) {
+    for (int64_t k = threadIdx.x; k < bins; k += blockDim.x) {
+      smin[k] = ~K(0);
+      smax[k] = 0;
+      scount[k] = 0;
+    }
+    __syncthreads();
+  }
+  int64_t cur = -1;
+  unsigned run = 0;
+  K run_min = ~K(0), run_max = 0;
+  auto flush = [&] {
+    if (run == 0) return;
+    if (shared) {
+      atomicAdd(scount + cur, run);
+      atomic_min_key(smin + cur, run_min);
+      atomic_max_key(smax + cur, run_max);
+    } else {
+      atomicAdd(gcount + cur, static_cast<unsigned long long>(run));
+      atomic_min_key(gmin + cur, run_min);
+      atomic_max_key(gmax + cur, run_max);
+    }
+  };
+  const auto scan = [&](auto f32) {
+    for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
+      src.for_each_value(p, tile, nullptr, [&](scalar_t v, int64_t) {
+        const int64_t b = rb.bin_of<scalar_t, decltype(f32)::value>(v);
+        const K key = KeyTraits<scalar_t>::key(v);
+        if (b != cur) {
+          flush();
+          cur = b;
+          run = 0;
+          run_min = ~K(0);
+          run_max = 0;
+        }
+        ++run;
+        run_min = key < run_min ? key : run_min;
+        run_max = key > run_max ? key : run_max;
+      });
+    }
+  };
+  if (rb.f32) {
+    scan(std::true_type{});
+  } else {
+    scan(std::false_type{});
+  }
+  flush();
+  if (shared) {
+    __syncthreads();
+    for (int64_t k = threadIdx.x; k < bins; k += blockDim.x) {
+      if (scount[k] != 0) {
+        atomicAdd(gcount + k, static_cast<unsigned long long>(scount[k]));
+        atomic_min_key(gmin + k, smin[k]);
+        atomic_max_key(gmax + k, smax[k]);
+      }
+    }
+  }
+}
+
+// The ties of each reference bin's smallest value (after ref_bin_kernel).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) ref_tie_kernel(PlainSource<scalar_t> src, int64_t plane0,
+                                                           const typename KeyTraits<scalar_t>::key_t* rmn,
+                                                           const typename KeyTraits<scalar_t>::key_t* rmx,
+                                                           int64_t bins, const typename KeyTraits<scalar_t>::key_t* bmin,
+                                                           unsigned int* cmin) {
+  using K = typename KeyTraits<scalar_t>::key_t;
+  const int64_t p = plane0 + blockIdx.y;
+  Binner rb;
+  if (!ref_binner<scalar_t>(rmn, rmx, p, bins, rb)) return;
+  const K* gmin = bmin + p * bins;
+  unsigned int* gc = cmin + p * bins;
+  int64_t cur = -1;
+  unsigned run = 0;
+  const auto scan = [&](auto f32) {
+    for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
+      src.for_each_value(p, tile, nullptr, [&](scalar_t v, int64_t) {
+        const int64_t b = rb.bin_of<scalar_t, decltype(f32)::value>(v);
+        if (KeyTraits<scalar_t>::key(v) != gmin[b]) return;
+        if (b != cur) {
+          if (run != 0) atomicAdd(gc + cur, run);
+          cur = b;
+          run = 0;
+        }
+        ++run;
+      });
+    }
+  };
+  if (rb.f32) {
+    scan(std::true_type{});
+  } else {
+    scan(std::false_type{});
+  }
+  if (run != 0) atomicAdd(gc + cur, run);
+}
+
+// em[p][k]: binned mode's reference CDF at edge k's quantile (the fraction of the plane's source
+// values in bins below k), np.interp over the knots of the nonempty reference bins, found by a
+// binary search of the reference bins' cumulative counts rcum (no knot list is built); top[p]:
+// the reference's maximum (a constant source plane's value). cum and rcum hold inclusive sums of
+// the histograms, restarted at every chunk of `ppc` planes.
+template <typename scalar_t>
+__device__ double binned_edge(const unsigned long long* cum, int64_t bins, int64_t ppc, int64_t n,
+                              const unsigned long long* rcum, const unsigned int* rcmin,
+                              const typename KeyTraits<scalar_t>::key_t* rbmin,
+                              const typename KeyTraits<scalar_t>::key_t* rbmax,
+                              const typename KeyTraits<scalar_t>::key_t* rmn,
+                              const typename KeyTraits<scalar_t>::key_t* rmx, int64_t m, int64_t p, int64_t k) {
+  using KT = KeyTraits<scalar_t>;
+  const bool first = p % ppc == 0;
+  const unsigned long long base = first ? 0ull : cum[p * bins - 1];
+  const unsigned long long c = k == 0 ? 0ull : cum[p * bins + k - 1] - base;
+  const double q = static_cast<double>(c) / static_cast<double>(n);
+  const double lo = static_cast<double>(KT::value(rmn[p])), hi = static_cast<double>(KT::value(rmx[p]));
+  if (!(lo < hi)) return hi;  // a single knot
+  const unsigned long long rbase = first ? 0ull : rcum[p * bins - 1];
+  const unsigned long long* rc = rcum + p * bins;
+  const double md = static_cast<double>(m);
+  const auto rq = [md](unsigned long long r) { return static_cast<double>(r) / md; };
+  // b: the first bin whose upper quantile exceeds q (nonempty: its count rose past q).
+  int64_t lo_b = 0, hi_b = bins;
+  while (lo_b < hi_b) {
+    const int64_t mid = lo_b + (hi_b - lo_b) / 2;
+    if (rq(rc[mid] - rbase) > q) hi_b = mid; else lo_b = mid + 1;
+  }
+  const int64_t b = lo_b;
+  if (b == bins) return hi;  // q >= 1, the last knot's quantile: the reference's maximum
+  const unsigned long long prev = b > 0 ? rc[b - 1] - rbase : 0ull;
+  const double xa = rq(prev + rcmin[p * bins + b]);
+  const double ua = static_cast<double>(KT::value(rbmin[p * bins + b]));
+  if (xa > q) {
+    if (prev == 0) return ua;  // before the first knot
+    // The previous knot: the largest value of the last nonempty bin before b, the first bin
+    // whose cumulative count reached prev.
+    int64_t l = 0, h = b - 1;
+    while (l < h) {
+      const int64_t mid = l + (h - l) / 2;
+      if (rc[mid] - rbase >= prev) h = mid; else l = mid + 1;
+    }
+    const double xp[2] = {rq(prev), xa};
+    const double fp[2] = {static_cast<double>(KT::value(rbmax[p * bins + l])), ua};
+    return interp_at(q, xp, fp, 2, 0);
+  }
+  const double xp[2] = {xa, rq(rc[b] - rbase)};
+  const double fp[2] = {ua, static_cast<double>(KT::value(rbmax[p * bins + b]))};
+  return interp_at(q, xp, fp, 2, 0);
+}
+
+// em32: the same edges rounded to float (the map's fast path for float32 planes).
+template <typename scalar_t>
 __global__ void edge_kernel(const unsigned long long* cum, int64_t P, int64_t bins, int64_t ppc, int64_t n,
-                            const KR* sorted, int64_t m, double* em, double* top) {
+                            const unsigned long long* rcum, const unsigned int* rcmin,
+                            const typename KeyTraits<scalar_t>::key_t* rbmin,
+                            const typename KeyTraits<scalar_t>::key_t* rbmax,
+                            const typename KeyTraits<scalar_t>::key_t* rmn,
+                            const typename KeyTraits<scalar_t>::key_t* rmx, int64_t m, double* em, float* em32,
+                            double* top) {
   PSR_GRID_STRIDE(i, P * (bins + 1)) {
     const int64_t p = i / (bins + 1), k = i % (bins + 1);
-    const unsigned long long base = p % ppc == 0 ? 0ull : cum[p * bins - 1];
-    const unsigned long long c = k == 0 ? 0ull : cum[p * bins + k - 1] - base;
-    const double q = static_cast<double>(c) / static_cast<double>(n);
-    const KR* s = sorted + p * m;
-    em[i] = ref_interp<scalar_t>(q, s, m);
-    if (k == 0) top[p] = ref_value<scalar_t>(s[m - 1]);
+    const double v = binned_edge<scalar_t>(cum, bins, ppc, n, rcum, rcmin, rbmin, rbmax, rmn, rmx, m, p, k);
+    em[i] = v;
+    em32[i] = static_cast<float>(v);
+    if (k == 0) top[p] = static_cast<double>(KeyTraits<scalar_t>::value(rmx[p]));
   }
 }
 
@@ -392,20 +553,22 @@ template <typename scalar_t, typename Src>
 __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
                                                        const typename KeyTraits<scalar_t>::key_t* mn,
                                                        const typename KeyTraits<scalar_t>::key_t* mx, int64_t bins,
-                                                       const double* em, const double* top_p, scalar_t* out,
-                                                       bool shared_edges) {
+                                                       const double* em, const float* em32, const double* top_p,
+                                                       scalar_t* out, bool shared_edges) {
   PSR_SHARED_ARRAY(scalar_t, smem, Src::kSmem);
   PSR_EXTERN_SHARED(double, she);
   const int64_t p = plane0 + blockIdx.y;
   Binner bn;
   const bool varies = plane_binner<scalar_t>(mn, mx, p, bins, bn);  // block-uniform
   const double* e = em + p * (bins + 1);
-  // f32 planes with float edges (lerp32) keep them as floats in the same shared memory.
-  const bool lerp32 = varies && bn.f32 && lerp32_ok(e[0], e[bins]);  // block-uniform
-  float* e32 = reinterpret_cast<float*>(she);
+  const float* e32 = em32 + p * (bins + 1);  // float(e[k]), from edge_kernel
+  // f32 planes with float edges (lerp32): the fast path, float arithmetic throughout.
+  const bool lerp32 = std::is_same_v<scalar_t, float> && varies && bn.f32 && lerp32_ok(e[0], e[bins]);
   if (varies && shared_edges) {
     if (lerp32) {
-      for (int64_t k = threadIdx.x; k <= bins; k += blockDim.x) e32[k] = static_cast<float>(e[k]);
+      float* s32 = reinterpret_cast<float*>(she);
+      for (int64_t k = threadIdx.x; k <= bins; k += blockDim.x) s32[k] = e32[k];
+      e32 = s32;
     } else {
       for (int64_t k = threadIdx.x; k <= bins; k += blockDim.x) she[k] = e[k];
       e = she;
@@ -413,26 +576,34 @@ __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
     __syncthreads();
   }
   scalar_t* plane_out = out + p * src.numel();
+  if (!varies) {  // a constant plane is one tie group at quantile 1: the reference's maximum
+    const scalar_t top = static_cast<scalar_t>(top_p[p]);
+    const int64_t step = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < src.numel(); i += step) plane_out[i] = top;
+    return;
+  }
   const auto each = [&](const auto& f) {
     for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
       src.for_each_value(p, tile, smem, f);
     }
   };
-  if (!varies) {  // a constant plane is one tie group at quantile 1: the reference's maximum
-    const scalar_t top = static_cast<scalar_t>(top_p[p]);
-    each([&](scalar_t, int64_t i) { plane_out[i] = top; });
-  } else if (lerp32 && shared_edges) {
-    const auto edge = [e32](int k) { return e32[k]; };
-    each([&](scalar_t v, int64_t i) { plane_out[i] = bn.map32<true>(static_cast<float>(v), edge, e); });
-  } else if (lerp32) {  // float edges from the double ones in global memory, rounded the same way
-    const auto edge = [e](int k) { return static_cast<float>(e[k]); };
-    each([&](scalar_t v, int64_t i) { plane_out[i] = bn.map32<true>(static_cast<float>(v), edge, e); });
-  } else if (bn.f32) {
-    const auto edge = [e32](int k) { return e32[k]; };  // unused: double edges
-    each([&](scalar_t v, int64_t i) { plane_out[i] = bn.map32<false>(static_cast<float>(v), edge, e); });
-  } else {
-    each([&](scalar_t v, int64_t i) { plane_out[i] = static_cast<scalar_t>(bn.map<scalar_t>(static_cast<double>(v), e)); });
+  const auto edge32 = [e32](int k) { return e32[k]; };
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (lerp32) {
+      each([&](scalar_t v, int64_t i) { plane_out[i] = bn.map32<true>(v, edge32, e); });
+      return;
+    }
   }
+  // float32 planes' fallbacks (double edges; double binning) and float64 planes.
+  each([&](scalar_t v, int64_t i) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (bn.f32) {
+        plane_out[i] = bn.map32<false>(v, edge32, e);
+        return;
+      }
+    }
+    plane_out[i] = static_cast<scalar_t>(bn.map<scalar_t>(static_cast<double>(v), e));
+  });
 }
 
 // A grid of (blocks per plane, planes) for a binned pass: as many blocks in all as fit on the
@@ -468,8 +639,8 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   CubTemp temp{at::Tensor(), &out};
   const int sms = num_sms();
 
-  // Reference keys, sorted a chunk of planes at a time (float32: the plane index in 64-bit keys'
-  // high word, or 32-bit keys when a chunk is one plane; float64: one sort per plane).
+  // Exact mode's reference keys, sorted a chunk of planes at a time (float32: the plane index in
+  // 64-bit keys' high word, or 32-bit keys when a chunk is one plane; float64: one sort per plane).
   const scalar_t* r = ref.const_data_ptr<scalar_t>();
   const int64_t rppc = planes_per_chunk(m, P);
   const auto sort_ref = [&](auto kr, int64_t p0, int64_t np, auto* k_in, auto* sorted) {
@@ -561,42 +732,57 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   const Src src = src_in.for_planes(P, sms);
   const int64_t tpp = src.tiles_per_plane();
   const int64_t nbins = *bins;
-  // Binned mode: the sorted reference keys of every plane (P, m) stay for the edge map, which
-  // finds each edge's reference interval in them directly (no unique-value compaction).
-  const int64_t ref_key_bytes = sizeof(scalar_t) == 4 && rppc == 1 ? 4 : 8;
-  at::Tensor ref_sorted = buffer<uint8_t>(P * m * ref_key_bytes, out);
-  with_ref_keys([&](auto kr) {
-    using KR = decltype(kr);
-    at::Tensor k_in = buffer<KR>(rppc * m, out);
-    for (int64_t p0 = 0; p0 < P; p0 += rppc) {
-      sort_ref(kr, p0, std::min(rppc, P - p0), as<KR>(k_in), as<KR>(ref_sorted) + p0 * m);
-    }
-  });
-  // One workspace, set by two memsets: min keys (P, all ones), max keys (P, zero), then the
-  // histograms (P * nbins counts, zero) from the (2P)th 8-byte word on.
-  const size_t work_bytes = static_cast<size_t>(P * nbins + 2 * P) * sizeof(unsigned long long);
-  at::Tensor work = buffer<uint8_t>(static_cast<int64_t>(work_bytes), out);
-  K* mn = reinterpret_cast<K*>(work.data_ptr());
-  K* mx = mn + P;
-  auto* hist = reinterpret_cast<unsigned long long*>(work.data_ptr()) + 2 * P;
-  C10_CUDA_CHECK(cudaMemsetAsync(mn, 0xff, static_cast<size_t>(P) * sizeof(K), stream));
-  C10_CUDA_CHECK(cudaMemsetAsync(mx, 0, work_bytes - static_cast<size_t>(P) * sizeof(K), stream));
-  at::Tensor cum = buffer<unsigned long long>(P * nbins, out);
+  // Binned mode. Workspace in two blocks, each set by one memset: all ones for the min keys (the
+  // source's bin range mn, the reference's range rmn, each reference bin's smallest value rbmin),
+  // zero for the rest (histogram and reference-bin counts, max keys, ties of the smallest values).
+  const int64_t PB = P * nbins;
+  at::Tensor work1 = buffer<K>(2 * P + PB, out);
+  at::Tensor work0 = buffer<uint8_t>(static_cast<int64_t>(2 * PB * sizeof(unsigned long long) +
+                                                          (2 * P + PB) * sizeof(K) + PB * sizeof(unsigned int)),
+                                     out);
+  K* mn = as<K>(work1);
+  K* rmn = mn + P;
+  K* rbmin = rmn + P;
+  auto* hist = as<unsigned long long>(work0);
+  unsigned long long* rcount = hist + PB;
+  K* mx = reinterpret_cast<K*>(rcount + PB);
+  K* rmx = mx + P;
+  K* rbmax = rmx + P;
+  auto* rcmin = reinterpret_cast<unsigned int*>(rbmax + PB);
+  C10_CUDA_CHECK(cudaMemsetAsync(mn, 0xff, static_cast<size_t>(2 * P + PB) * sizeof(K), stream));
+  C10_CUDA_CHECK(cudaMemsetAsync(hist, 0, static_cast<size_t>(work0.numel()), stream));
+  at::Tensor cum = buffer<unsigned long long>(PB, out), rcum = buffer<unsigned long long>(PB, out);
   at::Tensor em = buffer<double>(P * (nbins + 1) + P, out);  // the edge maps, then each plane's top
   double* top = as<double>(em) + P * (nbins + 1);
+  at::Tensor em32 = buffer<float>(P * (nbins + 1), out);
   const bool shared_hist = nbins <= kSmemBins;
   const size_t hist_smem = shared_hist ? static_cast<size_t>(nbins) * sizeof(unsigned int) : 0;
+  // The reference: its range (that of the low-resolution planes when it is them), then its bins.
+  using Plain = PlainSource<scalar_t>;
+  const Plain rsrc = Plain::make(r, m);
+  const bool ref_is_lr = range.given == nullptr && range.lr == r && range.lr_n == m;
+  const K* ref_mn = ref_is_lr ? mn : rmn;
+  const K* ref_mx = ref_is_lr ? mx : rmx;
   if (range.given != nullptr) {
     launch(range_keys_kernel<scalar_t>, blocks_for(P), kThreads, 0, stream, range.given, P, mn, mx);
   }
-  // Per plane the histogram needs only that plane's range: both kernels run on each run of rows.
+  const bool shared_ref = nbins * ref_bin_smem_per_bin<scalar_t>() <= kRefBinSmem;
+  const size_t ref_smem = shared_ref ? static_cast<size_t>(nbins) * ref_bin_smem_per_bin<scalar_t>() : 0;
   for_grid_rows(P, [&](int64_t p0, int64_t np) {
     if (range.lr != nullptr && range.given == nullptr) {  // the low-resolution planes: a plain pass
-      using Lr = PlainSource<scalar_t>;
-      const Lr lr = Lr::make(range.lr, range.lr_n);
-      launch(minmax_kernel<scalar_t, Lr>, plane_grid(minmax_kernel<scalar_t, Lr>, 0, lr.tiles_per_plane(), np),
+      const Plain lr = Plain::make(range.lr, range.lr_n);
+      launch(minmax_kernel<scalar_t, Plain>, plane_grid(minmax_kernel<scalar_t, Plain>, 0, lr.tiles_per_plane(), np),
              kThreads, 0, stream, lr, p0, mn, mx);
-    } else if (range.given == nullptr) {
+    }
+    if (!ref_is_lr) {
+      launch(minmax_kernel<scalar_t, Plain>, plane_grid(minmax_kernel<scalar_t, Plain>, 0, rsrc.tiles_per_plane(), np),
+             kThreads, 0, stream, rsrc, p0, rmn, rmx);
+    }
+    launch(ref_bin_kernel<scalar_t>, plane_grid(ref_bin_kernel<scalar_t>, ref_smem, rsrc.tiles_per_plane(), np),
+           kThreads, ref_smem, stream, rsrc, p0, ref_mn, ref_mx, nbins, rcount, rbmin, rbmax, shared_ref);
+    launch(ref_tie_kernel<scalar_t>, plane_grid(ref_tie_kernel<scalar_t>, 0, rsrc.tiles_per_plane(), np), kThreads, 0,
+           stream, rsrc, p0, ref_mn, ref_mx, nbins, static_cast<const K*>(rbmin), rcmin);
+    if (range.lr == nullptr && range.given == nullptr) {  // the source's own range
       launch(minmax_kernel<scalar_t, Src>, plane_grid(minmax_kernel<scalar_t, Src>, 0, tpp, np), kThreads, 0, stream,
              src, p0, mn, mx);
     }
@@ -606,21 +792,24 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   const int64_t ppc = planes_per_chunk(nbins, P);
   for (int64_t p0 = 0; p0 < P; p0 += ppc) {
     const int64_t it = std::min(ppc, P - p0) * nbins;
-    temp.run([&](void* t, size_t& bytes) {
-      return cub::DeviceScan::InclusiveSum(t, bytes, hist + p0 * nbins, as<unsigned long long>(cum) + p0 * nbins,
-                                           static_cast<int>(it), stream);
-    });
+    for (auto [h, c] : {std::pair<unsigned long long*, unsigned long long*>{hist, as<unsigned long long>(cum)},
+                        std::pair<unsigned long long*, unsigned long long*>{rcount, as<unsigned long long>(rcum)}}) {
+      temp.run([&](void* t, size_t& bytes) {
+        return cub::DeviceScan::InclusiveSum(t, bytes, h + p0 * nbins, c + p0 * nbins, static_cast<int>(it), stream);
+      });
+    }
   }
-  with_ref_keys([&](auto kr) {
-    using KR = decltype(kr);
-    launch(edge_kernel<scalar_t, KR>, blocks_for(P * (nbins + 1)), kThreads, 0, stream, as<unsigned long long>(cum), P,
-           nbins, ppc, n, as<KR>(ref_sorted), m, as<double>(em), top);
-  });
+  launch(edge_kernel<scalar_t>, blocks_for(P * (nbins + 1)), kThreads, 0, stream,
+         static_cast<const unsigned long long*>(as<unsigned long long>(cum)), P, nbins, ppc, n,
+         static_cast<const unsigned long long*>(as<unsigned long long>(rcum)), static_cast<const unsigned int*>(rcmin),
+         static_cast<const K*>(rbmin), static_cast<const K*>(rbmax), ref_mn, ref_mx, m, as<double>(em), as<float>(em32),
+         top);
   const bool shared_edges = nbins + 1 <= kSmemEdges;
   const size_t edge_smem = shared_edges ? static_cast<size_t>(nbins + 1) * sizeof(double) : 0;
   for_grid_rows(P, [&](int64_t p0, int64_t np) {
     launch(map_kernel<scalar_t, Src>, plane_grid(map_kernel<scalar_t, Src>, edge_smem, tpp, np), kThreads, edge_smem,
-           stream, src, p0, mn, mx, nbins, as<double>(em), static_cast<const double*>(top), o, shared_edges);
+           stream, src, p0, mn, mx, nbins, static_cast<const double*>(as<double>(em)),
+           static_cast<const float*>(as<float>(em32)), static_cast<const double*>(top), o, shared_edges);
   });
 }
 
