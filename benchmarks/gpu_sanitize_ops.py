@@ -6,7 +6,8 @@ benchmarks/gpu_sanitize_ops.py`` (and ``--tool racecheck``);
 the results are checked against the CPU kernels too, so a run that reads garbage fails here as well.
 Rows of 300 input columns span several CUDA tiles; scales 1, 3 and 8; float32 and float64; one plane
 and six (exact mode sorts float32 planes together); bins in the shared-memory and the global-memory
-histogram paths; a residual and a separate reference.
+histogram paths (and reference bins in shared and global memory); a residual and a separate
+reference; a given bin range.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ def main() -> int:
             cases.append(
                 both(f"upsample_match bins={bins}", ops.upsample_match, x, 3, residual=res, reference=ref, bins=bins)
             )
+        # Binned mode's given bin range (narrower than the data: values in the end bins), and the
+        # fused op matched to its own input (the reference's range is then the input's).
+        narrow = ops.plane_range(x) * torch.tensor([1.2, 0.7], dtype=dtype) + 0.05
+        for bins in (64, 9000):
+            cases.append(
+                both(
+                    f"match_histograms bins={bins} bin_range", ops.match_histograms, x, ref, bins=bins, bin_range=narrow
+                )
+            )
+            cases.append(both(f"upsample_match bins={bins} self", ops.upsample_match, xq, 4, bins=bins))
         torch.cuda.synchronize()
         for name, got, want in cases:
             # upsample_match: CUDA's bicubic values may differ from the CPU's in the last bit, which
