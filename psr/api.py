@@ -267,7 +267,7 @@ def _restore(out: np.ndarray, layout: _Layout, scale: int) -> Any:
 # intensity mapping
 
 
-# Output dtypes whose map back runs on the GPU, with the torch dtype that carries the result to the
+# Output dtypes whose map back runs in torch (on the tiles' device), with the torch dtype that carries the result to the
 # host exactly (float16 stays on the host: torch rounds float64 -> float16 through float32, numpy
 # directly; 64-bit and unsigned 32-bit integers too: beyond int32, and numpy's own cast of 2^63 is
 # platform-defined).
@@ -306,31 +306,46 @@ class _Intensity:
         return v.astype(self.dtype)
 
     def backward_tensor(self, y: torch.Tensor) -> np.ndarray:
-        """``backward`` of a (..., C) tensor, computed where it lives, as a host array.
-
-        On a CUDA device the map runs there and only the result (1-4 bytes a value) crosses to the
-        host, instead of float32 tiles mapped by numpy on one core, which took most of
-        ``psr.upscale``'s time on an H100. The same float64 operations in the same order, so the
-        result equals ``backward`` bit for bit (tested); other devices and dtypes use ``backward``.
-        """
-        if y.device.type != "cuda" or self.dtype not in _TORCH_OUT:
-            return self.backward(y.float().cpu().numpy())
-        return self._backward_torch(y)
-
-    def _backward_torch(self, y: torch.Tensor, band_values: int = 1 << 22) -> np.ndarray:
-        """``backward`` in torch on y's device (CUDA; the CPU only in tests), in bands of rows so
-        that the float64 temporaries stay small however large the image."""
+        """``backward`` of an (h, w, C) tensor (any strides), computed where it lives, as a host array."""
         out = np.empty(tuple(y.shape), dtype=self.dtype)
-        c = y.shape[-1]
-        lo = torch.as_tensor(self.clip_lo[:c], dtype=torch.float64, device=y.device)
-        hi = torch.as_tensor(self.clip_hi[:c], dtype=torch.float64, device=y.device)
-        rows = max(1, band_values // max(1, y[0].numel()))
-        for r0 in range(0, y.shape[0], rows):
-            v = y[r0 : r0 + rows].to(torch.float64, copy=True).mul_(self.hi - self.lo).add_(self.lo)
-            v = torch.minimum(torch.maximum(v, lo, out=v), hi, out=v)  # np.clip's order
+        self.backward_into(out, y.permute(2, 0, 1))
+        return out
+
+    def backward_into(self, dst: np.ndarray, y: torch.Tensor, band_values: int = 1 << 22) -> None:
+        """``dst[...] = backward(y)`` for a (C, h, w) tensor ``y`` and an (h, w, C) host array view.
+
+        Where torch has the output dtype the map runs on ``y``'s device (a CUDA device, or the
+        CPU's threads) in bands of rows: each band is made channel-last there, mapped with
+        ``backward``'s float64 operations in the same order (bit for bit the same result, tested),
+        and crosses to the host once, contiguous (1-4 bytes a value), straight into ``dst``'s rows.
+        On an H100 the numpy map of float32 tiles on one core took most of ``psr.upscale``'s time,
+        and a strided (channel-first) result cost a transposing copy on the host. Other output
+        dtypes (float16, 64-bit integers) use ``backward``.
+        """
+        if self.dtype not in _TORCH_OUT:
+            dst[...] = self.backward(y.permute(1, 2, 0).float().cpu().numpy())
+            return
+        c, h, w = y.shape
+        clip_lo, clip_hi = self.clip_lo[:c], self.clip_hi[:c]
+        uniform = bool(np.all(clip_lo == clip_lo[0]) and np.all(clip_hi == clip_hi[0]))
+        lo = torch.as_tensor(clip_lo, dtype=torch.float64, device=y.device)
+        hi = torch.as_tensor(clip_hi, dtype=torch.float64, device=y.device)
+        rows = max(1, band_values // max(1, w * c))
+        for r0 in range(0, h, rows):
+            band = y[:, r0 : r0 + rows].permute(1, 2, 0).contiguous()  # channel-last, in y's dtype
+            v = band.to(torch.float64).mul_(self.hi - self.lo).add_(self.lo)
+            if uniform:  # clamp is max then min, np.clip's order; scalars avoid a broadcast
+                v = v.clamp_(float(clip_lo[0]), float(clip_hi[0]))
+            else:
+                v = torch.minimum(torch.maximum(v, lo, out=v), hi, out=v)
             if self.dtype.kind in "ui":
                 v = v.round_()
-            out[r0 : r0 + rows] = v.to(_TORCH_OUT[self.dtype]).cpu().numpy()
+            dst[r0 : r0 + rows] = v.to(_TORCH_OUT[self.dtype]).cpu().numpy()
+
+    def _backward_torch(self, y: torch.Tensor, band_values: int = 1 << 22) -> np.ndarray:
+        """``backward`` of an (h, w, C) tensor by :meth:`backward_into` (tests; any dtype here)."""
+        out = np.empty(tuple(y.shape), dtype=self.dtype)
+        self.backward_into(out, y.permute(2, 0, 1), band_values)
         return out
 
 
@@ -609,13 +624,13 @@ def upscale(
             nc = 3 if c >= 3 else 1
             ref = torch.from_numpy(inten.forward(img[..., :nc])).permute(2, 0, 1)[None].to(dev)
             buf[:, :nc] = ops.match_histograms(buf[:, :nc], ref, check=False)
-            out[i] = inten.backward_tensor(buf[0].permute(1, 2, 0))
+            inten.backward_into(out[i], buf[0])
         else:
             out_i = out[i]
 
             def write(ys: slice, xs: slice, block: torch.Tensor, out_i: np.ndarray = out_i) -> None:
                 nonlocal done
-                out_i[ys, xs] = inten.backward_tensor(block[0].permute(1, 2, 0))
+                inten.backward_into(out_i[ys, xs], block[0])
                 done += 1
                 if progress is not None:
                     progress(done, total)

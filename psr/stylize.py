@@ -211,8 +211,8 @@ def stylize(
 
         def write(ys: slice, xs: slice, block: torch.Tensor, out_i: np.ndarray = out_i, i: int = i) -> None:
             nonlocal done
-            if c == 3:  # mapped back on the tensor's device (see _Intensity.backward_tensor)
-                out_i[ys, xs] = inten.backward_tensor(block[0].permute(1, 2, 0))
+            if c == 3:  # mapped back on the tensor's device (see _Intensity.backward_into)
+                inten.backward_into(out_i[ys, xs], block[0])
             else:
                 rgb_block = block[0].permute(1, 2, 0).cpu().numpy()
                 if c < 3:

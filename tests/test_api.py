@@ -426,6 +426,37 @@ def test_intensity_backward_in_torch_equals_numpy(dtype: type, normalize: tuple 
         np.testing.assert_array_equal(inten.backward_tensor(strided.cuda()), want)
 
 
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))],
+)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float16])
+def test_backward_into_a_view(rng: np.random.Generator, device: str, dtype: type) -> None:
+    """The map back as tiles use it: a (C, h, w) tile into an (h, w, C) view of the output, in bands
+    of rows, RGBA with alpha's own clip range (per-channel clipping) and RGB (one range): equal to
+    the numpy map bit for bit, and nothing outside the view is written."""
+    from psr.api import _intensity
+
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
+    for c in (3, 4):
+        if info is not None:
+            canon = rng.integers(info.min, info.max, size=(1, 9, 11, c), endpoint=True).astype(dtype)
+        else:
+            canon = rng.random((1, 9, 11, c)).astype(dtype)
+            canon[..., 3:] = canon[..., 3:] * 0.5 + 0.25  # alpha's range differs from colour's
+        inten = _intensity(canon, True, None if dtype == np.uint8 else (0.1, 99.9))
+        if c == 4 and info is None:  # floats: alpha keeps its own clip range
+            assert inten.clip_lo[3] != inten.clip_lo[0]
+        y = torch.from_numpy(rng.uniform(-0.3, 1.3, size=(c, 23, 19)).astype(np.float32)).to(device)
+        want = inten.backward(y.permute(1, 2, 0).cpu().numpy())
+        sentinel = np.zeros((1, 1), dtype=dtype) + 7
+        out = np.broadcast_to(sentinel, (30, 40, c)).copy()
+        inten.backward_into(out[4:27, 10:29], y, band_values=100)  # several bands
+        np.testing.assert_array_equal(out[4:27, 10:29], want)
+        out[4:27, 10:29] = 7
+        assert np.all(out == 7)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_numpy_images_on_cuda_agree_with_cpu(tiny_model: Path, rng: np.random.Generator, dtype: type) -> None:
