@@ -252,33 +252,36 @@ RefCdf binned_reference_cdf(const scalar_t* ref, int64_t m, int64_t bins) {
     c.fp.push_back(lo == hi ? lo : hi);
     return c;
   }
+  // 16 bytes a bin (k up to 2^24: 256 MiB), 4 a reference value.
+  TORCH_CHECK(m <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()),
+              "psr::match_histograms: at most 2^32 - 1 reference pixels per channel in binned mode, got ", m);
   const Binner bn = make_binner(lo, hi, bins, std::is_same_v<scalar_t, float>);
-  std::vector<int64_t> count(static_cast<size_t>(bins), 0), cmin(static_cast<size_t>(bins), 0);
-  std::vector<double> bmin(static_cast<size_t>(bins), std::numeric_limits<double>::infinity());
-  std::vector<double> bmax(static_cast<size_t>(bins), -std::numeric_limits<double>::infinity());
+  std::vector<uint32_t> count(static_cast<size_t>(bins), 0), cmin(static_cast<size_t>(bins), 0);
+  std::vector<scalar_t> bmin(static_cast<size_t>(bins), std::numeric_limits<scalar_t>::infinity());
+  std::vector<scalar_t> bmax(static_cast<size_t>(bins), -std::numeric_limits<scalar_t>::infinity());
   std::vector<int32_t> bin(static_cast<size_t>(m));
   for (int64_t i = 0; i < m; ++i) {
     const scalar_t v = ref[i] + scalar_t(0);
     const int64_t b = bn.f32 ? bn.bin_of<scalar_t, true>(v) : bn.bin_of<scalar_t, false>(v);
     bin[i] = static_cast<int32_t>(b);
     ++count[b];
-    bmin[b] = std::min(bmin[b], static_cast<double>(v));
-    bmax[b] = std::max(bmax[b], static_cast<double>(v));
+    bmin[b] = std::min(bmin[b], v);
+    bmax[b] = std::max(bmax[b], v);
   }
   for (int64_t i = 0; i < m; ++i) {
     const int32_t b = bin[i];
-    if (static_cast<double>(ref[i] + scalar_t(0)) == bmin[b]) ++cmin[b];
+    if (ref[i] + scalar_t(0) == bmin[b]) ++cmin[b];
   }
   const double md = static_cast<double>(m);
   int64_t cum = 0;
   for (int64_t b = 0; b < bins; ++b) {
     if (count[b] == 0) continue;
     c.xp.push_back(static_cast<double>(cum + cmin[b]) / md);
-    c.fp.push_back(bmin[b]);
+    c.fp.push_back(static_cast<double>(bmin[b]));
     cum += count[b];
     if (bmax[b] != bmin[b]) {
       c.xp.push_back(static_cast<double>(cum) / md);
-      c.fp.push_back(bmax[b]);
+      c.fp.push_back(static_cast<double>(bmax[b]));
     }
   }
   for (size_t j = 0; j + 1 < c.xp.size(); ++j) c.slope.push_back((c.fp[j + 1] - c.fp[j]) / (c.xp[j + 1] - c.xp[j]));
