@@ -284,8 +284,7 @@ RefCdf binned_reference_cdf(const scalar_t* ref, int64_t m, int64_t bins) {
       c.fp.push_back(static_cast<double>(bmax[b]));
     }
   }
-  for (size_t j = 0; j + 1 < c.xp.size(); ++j) c.slope.push_back((c.fp[j + 1] - c.fp[j]) / (c.xp[j + 1] - c.xp[j]));
-  return c;
+  return c;  // no slope table: the k + 1 edges are looked up once each (np_interp)
 }
 
 template <typename scalar_t, typename Rows>
@@ -454,6 +453,10 @@ void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_
                   const scalar_t* bin_range, scalar_t* out) {
   const int64_t n = rows.rows() * rows.cols();
   using E = typename Pair<scalar_t>::type;
+  // Binned mode's per-plane scratch grows with k (16 bytes a bin for the reference, 8 for the
+  // histogram): past 64 MiB of it, planes go one at a time, so that memory does not also grow
+  // with the thread count.
+  const bool huge_bins = bins.has_value() && *bins * 16 > (int64_t(64) << 20);
   // Planes p0 .. p1 in turn, reusing one pair of sort buffers (fresh pages cost a fault each).
   auto do_planes = [&](int64_t p0, int64_t p1) {
     if (p0 >= p1) return;
@@ -465,7 +468,7 @@ void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_
     // Small references (an LR image): their CDFs T planes at a time, one plane per thread, as
     // each is too small to split well. Large ones are sorted one at a time with all threads, and
     // inside a parallel region (whole planes per thread) there is nothing to batch.
-    const bool batch_refs = !at::in_parallel_region() && ref_n < kSplitPlaneAt;
+    const bool batch_refs = !at::in_parallel_region() && ref_n < kSplitPlaneAt && !huge_bins;
     const int64_t batch = batch_refs ? std::max<int64_t>(1, at::get_num_threads()) : 1;
     std::vector<RefCdf> rcs(static_cast<size_t>(std::min(batch, p1 - p0)));
     for (int64_t q0 = p0; q0 < p1; q0 += batch) {
@@ -495,7 +498,7 @@ void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_
   // stay on the calling thread: waking the pool costs more than they do.
   const int64_t T = at::get_num_threads();
   const bool parallel = T > 1 && P * n >= 32768 && !at::in_parallel_region();
-  const int64_t whole = parallel && n < kSplitPlaneAt ? P - P % T : 0;
+  const int64_t whole = parallel && n < kSplitPlaneAt && !huge_bins ? P - P % T : 0;
   if (whole > 0) {
     at::parallel_for(0, whole, 1, do_planes);
   }

@@ -792,8 +792,10 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   const int64_t ppc = planes_per_chunk(nbins, P);
   for (int64_t p0 = 0; p0 < P; p0 += ppc) {
     const int64_t it = std::min(ppc, P - p0) * nbins;
-    for (auto [h, c] : {std::pair<unsigned long long*, unsigned long long*>{hist, as<unsigned long long>(cum)},
-                        std::pair<unsigned long long*, unsigned long long*>{rcount, as<unsigned long long>(rcum)}}) {
+    for (const auto& hc : {std::pair<unsigned long long*, unsigned long long*>{hist, as<unsigned long long>(cum)},
+                           std::pair<unsigned long long*, unsigned long long*>{rcount, as<unsigned long long>(rcum)}}) {
+      unsigned long long* h = hc.first;  // plain locals: C++17 lambdas cannot capture structured bindings
+      unsigned long long* c = hc.second;
       temp.run([&](void* t, size_t& bytes) {
         return cub::DeviceScan::InclusiveSum(t, bytes, h + p0 * nbins, c + p0 * nbins, static_cast<int>(it), stream);
       });
