@@ -9,6 +9,9 @@
   of planes at a time with 64-bit keys (default 2^21), larger ones one plane at a time with 32-bit
   keys. Timed on the exact fused op for RGB images with planes of 2^18 to 2^24 pixels (the last above
   the default), with batching off (1), the default, and always on (2^30).
+* ``PSR_CUDA_GENERIC_SCALE``: 1 makes the bicubic source run its generic row loop (S a run-time
+  value) instead of the one compiled for scales 2 and 4 (tenth session, never measured on a GPU).
+  Timed on the binned fused op at x4 and x2.
 
 Medians of CUDA-event times; every setting of a case is timed in the same process, in turns. Run by
 ``benchmarks/gpu_check.sh`` (step ``tune``):
@@ -38,6 +41,8 @@ BINNED = [(1, 1024, 8), (3, 512, 8), (3, 1024, 4), (3, 1024, 8)]  # (C, LR size,
 EXACT = [(3, 128, 4), (3, 256, 4), (3, 512, 4), (3, 1024, 2), (3, 1024, 4)]  # planes of 2^18 .. 2^24 px
 ROWS = ["auto", "1", "2", "4", "8", "16", "32"]
 PLANAR = ["1", "default", str(2**30)]
+SCALED = [(3, 1024, 4), (1, 1024, 4), (3, 1024, 2)]  # scales with a specialised row loop
+GENERIC = ["default", "1"]
 
 
 def sweep(name: str, values: list[str], fn: Callable[[], object], device: str, rounds: int) -> dict[str, float]:
@@ -91,6 +96,13 @@ def main(argv: list[str]) -> int:
             exact_cases,
             None,
             "exact fused op (1: a plane at a time; 2^30: all batched)",
+        ),
+        (
+            "PSR_CUDA_GENERIC_SCALE",
+            GENERIC,
+            [(3, 16, 4)] if args.quick else SCALED,
+            1024,
+            "binned fused op (1: the generic row loop)",
         ),
     ]
     for knob, values, cases, bins, title in sweeps:

@@ -413,6 +413,30 @@ def test_fuzz_small_shapes(emu: ModuleType, data: st.DataObject) -> None:
         )
 
 
+@pytest.mark.parametrize("scale", [2, 4])
+def test_scale_specialised_row_loop_keeps_the_bits(
+    emu: ModuleType, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, scale: int
+) -> None:
+    """Scales 2 and 4 run a row loop compiled for them; PSR_CUDA_GENERIC_SCALE=1 forces the generic
+    one. Same bits in every kernel that reads the bicubic source (upsampling, exact sort keys,
+    binned histogram and map, with and without a residual), and right against F.interpolate."""
+    x = rand(rng, (2, 2, 13, 70), torch.float32)
+    res = torch.from_numpy(rng.normal(size=(2, 2, 13 * scale, 70 * scale)) * 0.05).float()
+    calls = [
+        lambda: emu.upsample_bicubic(x, scale, -0.75),
+        lambda: emu.upsample_bicubic(x, scale, -0.5),
+        lambda: emu.upsample_match(x, scale, None, None, -0.75, None),
+        lambda: emu.upsample_match(x, scale, res, None, -0.75, 256),
+        lambda: emu.upsample_match(x, scale, None, None, -0.5, 9000),
+    ]
+    want = [c() for c in calls]
+    monkeypatch.setenv("PSR_CUDA_GENERIC_SCALE", "1")
+    for c, w in zip(calls, want, strict=True):
+        torch.testing.assert_close(c(), w, rtol=0, atol=0)
+    ref = F.interpolate(x.double(), scale_factor=scale, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(want[0].double(), ref, rtol=0, atol=ATOL[torch.float32])
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

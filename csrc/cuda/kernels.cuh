@@ -19,6 +19,7 @@
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -58,6 +59,7 @@ inline Taps<scalar_t> make_taps(int S, double a) {
   k.symmetric = a == -0.5;
   k.neg = 0;
   while (k.neg < S && t.offset[k.neg] < 0) ++k.neg;
+  TORCH_CHECK(k.neg == S / 2, "psr: bicubic phases with offset -1 must be the first S / 2");
   for (int r = 0; r < S; ++r) {
     TORCH_CHECK(t.offset[r] == (r < k.neg ? -1 : 0), "psr: bicubic phase offsets must be -1, then 0");
     for (int j = 0; j < 5; ++j) k.w5[r][j] = scalar_t(0);
@@ -97,10 +99,11 @@ struct BicubicSource {
   int cpt;            // input columns per tile: kThreads / S
   uint32_t ctiles;    // tiles across a plane
   int64_t tpp;        // tiles per plane (< 2^31)
+  bool specialised;   // the row loop compiled for S (scales 2 and 4), unless PSR_CUDA_GENERIC_SCALE
 
   static BicubicSource make(const scalar_t* x, const scalar_t* residual, int64_t H, int64_t W,
                             const Taps<scalar_t>& taps) {
-    BicubicSource s{x, residual, H, W, taps, 1, 0, 0, 0};
+    BicubicSource s{x, residual, H, W, taps, 1, 0, 0, 0, true};
     s.set_band(1);
     return s;
   }
@@ -165,31 +168,50 @@ struct BicubicSource {
     // win[k]: input row q - 2 + k, k = 0 .. 4.
     scalar_t win0 = 0, win1 = horizontal(0), win2 = horizontal(1), win3 = horizontal(2), win4 = horizontal(3);
     const int64_t ncols = cols();
-    const int neg = taps.neg;
     const scalar_t* res = kResidual ? residual + p * numel() : nullptr;
-    int64_t i0 = q_first * S * ncols + col * S + rx;  // output (q * S, col * S + rx)
-    for (int k = 0; k < nq; ++k, i0 += S * ncols) {
-      win0 = win1;
-      win1 = win2;
-      win2 = win3;
-      win3 = win4;
-      win4 = horizontal(k + 4);
-      int64_t i = i0;  // output (q * S + ry, col * S + rx), q = q_first + k
-      // Output row q * S + ry reads input rows q + offset - 1 .. q + offset + 2: offset -1 for the
-      // first neg rows, then 0.
-      int ry = 0;
-      for (; ry < neg; ++ry, i += ncols) {
-        const scalar_t w0 = taps.w[ry][0], w1 = taps.w[ry][1], w2 = taps.w[ry][2], w3 = taps.w[ry][3];
-        scalar_t v = fma_(w3, win3, fma_(w2, win2, fma_(w1, win1, w0 * win0)));
-        if constexpr (kResidual) v = v + __ldg(res + i);
-        f(v, i);
+    const int64_t i0 = q_first * S * ncols + col * S + rx;  // output (q * S, col * S + rx)
+    // Scales 2 and 4 get the row loop with S known at compile time: the vertical weights become
+    // constant-bank operands of the FMAs and the phase loop unrolls (with S a run-time value, each
+    // output also pays four indexed constant loads and the loop's own arithmetic). Same bits
+    // either way. Not for 3 and 8: there ptxas needed more registers than the generic loop (and
+    // spilled in the map kernel with a residual), which costs occupancy; to be measured on a GPU
+    // (benchmarks/tune_cuda.py, PSR_CUDA_GENERIC_SCALE=1 forces the generic loop).
+    const auto rows = [&](auto ks) {
+      constexpr int kS = decltype(ks)::value;  // 0: S at run time
+      const int s = kS > 0 ? kS : S;
+      const int neg = kS > 0 ? kS / 2 : taps.neg;  // make_taps checks taps.neg == S / 2
+      int64_t row0 = i0;
+      for (int k = 0; k < nq; ++k, row0 += s * ncols) {
+        win0 = win1;
+        win1 = win2;
+        win2 = win3;
+        win3 = win4;
+        win4 = horizontal(k + 4);
+        int64_t i = row0;  // output (q * S + ry, col * S + rx), q = q_first + k
+        // Output row q * S + ry reads input rows q + offset - 1 .. q + offset + 2: offset -1 for
+        // the first neg rows, then 0.
+        const auto one = [&](int ry, bool low) {
+          const scalar_t w0 = taps.w[ry][0], w1 = taps.w[ry][1], w2 = taps.w[ry][2], w3 = taps.w[ry][3];
+          scalar_t v = low ? fma_(w3, win3, fma_(w2, win2, fma_(w1, win1, w0 * win0)))
+                           : fma_(w3, win4, fma_(w2, win3, fma_(w1, win2, w0 * win1)));
+          if constexpr (kResidual) v = v + __ldg(res + i);
+          f(v, i);
+          i += ncols;
+        };
+        if constexpr (kS > 0) {
+#pragma unroll
+          for (int ry = 0; ry < kS; ++ry) one(ry, ry < kS / 2);
+        } else {
+          int ry = 0;
+          for (; ry < neg; ++ry) one(ry, true);
+          for (; ry < s; ++ry) one(ry, false);
+        }
       }
-      for (; ry < S; ++ry, i += ncols) {
-        const scalar_t w0 = taps.w[ry][0], w1 = taps.w[ry][1], w2 = taps.w[ry][2], w3 = taps.w[ry][3];
-        scalar_t v = fma_(w3, win4, fma_(w2, win3, fma_(w1, win2, w0 * win1)));
-        if constexpr (kResidual) v = v + __ldg(res + i);
-        f(v, i);
-      }
+    };
+    switch (specialised ? S : 0) {
+      case 2: rows(std::integral_constant<int, 2>{}); break;
+      case 4: rows(std::integral_constant<int, 4>{}); break;
+      default: rows(std::integral_constant<int, 0>{});
     }
   }
 };
@@ -208,6 +230,7 @@ inline int64_t tuning_env(const char* name) {
 template <typename scalar_t, bool kResidual>
 BicubicSource<scalar_t, kResidual> BicubicSource<scalar_t, kResidual>::for_planes(int64_t P, int sms) const {
   BicubicSource s = *this;
+  s.specialised = tuning_env("PSR_CUDA_GENERIC_SCALE") == 0;  // tuning only: 1 forces the generic loop
   const int64_t forced = tuning_env("PSR_CUDA_TILE_ROWS");  // tuning only: input rows per tile
   if (forced > 0) {
     s.set_band(static_cast<int>(forced < 1024 ? forced : 1024));  // set_band caps it at max_band()

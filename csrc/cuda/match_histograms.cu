@@ -782,9 +782,13 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
            kThreads, ref_smem, stream, rsrc, p0, ref_mn, ref_mx, nbins, rcount, rbmin, rbmax, shared_ref);
     launch(ref_tie_kernel<scalar_t>, plane_grid(ref_tie_kernel<scalar_t>, 0, rsrc.tiles_per_plane(), np), kThreads, 0,
            stream, rsrc, p0, ref_mn, ref_mx, nbins, static_cast<const K*>(rbmin), rcmin);
-    if (range.lr == nullptr && range.given == nullptr) {  // the source's own range
-      launch(minmax_kernel<scalar_t, Src>, plane_grid(minmax_kernel<scalar_t, Src>, 0, tpp, np), kThreads, 0, stream,
-             src, p0, mn, mx);
+    if constexpr (std::is_same_v<Src, Plain>) {
+      if (range.lr == nullptr && range.given == nullptr) {  // the source's own range
+        launch(minmax_kernel<scalar_t, Src>, plane_grid(minmax_kernel<scalar_t, Src>, 0, tpp, np), kThreads, 0,
+               stream, src, p0, mn, mx);
+      }
+    } else {  // a bicubic source bins over its input's range (no min/max kernel over it is built)
+      TORCH_CHECK(range.lr != nullptr, "psr: internal error: a bicubic source needs its input's range");
     }
     launch(hist_kernel<scalar_t, Src>, plane_grid(hist_kernel<scalar_t, Src>, hist_smem, tpp, np), kThreads, hist_smem,
            stream, src, p0, mn, mx, nbins, hist, shared_hist);
