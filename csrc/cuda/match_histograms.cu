@@ -479,25 +479,25 @@ __global__ void __launch_bounds__(kThreads) ref_tie_kernel(PlainSource<scalar_t>
 
 // em[p][k]: binned mode's reference CDF at edge k's quantile (the fraction of the plane's source
 // values in bins below k), np.interp over the knots of the nonempty reference bins, found by a
-// binary search of the reference bins' cumulative counts rcum (no knot list is built); top[p]:
-// the reference's maximum (a constant source plane's value). cum and rcum hold inclusive sums of
-// the histograms, restarted at every chunk of `ppc` planes.
+// binary search of the reference bins' cumulative counts (no knot list is built); top[p]: the
+// reference's maximum (a constant source plane's value). cum holds inclusive sums of the P source
+// histograms, then of the P reference-bin counts, restarted at every chunk of `ppc` of these 2P.
 template <typename scalar_t>
-__device__ double binned_edge(const unsigned long long* cum, int64_t bins, int64_t ppc, int64_t n,
-                              const unsigned long long* rcum, const unsigned int* rcmin,
+__device__ double binned_edge(const unsigned long long* cum, int64_t P, int64_t bins, int64_t ppc, int64_t n,
+                              const unsigned int* rcmin,
                               const typename KeyTraits<scalar_t>::key_t* rbmin,
                               const typename KeyTraits<scalar_t>::key_t* rbmax,
                               const typename KeyTraits<scalar_t>::key_t* rmn,
                               const typename KeyTraits<scalar_t>::key_t* rmx, int64_t m, int64_t p, int64_t k) {
   using KT = KeyTraits<scalar_t>;
-  const bool first = p % ppc == 0;
-  const unsigned long long base = first ? 0ull : cum[p * bins - 1];
+  const unsigned long long base = p % ppc == 0 ? 0ull : cum[p * bins - 1];
   const unsigned long long c = k == 0 ? 0ull : cum[p * bins + k - 1] - base;
   const double q = static_cast<double>(c) / static_cast<double>(n);
   const double lo = static_cast<double>(KT::value(rmn[p])), hi = static_cast<double>(KT::value(rmx[p]));
   if (!(lo < hi)) return hi;  // a single knot
-  const unsigned long long rbase = first ? 0ull : rcum[p * bins - 1];
-  const unsigned long long* rc = rcum + p * bins;
+  const int64_t rp = P + p;  // the reference bins' row of the scan
+  const unsigned long long rbase = rp % ppc == 0 ? 0ull : cum[rp * bins - 1];
+  const unsigned long long* rc = cum + rp * bins;
   const double md = static_cast<double>(m);
   const auto rq = [md](unsigned long long r) { return static_cast<double>(r) / md; };
   // b: the first bin whose upper quantile exceeds q (nonempty: its count rose past q).
@@ -532,7 +532,7 @@ __device__ double binned_edge(const unsigned long long* cum, int64_t bins, int64
 // em32: the same edges rounded to float (the map's fast path for float32 planes).
 template <typename scalar_t>
 __global__ void edge_kernel(const unsigned long long* cum, int64_t P, int64_t bins, int64_t ppc, int64_t n,
-                            const unsigned long long* rcum, const unsigned int* rcmin,
+                            const unsigned int* rcmin,
                             const typename KeyTraits<scalar_t>::key_t* rbmin,
                             const typename KeyTraits<scalar_t>::key_t* rbmax,
                             const typename KeyTraits<scalar_t>::key_t* rmn,
@@ -540,7 +540,7 @@ __global__ void edge_kernel(const unsigned long long* cum, int64_t P, int64_t bi
                             double* top) {
   PSR_GRID_STRIDE(i, P * (bins + 1)) {
     const int64_t p = i / (bins + 1), k = i % (bins + 1);
-    const double v = binned_edge<scalar_t>(cum, bins, ppc, n, rcum, rcmin, rbmin, rbmax, rmn, rmx, m, p, k);
+    const double v = binned_edge<scalar_t>(cum, P, bins, ppc, n, rcmin, rbmin, rbmax, rmn, rmx, m, p, k);
     em[i] = v;
     em32[i] = static_cast<float>(v);
     if (k == 0) top[p] = static_cast<double>(KeyTraits<scalar_t>::value(rmx[p]));
@@ -751,7 +751,7 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   auto* rcmin = reinterpret_cast<unsigned int*>(rbmax + PB);
   C10_CUDA_CHECK(cudaMemsetAsync(mn, 0xff, static_cast<size_t>(2 * P + PB) * sizeof(K), stream));
   C10_CUDA_CHECK(cudaMemsetAsync(hist, 0, static_cast<size_t>(work0.numel()), stream));
-  at::Tensor cum = buffer<unsigned long long>(PB, out), rcum = buffer<unsigned long long>(PB, out);
+  at::Tensor cum = buffer<unsigned long long>(2 * PB, out);  // inclusive sums of hist, then of rcount
   at::Tensor em = buffer<double>(P * (nbins + 1) + P, out);  // the edge maps, then each plane's top
   double* top = as<double>(em) + P * (nbins + 1);
   at::Tensor em32 = buffer<float>(P * (nbins + 1), out);
@@ -793,21 +793,19 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
     launch(hist_kernel<scalar_t, Src>, plane_grid(hist_kernel<scalar_t, Src>, hist_smem, tpp, np), kThreads, hist_smem,
            stream, src, p0, mn, mx, nbins, hist, shared_hist);
   });
-  const int64_t ppc = planes_per_chunk(nbins, P);
-  for (int64_t p0 = 0; p0 < P; p0 += ppc) {
-    const int64_t it = std::min(ppc, P - p0) * nbins;
-    for (const auto& hc : {std::pair<unsigned long long*, unsigned long long*>{hist, as<unsigned long long>(cum)},
-                           std::pair<unsigned long long*, unsigned long long*>{rcount, as<unsigned long long>(rcum)}}) {
-      unsigned long long* h = hc.first;  // plain locals: C++17 lambdas cannot capture structured bindings
-      unsigned long long* c = hc.second;
-      temp.run([&](void* t, size_t& bytes) {
-        return cub::DeviceScan::InclusiveSum(t, bytes, h + p0 * nbins, c + p0 * nbins, static_cast<int>(it), stream);
-      });
-    }
+  // One scan for both: the reference counts follow the histograms (2P "planes" of nbins counts),
+  // restarted at every chunk of ppc of them.
+  const int64_t ppc = planes_per_chunk(nbins, 2 * P);
+  for (int64_t p0 = 0; p0 < 2 * P; p0 += ppc) {
+    const int64_t it = std::min(ppc, 2 * P - p0) * nbins;
+    temp.run([&](void* t, size_t& bytes) {
+      return cub::DeviceScan::InclusiveSum(t, bytes, hist + p0 * nbins, as<unsigned long long>(cum) + p0 * nbins,
+                                           static_cast<int>(it), stream);
+    });
   }
   launch(edge_kernel<scalar_t>, blocks_for(P * (nbins + 1)), kThreads, 0, stream,
          static_cast<const unsigned long long*>(as<unsigned long long>(cum)), P, nbins, ppc, n,
-         static_cast<const unsigned long long*>(as<unsigned long long>(rcum)), static_cast<const unsigned int*>(rcmin),
+         static_cast<const unsigned int*>(rcmin),
          static_cast<const K*>(rbmin), static_cast<const K*>(rbmax), ref_mn, ref_mx, m, as<double>(em), as<float>(em32),
          top);
   const bool shared_edges = nbins + 1 <= kSmemEdges;
