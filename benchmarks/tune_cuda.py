@@ -1,4 +1,4 @@
-"""Sweep the CUDA kernels' two work-split guesses side by side, to set their defaults from measurements.
+"""Sweep the CUDA kernels' tuning knobs side by side, to set their defaults from measurements.
 
 * ``PSR_CUDA_TILE_ROWS``: input rows per tile of the bicubic source (default: the tallest of
   16, 8, 4, 2, 1 that leaves every SM 16 tiles, capped by the 12 KiB shared-memory patch). Each

@@ -207,7 +207,7 @@ PSR_HD double lerp_edges(double a, double b, double t) {
 }
 
 // A plane's bins (make_binner) and the binned map of a value (map), one definition for the CPU and
-// CUDA kernels and psr/_reference.py.
+// CUDA kernels, mirrored in psr/_reference.py (_bin, _binner32, _lerp32).
 // - float64 planes, and float32 planes whose range or factor does not fit float32: double
 //   arithmetic, (v * mul - lo) * factor, with lerp_edges for edges whose difference overflows.
 // - float32 planes otherwise (f32): float arithmetic, each operation rounded on its own (no
@@ -277,8 +277,8 @@ PSR_HD Binner make_binner(double lo, double hi, int64_t bins, bool float_plane =
   if (float_plane) {
     b.lo32 = static_cast<float>(lo);
     b.factor32 = static_cast<float>(static_cast<double>(bins) / (hi - lo));
-    const float range = static_cast<float>(hi) - b.lo32;
-    b.f32 = range - range == 0.0f && b.factor32 - b.factor32 == 0.0f;  // both finite (not inf, not NaN)
+    const float span32 = static_cast<float>(hi) - b.lo32;
+    b.f32 = span32 - span32 == 0.0f && b.factor32 - b.factor32 == 0.0f;  // both finite (not inf, not NaN)
   }
   return b;
 }

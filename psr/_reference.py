@@ -81,7 +81,7 @@ def _match_1d(
     ref_q, ref_values = _binned_ref_cdf(ref, bins)
     lo, hi = (float(src.min()), float(src.max())) if bin_range is None else bin_range
     lo, hi = lo + 0.0, hi + 0.0
-    if lo == hi:  # one tie group at quantile 1: the reference's maximum, as in exact mode
+    if lo == hi:  # a constant source, or a single-point range: every value to the reference's maximum
         return torch.full_like(src, float(ref_values[-1]))
     k, t, f32 = _bin(src, lo, hi, bins)
     cum = torch.zeros(bins + 1, dtype=torch.int64, device=k.device)
@@ -195,9 +195,10 @@ def match_histograms(
 
     With ``bins=None`` this equals ``skimage.exposure.match_histograms`` per channel, ties
     included. With ``bins=k`` the source CDF is sampled at k equal-width bins over ``bin_range``
-    (N, C, 2) or each plane's [min, max]; each output then lies within its bin's mapped range of the
-    exact result (see :func:`psr.ops.match_histograms`). ``reference`` and ``bin_range`` are cast to
-    ``source``'s dtype.
+    (N, C, 2) or each plane's [min, max], and the reference's CDF is binned too; each output then
+    lies within its bin's mapped range of the exact result, widened by the reference bins' spread
+    (see :func:`psr.ops.match_histograms`). ``reference`` and ``bin_range`` are cast to ``source``'s
+    dtype.
     """
     if source.ndim != 4 or reference.ndim != 4:
         raise ValueError(
@@ -211,7 +212,7 @@ def match_histograms(
         raise ValueError(f"bins must be None or a positive integer, got {bins!r}")
     if bin_range is not None:
         if bins is None:
-            raise ValueError("bin_range needs bins (binned mode)")
+            raise ValueError("bin_range applies to binned mode only: pass bins=k as well")
         if tuple(bin_range.shape) != (*source.shape[:2], 2):
             raise ValueError(f"bin_range must have shape {(*source.shape[:2], 2)}, got {tuple(bin_range.shape)}")
         bin_range = bin_range.to(source.dtype)
@@ -220,8 +221,8 @@ def match_histograms(
         for c in range(source.shape[1]):
             s = source[n, c].reshape(-1)
             r = reference[n, c].reshape(-1).to(source.dtype)
-            rng = None if bin_range is None else (float(bin_range[n, c, 0]), float(bin_range[n, c, 1]))
-            out[n, c] = _match_1d(s, r, bins, rng).reshape(source.shape[2:])
+            br = None if bin_range is None else (float(bin_range[n, c, 0]), float(bin_range[n, c, 1]))
+            out[n, c] = _match_1d(s, r, bins, br).reshape(source.shape[2:])
     return out
 
 
@@ -243,8 +244,8 @@ def upsample_match(
         if residual.shape != up.shape:
             raise ValueError(f"residual must have shape {tuple(up.shape)}, got {tuple(residual.shape)}")
         up = up + residual
-    rng = plane_range(x) if bins is not None else None
-    return match_histograms(up, x if reference is None else reference, bins=bins, bin_range=rng)
+    br = plane_range(x) if bins is not None else None
+    return match_histograms(up, x if reference is None else reference, bins=bins, bin_range=br)
 
 
 def plane_range(x: torch.Tensor) -> torch.Tensor:

@@ -305,10 +305,10 @@ class _Intensity:
             return np.rint(v).astype(self.dtype)
         return v.astype(self.dtype)
 
-    def backward_tensor(self, y: torch.Tensor) -> np.ndarray:
-        """``backward`` of an (h, w, C) tensor (any strides), computed where it lives, as a host array."""
+    def backward_tensor(self, y: torch.Tensor, band_values: int = 1 << 22) -> np.ndarray:
+        """``backward`` of an (h, w, C) tensor (any strides) by :meth:`backward_into`, as a new array."""
         out = np.empty(tuple(y.shape), dtype=self.dtype)
-        self.backward_into(out, y.permute(2, 0, 1))
+        self.backward_into(out, y.permute(2, 0, 1), band_values)
         return out
 
     def backward_into(self, dst: np.ndarray, y: torch.Tensor, band_values: int = 1 << 22) -> None:
@@ -320,7 +320,7 @@ class _Intensity:
         and crosses to the host once, contiguous (1-4 bytes a value), straight into ``dst``'s rows.
         On an H100 the numpy map of float32 tiles on one core took most of ``psr.upscale``'s time,
         and a strided (channel-first) result cost a transposing copy on the host. Other output
-        dtypes (float16, 64-bit integers) use ``backward``.
+        dtypes (float16, uint32, 64-bit integers) use ``backward``.
         """
         if self.dtype not in _TORCH_OUT:
             dst[...] = self.backward(y.permute(1, 2, 0).float().cpu().numpy())
@@ -341,12 +341,6 @@ class _Intensity:
             if self.dtype.kind in "ui":
                 v = v.round_()
             dst[r0 : r0 + rows] = v.to(_TORCH_OUT[self.dtype]).cpu().numpy()
-
-    def _backward_torch(self, y: torch.Tensor, band_values: int = 1 << 22) -> np.ndarray:
-        """``backward`` of an (h, w, C) tensor by :meth:`backward_into` (tests; any dtype here)."""
-        out = np.empty(tuple(y.shape), dtype=self.dtype)
-        self.backward_into(out, y.permute(2, 0, 1), band_values)
-        return out
 
 
 def _intensity(canon: np.ndarray, rgb: bool, normalize: tuple[float, float] | None) -> _Intensity:

@@ -193,8 +193,8 @@ def match_histograms(
         smallest value at that value's upper quantile and its largest at the bin's, and the map
         G interpolates these knots as np.interp does (as exact mode interpolates all of them).
         Between knots of one bin G may stray from the exact map F by at most that bin's spread of
-        values, ``s_ref`` at most (0 where every reference bin holds one distinct value: data with
-        at most a few hundred levels, such as 8-bit images, at k >= 256 or so); elsewhere G = F. G
+        values, ``s_ref`` at most (0 where every reference bin holds one distinct value: at most k
+        evenly spaced levels, such as 8-bit images at k >= 256); elsewhere G = F. G
         is evaluated at the quantiles ``c_b`` (fraction of source values in bins below b) and
         interpolated linearly inside each bin. Since ``c_b < q(v) <= c_{b+1}`` and F is
         nondecreasing, ``|binned(v) - exact(v)| <= F(c_{b+1}) - F(c_b) + s_ref`` (plus the output
@@ -209,14 +209,16 @@ def match_histograms(
         64 MiB in all (fewer threads count them for very large k). Where a float64 plane's range
         (or k over it) overflows, values are scaled by a power of two first, which is exact.
     bin_range : Tensor, (N, C, 2), optional
-        Binned mode only: each plane's ``[lo, hi]`` (``lo <= hi``, finite; cast to ``source``'s
-        dtype). ``None`` (default): the plane's own ``[min, max]``, found by a pass over the
+        Binned mode only: each plane's ``[lo, hi]`` (``lo <= hi``, finite, checked unless
+        ``check=False``; cast to ``source``'s dtype). ``None`` (default): the plane's own
+        ``[min, max]``, found by a pass over the
         source. Values outside it count in the end bins. With ``lo == hi`` every value maps to
         the reference's maximum, as a constant source does. :func:`upsample_match` bins over
         ``plane_range(x)`` of its low-resolution input, which spares it that pass.
     check : bool
-        Refuse NaN/Inf in the inputs (one host synchronisation on CUDA; with ``check=False`` the
-        binned CUDA path never synchronises).
+        Refuse NaN/Inf in the inputs, and a ``bin_range`` that is not finite or has lo > hi (one
+        host synchronisation on CUDA per test; with ``check=False`` the binned CUDA path never
+        synchronises).
 
     Returns
     -------
@@ -240,11 +242,11 @@ def match_histograms(
         return torch.empty_like(source, memory_format=torch.contiguous_format)
     dt = _work_dtype(source)
     src, ref = source.to(dt), reference.to(source.dtype).to(dt)
-    rng = bin_range.detach().to(source.dtype).to(dt) if bin_range is not None else None
+    br = bin_range.detach().to(source.dtype).to(dt) if bin_range is not None else None
     if _use_extension(src, ref):
-        y = torch.ops.psr.match_histograms(src, ref, b, rng)
+        y = torch.ops.psr.match_histograms(src, ref, b, br)
     else:
-        y = _reference.match_histograms(src, ref, bins=b, bin_range=rng)
+        y = _reference.match_histograms(src, ref, bins=b, bin_range=br)
     return y.to(source.dtype)
 
 

@@ -394,8 +394,10 @@ def test_upscaler_module(tiny_model: Path) -> None:
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32, np.float64])
 @pytest.mark.parametrize("normalize", [None, (0.1, 99.9)])
 def test_intensity_backward_in_torch_equals_numpy(dtype: type, normalize: tuple | None) -> None:
-    """The device-side map back to the caller's dtype (used for GPU tensors) equals numpy's bit for
-    bit: random and out-of-range values, and values that land on .5 before rounding."""
+    """The map back to the caller's dtype in torch (``backward_into``, which tiles take on every
+    device) equals numpy's bit for bit: random and out-of-range values, and values that land on .5
+    before rounding; every dtype here runs the torch path (float16, uint32 and 64-bit integers stay
+    in numpy)."""
     from psr.api import _intensity
 
     rng = np.random.default_rng(7)
@@ -415,14 +417,16 @@ def test_intensity_backward_in_torch_equals_numpy(dtype: type, normalize: tuple 
     span = inten.hi - inten.lo
     y[0, :, 0] = ((np.arange(31) + 0.5) / span).astype(np.float32)  # near .5 after the affine map
     y[1, :, 1] = np.float32(0.5)
+    from psr.api import _TORCH_OUT
+
+    assert np.dtype(dtype) in _TORCH_OUT  # else this would compare numpy with itself
     want = inten.backward(y)
-    got = inten._backward_torch(torch.from_numpy(y))
+    got = inten.backward_tensor(torch.from_numpy(y))
     assert got.dtype == want.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(got, want)
     strided = torch.from_numpy(np.ascontiguousarray(y.transpose(2, 0, 1))).permute(1, 2, 0)  # as tiles come
-    np.testing.assert_array_equal(inten._backward_torch(strided, band_values=100), want)  # in bands of rows
-    np.testing.assert_array_equal(inten.backward_tensor(strided), want)
-    if torch.cuda.is_available():  # the path GPU tiles take
+    np.testing.assert_array_equal(inten.backward_tensor(strided, band_values=100), want)  # in bands of rows
+    if torch.cuda.is_available():
         np.testing.assert_array_equal(inten.backward_tensor(strided.cuda()), want)
 
 

@@ -97,8 +97,8 @@ def binned_interval(
     float32: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For 1-D float64 arrays (numpy): where binned mode may put each value, the exact map at its
-    bin's edges [F(c_b), F(c_b+1)] widened by the reference bins' spread (the binned reference
-    CDF's error).
+    bin's edges [F(c_b), F(c_b+1)] widened by the reference bins' spread s_ref
+    (:func:`ref_bin_spread`, the binned reference CDF's error) on both sides.
 
     Bins span ``bin_range`` (default: the source's min and max); values outside it count in the end
     bins. ``float32``: the values are float32 and binned in float32 arithmetic (:func:`np_bins`).

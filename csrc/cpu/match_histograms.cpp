@@ -8,8 +8,9 @@
 //
 // Binned mode counts the source in `bins` equal-width bins over a range (the plane's [min, max],
 // or one given per plane: the fused op gives the low-resolution plane's, which spares it a pass
-// over the upsampled values) and maps each value by linear interpolation between the exact maps
-// of its bin's edges; values outside the range fall in the end bins. See psr/ops.py for the bound.
+// over the upsampled values) and maps each value by linear interpolation between its bin's edges
+// mapped through the binned reference CDF (binned_reference_cdf); values outside the range fall in
+// the end bins. See psr/ops.py for the bound.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -237,7 +238,8 @@ RefCdf reference_cdf(const scalar_t* ref, int64_t m) {
 
 // Binned mode's reference CDF (psr/_reference.py: _binned_ref_cdf): the reference binned like the
 // source, `bins` bins over its [min, max]; each nonempty bin gives two knots of the exact CDF, its
-// smallest value at that value's upper quantile and its largest at the bin's. No sort: two passes.
+// smallest value at that value's upper quantile and its largest at the bin's. No sort: three passes
+// (range, bins, ties of each bin's smallest value).
 template <typename scalar_t>
 RefCdf binned_reference_cdf(const scalar_t* ref, int64_t m, int64_t bins) {
   RefCdf c;
@@ -409,8 +411,8 @@ void match_binned_plane(const Rows& rows, int64_t plane, const RefCdf& rc, int64
       for (int64_t j = 0; j < C; ++j) ++h[bn.bin_of<scalar_t, false>(v[j])];
     }
   });
-  // Edge k's quantile is the fraction of values in bins below k; map it exactly through the
-  // reference, then interpolate linearly inside each bin.
+  // Edge k's quantile is the fraction of values in bins below k; map it through the binned
+  // reference CDF, then interpolate linearly inside each bin.
   std::vector<double> em(static_cast<size_t>(bins + 1));
   int64_t cum = 0;
   for (int64_t k = 0; k <= bins; ++k) {

@@ -870,7 +870,7 @@ static at::Tensor match_histograms_cuda(const at::Tensor& source, const at::Tens
               "psr::match_histograms: bins must be in 1..2^24");
   at::Tensor range;
   if (bin_range.has_value()) {
-    TORCH_CHECK(bins.has_value(), "psr::match_histograms: bin_range needs bins (binned mode)");
+    TORCH_CHECK(bins.has_value(), "psr::match_histograms: bin_range applies to binned mode only: pass bins=k as well");
     TORCH_CHECK(bin_range->sizes() == at::IntArrayRef({source.size(0), source.size(1), 2}),
                 "psr::match_histograms: bin_range must have shape ",
                 at::IntArrayRef({source.size(0), source.size(1), 2}), ", got ", bin_range->sizes());
