@@ -281,6 +281,25 @@ __device__ __forceinline__ bool plane_binner(const typename KeyTraits<scalar_t>:
   return lo != hi;
 }
 
+// Calls f(v, bin) for this block's values of plane p (its tiles from blockIdx.x, gridDim.x apart),
+// binned with the plane's arithmetic: float or double, block-uniform, so one loop for each.
+template <typename scalar_t, typename Src, typename F>
+__device__ __forceinline__ void for_each_binned(const Src& src, int64_t p, scalar_t* smem, const Binner& bn, F&& f) {
+  const auto loop = [&](auto f32) {
+    for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
+      src.for_each_value(p, tile, smem,
+                         [&](scalar_t v, int64_t) { f(v, bn.bin_of<scalar_t, decltype(f32)::value>(v)); });
+    }
+  };
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (bn.f32) {
+      loop(std::true_type{});
+      return;
+    }
+  }
+  loop(std::false_type{});
+}
+
 // Counts per bin. Each thread adds up runs of equal bins in a register (neighbouring pixels mostly
 // share a bin) and makes one atomic per run, into a block-private histogram in shared memory when
 // it fits.
@@ -309,29 +328,14 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
       atomicAdd(gh + cur, static_cast<unsigned long long>(count_cur));
     }
   };
-  // The plane's arithmetic (float or double binning) is block-uniform: one loop for each.
-  const auto count = [&](auto f32) {
-    for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
-      src.for_each_value(p, tile, smem, [&](scalar_t v, int64_t) {
-        const int64_t b = bn.bin_of<scalar_t, decltype(f32)::value>(v);
-        if (b != cur) {
-          flush();
-          cur = b;
-          count_cur = 0;
-        }
-        ++count_cur;
-      });
+  for_each_binned<scalar_t>(src, p, smem, bn, [&](scalar_t, int64_t b) {
+    if (b != cur) {
+      flush();
+      cur = b;
+      count_cur = 0;
     }
-  };
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (bn.f32) {
-      count(std::true_type{});
-    } else {
-      count(std::false_type{});
-    }
-  } else {
-    count(std::false_type{});
-  }
+    ++count_cur;
+  });
   flush();
   if (shared_hist) {
     __syncthreads();
@@ -346,17 +350,6 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
 // largest value (keys), then the count of its smallest value's ties. Each nonempty bin gives the
 // exact CDF's knots (upper quantile of its smallest value, smallest value) and (the bin's upper
 // quantile, largest value). Runs of equal bins are aggregated in registers, as in hist_kernel.
-template <typename scalar_t>
-__device__ __forceinline__ bool ref_binner(const typename KeyTraits<scalar_t>::key_t* rmn,
-                                           const typename KeyTraits<scalar_t>::key_t* rmx, int64_t p, int64_t bins,
-                                           Binner& b) {
-  const double lo = static_cast<double>(KeyTraits<scalar_t>::value(rmn[p]));
-  const double hi = static_cast<double>(KeyTraits<scalar_t>::value(rmx[p]));
-  if (!(lo < hi)) return false;  // one distinct value: a single knot
-  b = make_binner(lo, hi, bins, std::is_same_v<scalar_t, float>);
-  return true;
-}
-
 // Dynamic shared memory of ref_bin_kernel: min and max keys, then counts, per bin.
 template <typename scalar_t>
 constexpr size_t ref_bin_smem_per_bin() {
@@ -374,7 +367,7 @@ __global__ void __launch_bounds__(kThreads) ref_bin_kernel(PlainSource<scalar_t>
   PSR_EXTERN_SHARED(unsigned long long, sm_raw);  // 8-byte aligned
   const int64_t p = plane0 + blockIdx.y;
   Binner rb;
-  if (!ref_binner<scalar_t>(rmn, rmx, p, bins, rb)) return;  // block-uniform
+  if (!plane_binner<scalar_t>(rmn, rmx, p, bins, rb)) return;  // one distinct value: a single knot (block-uniform)
   K* gmin = bmin + p * bins;
   K* gmax = bmax + p * bins;
   unsigned long long* gcount = count + p * bins;
@@ -404,29 +397,19 @@ __global__ void __launch_bounds__(kThreads) ref_bin_kernel(PlainSource<scalar_t>
       atomic_max_key(gmax + cur, run_max);
     }
   };
-  const auto scan = [&](auto f32) {
-    for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
-      src.for_each_value(p, tile, nullptr, [&](scalar_t v, int64_t) {
-        const int64_t b = rb.bin_of<scalar_t, decltype(f32)::value>(v);
-        const K key = KeyTraits<scalar_t>::key(v);
-        if (b != cur) {
-          flush();
-          cur = b;
-          run = 0;
-          run_min = ~K(0);
-          run_max = 0;
-        }
-        ++run;
-        run_min = key < run_min ? key : run_min;
-        run_max = key > run_max ? key : run_max;
-      });
+  for_each_binned<scalar_t>(src, p, nullptr, rb, [&](scalar_t v, int64_t b) {
+    const K key = KeyTraits<scalar_t>::key(v);
+    if (b != cur) {
+      flush();
+      cur = b;
+      run = 0;
+      run_min = ~K(0);
+      run_max = 0;
     }
-  };
-  if (rb.f32) {
-    scan(std::true_type{});
-  } else {
-    scan(std::false_type{});
-  }
+    ++run;
+    run_min = key < run_min ? key : run_min;
+    run_max = key > run_max ? key : run_max;
+  });
   flush();
   if (shared) {
     __syncthreads();
@@ -450,30 +433,20 @@ __global__ void __launch_bounds__(kThreads) ref_tie_kernel(PlainSource<scalar_t>
   using K = typename KeyTraits<scalar_t>::key_t;
   const int64_t p = plane0 + blockIdx.y;
   Binner rb;
-  if (!ref_binner<scalar_t>(rmn, rmx, p, bins, rb)) return;
+  if (!plane_binner<scalar_t>(rmn, rmx, p, bins, rb)) return;  // one distinct value: a single knot
   const K* gmin = bmin + p * bins;
   unsigned int* gc = cmin + p * bins;
   int64_t cur = -1;
   unsigned run = 0;
-  const auto scan = [&](auto f32) {
-    for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
-      src.for_each_value(p, tile, nullptr, [&](scalar_t v, int64_t) {
-        const int64_t b = rb.bin_of<scalar_t, decltype(f32)::value>(v);
-        if (KeyTraits<scalar_t>::key(v) != gmin[b]) return;
-        if (b != cur) {
-          if (run != 0) atomicAdd(gc + cur, run);
-          cur = b;
-          run = 0;
-        }
-        ++run;
-      });
+  for_each_binned<scalar_t>(src, p, nullptr, rb, [&](scalar_t v, int64_t b) {
+    if (KeyTraits<scalar_t>::key(v) != gmin[b]) return;
+    if (b != cur) {
+      if (run != 0) atomicAdd(gc + cur, run);
+      cur = b;
+      run = 0;
     }
-  };
-  if (rb.f32) {
-    scan(std::true_type{});
-  } else {
-    scan(std::false_type{});
-  }
+    ++run;
+  });
   if (run != 0) atomicAdd(gc + cur, run);
 }
 
@@ -483,13 +456,23 @@ __global__ void __launch_bounds__(kThreads) ref_tie_kernel(PlainSource<scalar_t>
 // reference's maximum (a constant source plane's value). cum holds inclusive sums of the P source
 // histograms, then of the P reference-bin counts, restarted at every chunk of `ppc` of these 2P.
 template <typename scalar_t>
+struct RefBins {  // the reference's bins (ref_bin_kernel, ref_tie_kernel) and range, (P, bins) each
+  using K = typename KeyTraits<scalar_t>::key_t;
+  const unsigned int* cmin;  // ties of each bin's smallest value
+  const K* bmin;             // each bin's smallest and largest value
+  const K* bmax;
+  const K* mn;  // (P) the reference's min and max
+  const K* mx;
+  int64_t m;  // values per plane
+};
+
+template <typename scalar_t>
 __device__ double binned_edge(const unsigned long long* cum, int64_t P, int64_t bins, int64_t ppc, int64_t n,
-                              const unsigned int* rcmin,
-                              const typename KeyTraits<scalar_t>::key_t* rbmin,
-                              const typename KeyTraits<scalar_t>::key_t* rbmax,
-                              const typename KeyTraits<scalar_t>::key_t* rmn,
-                              const typename KeyTraits<scalar_t>::key_t* rmx, int64_t m, int64_t p, int64_t k) {
+                              const RefBins<scalar_t>& r, int64_t p, int64_t k) {
   using KT = KeyTraits<scalar_t>;
+  const unsigned int* rcmin = r.cmin;
+  const auto *rbmin = r.bmin, *rbmax = r.bmax, *rmn = r.mn, *rmx = r.mx;
+  const int64_t m = r.m;
   const unsigned long long base = p % ppc == 0 ? 0ull : cum[p * bins - 1];
   const unsigned long long c = k == 0 ? 0ull : cum[p * bins + k - 1] - base;
   const double q = static_cast<double>(c) / static_cast<double>(n);
@@ -532,18 +515,13 @@ __device__ double binned_edge(const unsigned long long* cum, int64_t P, int64_t 
 // em32: the same edges rounded to float (the map's fast path for float32 planes).
 template <typename scalar_t>
 __global__ void edge_kernel(const unsigned long long* cum, int64_t P, int64_t bins, int64_t ppc, int64_t n,
-                            const unsigned int* rcmin,
-                            const typename KeyTraits<scalar_t>::key_t* rbmin,
-                            const typename KeyTraits<scalar_t>::key_t* rbmax,
-                            const typename KeyTraits<scalar_t>::key_t* rmn,
-                            const typename KeyTraits<scalar_t>::key_t* rmx, int64_t m, double* em, float* em32,
-                            double* top) {
+                            RefBins<scalar_t> r, double* em, float* em32, double* top) {
   PSR_GRID_STRIDE(i, P * (bins + 1)) {
     const int64_t p = i / (bins + 1), k = i % (bins + 1);
-    const double v = binned_edge<scalar_t>(cum, P, bins, ppc, n, rcmin, rbmin, rbmax, rmn, rmx, m, p, k);
+    const double v = binned_edge<scalar_t>(cum, P, bins, ppc, n, r, p, k);
     em[i] = v;
     em32[i] = static_cast<float>(v);
-    if (k == 0) top[p] = static_cast<double>(KeyTraits<scalar_t>::value(rmx[p]));
+    if (k == 0) top[p] = static_cast<double>(KeyTraits<scalar_t>::value(r.mx[p]));
   }
 }
 
@@ -803,11 +781,10 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
                                            static_cast<int>(it), stream);
     });
   }
+  const RefBins<scalar_t> rbins{rcmin, rbmin, rbmax, ref_mn, ref_mx, m};
   launch(edge_kernel<scalar_t>, blocks_for(P * (nbins + 1)), kThreads, 0, stream,
-         static_cast<const unsigned long long*>(as<unsigned long long>(cum)), P, nbins, ppc, n,
-         static_cast<const unsigned int*>(rcmin),
-         static_cast<const K*>(rbmin), static_cast<const K*>(rbmax), ref_mn, ref_mx, m, as<double>(em), as<float>(em32),
-         top);
+         static_cast<const unsigned long long*>(as<unsigned long long>(cum)), P, nbins, ppc, n, rbins, as<double>(em),
+         as<float>(em32), top);
   const bool shared_edges = nbins + 1 <= kSmemEdges;
   const size_t edge_smem = shared_edges ? static_cast<size_t>(nbins + 1) * sizeof(double) : 0;
   for_grid_rows(P, [&](int64_t p0, int64_t np) {
