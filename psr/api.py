@@ -267,10 +267,10 @@ def _restore(out: np.ndarray, layout: _Layout, scale: int) -> Any:
 # intensity mapping
 
 
-# Output dtypes whose map back runs in torch (on the tiles' device), with the torch dtype that carries the result to the
-# host exactly (float16 stays on the host: torch rounds float64 -> float16 through float32, numpy
-# directly; 64-bit and unsigned 32-bit integers too: beyond int32, and numpy's own cast of 2^63 is
-# platform-defined).
+# Output dtypes whose map back runs in torch (on the tiles' device), with the torch dtype that
+# carries the result to the host exactly (float16 stays on the host: torch rounds float64 ->
+# float16 through float32, numpy directly; 64-bit and unsigned 32-bit integers too: beyond int32,
+# and numpy's own cast of 2^63 is platform-defined).
 _TORCH_OUT = {
     np.dtype(np.uint8): torch.uint8,
     np.dtype(np.int8): torch.int8,
@@ -305,12 +305,6 @@ class _Intensity:
             return np.rint(v).astype(self.dtype)
         return v.astype(self.dtype)
 
-    def backward_tensor(self, y: torch.Tensor, band_values: int = 1 << 22) -> np.ndarray:
-        """``backward`` of an (h, w, C) tensor (any strides) by :meth:`backward_into`, as a new array."""
-        out = np.empty(tuple(y.shape), dtype=self.dtype)
-        self.backward_into(out, y.permute(2, 0, 1), band_values)
-        return out
-
     def backward_into(self, dst: np.ndarray, y: torch.Tensor, band_values: int = 1 << 22) -> None:
         """``dst[...] = backward(y)`` for a (C, h, w) tensor ``y`` and an (h, w, C) host array view.
 
@@ -328,8 +322,9 @@ class _Intensity:
         c, h, w = y.shape
         clip_lo, clip_hi = self.clip_lo[:c], self.clip_hi[:c]
         uniform = bool(np.all(clip_lo == clip_lo[0]) and np.all(clip_hi == clip_hi[0]))
-        lo = torch.as_tensor(clip_lo, dtype=torch.float64, device=y.device)
-        hi = torch.as_tensor(clip_hi, dtype=torch.float64, device=y.device)
+        if not uniform:  # per-channel bounds, on y's device once for all bands
+            lo = torch.as_tensor(clip_lo, dtype=torch.float64, device=y.device)
+            hi = torch.as_tensor(clip_hi, dtype=torch.float64, device=y.device)
         rows = max(1, band_values // max(1, w * c))
         for r0 in range(0, h, rows):
             band = y[:, r0 : r0 + rows].permute(1, 2, 0).contiguous()  # channel-last, in y's dtype

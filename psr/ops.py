@@ -211,8 +211,7 @@ def match_histograms(
     bin_range : Tensor, (N, C, 2), optional
         Binned mode only: each plane's ``[lo, hi]`` (``lo <= hi``, finite, checked unless
         ``check=False``; cast to ``source``'s dtype). ``None`` (default): the plane's own
-        ``[min, max]``, found by a pass over the
-        source. Values outside it count in the end bins. With ``lo == hi`` every value maps to
+        ``[min, max]``, found by a pass over the source. Values outside it count in the end bins. With ``lo == hi`` every value maps to
         the reference's maximum, as a constant source does. :func:`upsample_match` bins over
         ``plane_range(x)`` of its low-resolution input, which spares it that pass.
     check : bool
@@ -263,8 +262,7 @@ def _check_bin_range(bin_range: object, source: torch.Tensor, bins: int | None, 
     _same_device("bin_range", bin_range, source)
     if check and bin_range.device.type != "meta" and bin_range.numel():
         r = bin_range.to(source.dtype)  # the values that will be used
-        if not bool(torch.isfinite(r).all()):
-            raise ValueError("bin_range contains NaN or Inf (in source's dtype); pass finite [lo, hi] pairs")
+        _check_finite(f"bin_range (cast to {source.dtype})", r)
         if bool((r[..., 0] > r[..., 1]).any()):
             raise ValueError("bin_range must have lo <= hi in every plane, got a pair with lo > hi")
 

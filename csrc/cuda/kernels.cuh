@@ -39,13 +39,12 @@ PSR_HD float fma_(float a, float b, float c) { return fmaf(a, b, c); }
 PSR_HD double fma_(double a, double b, double c) { return fma(a, b, c); }
 
 // Bicubic weights for kernel arguments: five taps per phase (input columns q - 2 .. q + 2 for
-// output q * S + r), one of them zero, as in the CPU kernel. The vertical offset of phase r is -1
-// for r < neg and 0 from there on (floor((r + 0.5) / S - 0.5)), so kernels split their output-row
-// loop at neg rather than choosing the input rows per row.
+// output q * S + r), one of them zero, as in the CPU kernel. The vertical offset of phase r,
+// floor((r + 0.5) / S - 0.5), is -1 for r < S / 2 and 0 from there on (make_taps checks it), so
+// kernels split their output-row loop at S / 2 rather than choosing the input rows per row.
 template <typename scalar_t>
 struct Taps {
   int S;
-  int neg;  // phases with offset -1 (the first ones)
   bool symmetric;
   scalar_t w[kMaxScale][kTaps];  // vertical: 4 taps from row q + offset - 1
   scalar_t w5[kMaxScale][5];     // horizontal
@@ -57,11 +56,8 @@ inline Taps<scalar_t> make_taps(int S, double a) {
   Taps<scalar_t> k{};
   k.S = S;
   k.symmetric = a == -0.5;
-  k.neg = 0;
-  while (k.neg < S && t.offset[k.neg] < 0) ++k.neg;
-  TORCH_CHECK(k.neg == S / 2, "psr: bicubic phases with offset -1 must be the first S / 2");
   for (int r = 0; r < S; ++r) {
-    TORCH_CHECK(t.offset[r] == (r < k.neg ? -1 : 0), "psr: bicubic phase offsets must be -1, then 0");
+    TORCH_CHECK(t.offset[r] == (r < S / 2 ? -1 : 0), "psr: bicubic phase offsets must be -1 below S / 2, then 0");
     for (int j = 0; j < 5; ++j) k.w5[r][j] = scalar_t(0);
     for (int j = 0; j < kTaps; ++j) {
       k.w[r][j] = static_cast<scalar_t>(t.w[r][j]);
@@ -179,7 +175,7 @@ struct BicubicSource {
     const auto rows = [&](auto ks) {
       constexpr int kS = decltype(ks)::value;  // 0: S at run time
       const int s = kS > 0 ? kS : S;
-      const int neg = kS > 0 ? kS / 2 : taps.neg;  // make_taps checks taps.neg == S / 2
+      const int neg = s / 2;  // phases with offset -1 (make_taps checks)
       int64_t row0 = i0;
       for (int k = 0; k < nq; ++k, row0 += s * ncols) {
         win0 = win1;
