@@ -184,3 +184,10 @@ def test_tune_sweep_sets_each_value_in_turn(monkeypatch: pytest.MonkeyPatch) -> 
     assert seen == [None, "2", "5"] * 3  # a warm-up round, then 2 timed rounds, values in turns
     assert set(ms) == {"auto", "2", "5"} and all(t >= 0 for t in ms.values())
     assert "PSR_TEST_KNOB" not in os.environ  # unset afterwards ("auto" is the unset default)
+
+
+def test_compare_checkouts_quick() -> None:
+    out = _run("compare_checkouts.py", str(ROOT), "--rounds", "1", "--quick").stdout
+    assert f"| case (ms) | {ROOT} |" in out
+    for case in ("binned 1x16^2 x2", "exact 1x16^2 x2", "host 16^2"):
+        assert f"| {case} | " in out, out
