@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from psr import _build, _reference, ops
 from psr.resize import imresize
 
+from .test_ops import bad_kernel_calls
 from .test_reference import binned_interval, sk_match
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 
 def _sources() -> list[Path]:
     src = ROOT / "csrc"
-    return [*sorted(EMU.glob("*")), src / "psr_common.h", *sorted((src / "cuda").glob("*"))]
+    return [*sorted(EMU.glob("*")), *sorted(src.glob("*.h")), *sorted((src / "cuda").glob("*"))]
 
 
 def _build_emu() -> Path:
@@ -124,6 +125,19 @@ def test_emulator_reports_lanes_missing_a_shuffle(emu: ModuleType, selftest: str
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+def test_kernels_refuse_what_the_cpu_kernels_refuse(emu: ModuleType) -> None:
+    """The CUDA kernels' argument checks are the CPU kernels' (csrc/checks.h): same calls refused,
+    same messages."""
+    for name, args, match in bad_kernel_calls():
+        with pytest.raises(RuntimeError) as cpu:
+            getattr(torch.ops.psr, name)(*args)
+        with pytest.raises(RuntimeError) as cuda:
+            getattr(emu, name)(*args)
+        assert match in str(cuda.value), (name, match, str(cuda.value))
+        # the first line: the message without the C++ location that follows it
+        assert str(cuda.value).splitlines()[0] == str(cpu.value).splitlines()[0], name
 
 
 # ------------------------------------------------------------------------ upsample_bicubic

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -608,19 +609,44 @@ def test_bad_arguments(call: object, exc: type, match: str) -> None:
         call()  # type: ignore[operator]
 
 
-def test_kernels_check_their_inputs_too() -> None:
-    with pytest.raises(RuntimeError, match="scale"):
-        torch.ops.psr.upsample_bicubic(torch.zeros(1, 1, 3, 3), 9, -0.75)
-    with pytest.raises(RuntimeError, match="float32 or float64"):
-        torch.ops.psr.match_histograms(torch.zeros(1, 1, 3, 3, dtype=torch.float16), torch.zeros(1, 1, 3, 3), None)
-    x = torch.rand(1, 2, 3, 3)
-    for bins, rng_x, match in [
-        (None, torch.zeros(1, 2, 2), "binned mode only"),
-        (4, torch.zeros(2, 1, 2), "shape"),
-        (4, torch.zeros(1, 2, 2, dtype=torch.float64), "dtype"),
-    ]:
-        with pytest.raises(RuntimeError, match=match):
-            torch.ops.psr.match_histograms(x, x, bins, rng_x)
+def bad_kernel_calls() -> list[tuple[str, tuple, str]]:
+    """Calls of the raw ops (op name, arguments, a part of the message) that every backend's kernel refuses with the
+    same message (csrc/checks.h): the Python wrappers catch these first, the kernels must too."""
+    x = torch.rand(1, 2, 3, 5)
+    f16 = torch.zeros(1, 2, 3, 5, dtype=torch.float16)
+    empty = torch.zeros(1, 2, 0, 5)
+    return [
+        ("upsample_bicubic", (x, 9, -0.75), "psr::upsample_bicubic: scale must be in 1..8, got 9"),
+        ("upsample_bicubic", (x, 0, -0.75), "scale must be in 1..8, got 0"),
+        ("upsample_bicubic", (x[0], 2, -0.75), "x must be (N, C, H, W), got [2, 3, 5]"),
+        ("upsample_bicubic", (f16, 2, -0.75), "x must be float32 or float64, got Half"),
+        ("upsample_bicubic", (empty, 2, -0.75), "H and W must be positive"),
+        ("match_histograms", (f16, x, None, None), "psr::match_histograms: source must be float32 or float64"),
+        ("match_histograms", (x[0], x, None, None), "source must be"),
+        ("match_histograms", (empty, x, None, None), "source must have pixels"),
+        ("match_histograms", (x, x[:, :1], None, None), "reference must be (N, C, h, w) with source's N and C"),
+        ("match_histograms", (x, x.double(), None, None), "reference must have source's dtype"),
+        ("match_histograms", (x, empty, None, None), "reference must have pixels"),
+        ("match_histograms", (x, x, 0, None), "bins must be in 1..2^24, got 0"),
+        ("match_histograms", (x, x, 2**24 + 1, None), "bins must be in 1..2^24, got 16777217"),
+        ("match_histograms", (x, x, None, torch.zeros(1, 2, 2)), "binned mode only"),
+        ("match_histograms", (x, x, 4, torch.zeros(2, 1, 2)), "bin_range must have shape [1, 2, 2], got [2, 1, 2]"),
+        ("match_histograms", (x, x, 4, torch.zeros(1, 2, 2, dtype=torch.float64)), "bin_range must have the source's dtype"),
+        ("upsample_match", (x, 9, None, None, -0.75, None), "psr::upsample_match: scale must be in 1..8"),
+        ("upsample_match", (f16, 2, None, None, -0.75, None), "x must be float32 or float64"),
+        ("upsample_match", (x, 2, None, None, -0.75, 0), "bins must be in 1..2^24"),
+        ("upsample_match", (x, 2, torch.zeros(1, 2, 6, 9), None, -0.75, None), "residual must have shape [1, 2, 6, 10]"),
+        ("upsample_match", (x, 2, torch.zeros(1, 2, 6, 10).double(), None, -0.75, None), "residual must have x's dtype"),
+        ("upsample_match", (x, 2, None, x[:, :1], -0.75, None), "reference must be (N, C, h, w) with x's N and C"),
+        ("upsample_match", (x, 2, None, empty, -0.75, None), "reference must have pixels"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(bad_kernel_calls())))
+def test_kernels_check_their_inputs_too(case: int) -> None:
+    name, args, match = bad_kernel_calls()[case]
+    with pytest.raises(RuntimeError, match=re.escape(match)):
+        getattr(torch.ops.psr, name)(*args)
 
 
 # ------------------------------------------------------------------------ opcheck, fuzzing

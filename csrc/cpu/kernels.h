@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "../checks.h"
 #include "../psr_common.h"
 
 namespace psr::cpu {
@@ -94,21 +95,10 @@ template <typename scalar_t, typename Rows>
 void match_planes(const Rows& rows, int64_t P, const scalar_t* ref, int64_t ref_n, std::optional<int64_t> bins,
                   const scalar_t* bin_range, scalar_t* out);
 
-// The (P, 2) bin range of binned matching: given as (N, C, 2) (checked against N, C and dtype;
-// finite values with lo <= hi are psr/ops.py's check, which costs no host sync here but would on
-// CUDA), or each plane's [min, max] of x (N, C, H, W), as the fused op bins. Undefined when not
+// The fused op's (P, 2) bin range: each plane's [min, max] of x (N, C, H, W); undefined when not
 // binned.
-inline at::Tensor bin_range_arg(const char* op, const std::optional<at::Tensor>& given, const at::Tensor& x,
-                                std::optional<int64_t> bins) {
+inline at::Tensor plane_range(const at::Tensor& x, std::optional<int64_t> bins) {
   const int64_t N = x.size(0), C = x.size(1);
-  if (given.has_value()) {
-    TORCH_CHECK(bins.has_value(), op, ": bin_range applies to binned mode only: pass bins=k as well");
-    TORCH_CHECK(given->sizes() == at::IntArrayRef({N, C, 2}), op, ": bin_range must have shape ",
-                at::IntArrayRef({N, C, 2}), ", got ", given->sizes());
-    TORCH_CHECK(given->scalar_type() == x.scalar_type() && given->device() == x.device(), op,
-                ": bin_range must have the source's dtype and device");
-    return given->contiguous();
-  }
   if (!bins.has_value() || N * C == 0) return at::Tensor();
   auto [lo, hi] = at::aminmax(x.reshape({N * C, -1}), 1);
   return at::stack({lo, hi}, 1).contiguous();

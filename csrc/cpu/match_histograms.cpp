@@ -518,25 +518,9 @@ template void match_planes<double, BicubicRows<double>>(const BicubicRows<double
 
 static at::Tensor match_histograms_cpu(const at::Tensor& source, const at::Tensor& reference,
                                        std::optional<int64_t> bins, const std::optional<at::Tensor>& bin_range) {
-  TORCH_CHECK(source.dim() == 4 && reference.dim() == 4,
-              "psr::match_histograms: source and reference must be (N, C, H, W), got ", source.sizes(), " and ",
-              reference.sizes());
-  TORCH_CHECK(source.size(0) == reference.size(0) && source.size(1) == reference.size(1),
-              "psr::match_histograms: source and reference must agree in N and C, got ", source.sizes(), " and ",
-              reference.sizes());
-  TORCH_CHECK(source.scalar_type() == at::kFloat || source.scalar_type() == at::kDouble,
-              "psr::match_histograms: source must be float32 or float64, got ", source.scalar_type());
-  TORCH_CHECK(reference.scalar_type() == source.scalar_type(),
-              "psr::match_histograms: reference must have the source's dtype");
-  TORCH_CHECK(source.size(2) * source.size(3) > 0 && reference.size(2) * reference.size(3) > 0,
-              "psr::match_histograms: source and reference must have pixels, got ", source.sizes(), " and ",
-              reference.sizes());
-  TORCH_CHECK(!bins.has_value() || (*bins >= 1 && *bins <= (int64_t(1) << 24)),
-              "psr::match_histograms: bins must be in 1..2^24");
+  const at::Tensor range = check_match_args(source, reference, bins, bin_range);
   const at::Tensor src = source.contiguous();
   const at::Tensor ref = reference.contiguous();
-  const at::Tensor range = bin_range.has_value() ? bin_range_arg("psr::match_histograms", bin_range, src, bins)
-                                                 : at::Tensor();
   at::Tensor out = at::empty(src.sizes(), src.options());
   const int64_t P = src.size(0) * src.size(1);
   if (P == 0) return out;

@@ -81,16 +81,8 @@ void Bicubic<scalar_t>::row(int64_t p, int64_t oy, scalar_t* out, scalar_t* tmp)
 template struct Bicubic<float>;
 template struct Bicubic<double>;
 
-static void check_upsample_args(const at::Tensor& x, int64_t scale) {
-  TORCH_CHECK(x.dim() == 4, "psr::upsample_bicubic: x must be (N, C, H, W), got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "psr::upsample_bicubic: x must be float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(scale >= 1 && scale <= kMaxScale, "psr::upsample_bicubic: scale must be in 1..8, got ", scale);
-  TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, "psr::upsample_bicubic: H and W must be positive, got ", x.sizes());
-}
-
 at::Tensor upsample_bicubic_cpu(const at::Tensor& x_in, int64_t scale, double a) {
-  check_upsample_args(x_in, scale);
+  check_upsample_args("psr::upsample_bicubic", x_in, scale);
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int s = static_cast<int>(scale);

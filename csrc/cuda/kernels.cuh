@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "../checks.h"
 #include "../psr_common.h"
 
 #ifndef PSR_CUDA_EMU

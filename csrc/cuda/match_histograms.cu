@@ -829,32 +829,7 @@ at::Tensor match_cuda(const at::Tensor& source, const BicubicArgs* bicubic, cons
 
 static at::Tensor match_histograms_cuda(const at::Tensor& source, const at::Tensor& reference,
                                         std::optional<int64_t> bins, const std::optional<at::Tensor>& bin_range) {
-  TORCH_CHECK(source.dim() == 4 && reference.dim() == 4,
-              "psr::match_histograms: source and reference must be (N, C, H, W), got ", source.sizes(), " and ",
-              reference.sizes());
-  TORCH_CHECK(source.size(0) == reference.size(0) && source.size(1) == reference.size(1),
-              "psr::match_histograms: source and reference must agree in N and C, got ", source.sizes(), " and ",
-              reference.sizes());
-  TORCH_CHECK(source.scalar_type() == at::kFloat || source.scalar_type() == at::kDouble,
-              "psr::match_histograms: source must be float32 or float64, got ", source.scalar_type());
-  TORCH_CHECK(reference.scalar_type() == source.scalar_type(),
-              "psr::match_histograms: reference must have the source's dtype");
-  TORCH_CHECK(reference.device() == source.device(), "psr::match_histograms: reference must be on the source's device");
-  TORCH_CHECK(source.size(2) * source.size(3) > 0 && reference.size(2) * reference.size(3) > 0,
-              "psr::match_histograms: source and reference must have pixels, got ", source.sizes(), " and ",
-              reference.sizes());
-  TORCH_CHECK(!bins.has_value() || (*bins >= 1 && *bins <= (int64_t(1) << 24)),
-              "psr::match_histograms: bins must be in 1..2^24");
-  at::Tensor range;
-  if (bin_range.has_value()) {
-    TORCH_CHECK(bins.has_value(), "psr::match_histograms: bin_range applies to binned mode only: pass bins=k as well");
-    TORCH_CHECK(bin_range->sizes() == at::IntArrayRef({source.size(0), source.size(1), 2}),
-                "psr::match_histograms: bin_range must have shape ",
-                at::IntArrayRef({source.size(0), source.size(1), 2}), ", got ", bin_range->sizes());
-    TORCH_CHECK(bin_range->scalar_type() == source.scalar_type() && bin_range->device() == source.device(),
-                "psr::match_histograms: bin_range must have the source's dtype and device");
-    range = bin_range->contiguous();
-  }
+  const at::Tensor range = check_match_args(source, reference, bins, bin_range);
   return match_cuda(source.contiguous(), nullptr, reference, bins, range);
 }
 

@@ -23,12 +23,7 @@ __global__ void __launch_bounds__(kThreads) upsample_kernel(BicubicSource<scalar
 }  // namespace
 
 static at::Tensor upsample_bicubic_cuda(const at::Tensor& x_in, int64_t scale, double a) {
-  TORCH_CHECK(x_in.dim() == 4, "psr::upsample_bicubic: x must be (N, C, H, W), got ", x_in.sizes());
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
-              "psr::upsample_bicubic: x must be float32 or float64, got ", x_in.scalar_type());
-  TORCH_CHECK(scale >= 1 && scale <= kMaxScale, "psr::upsample_bicubic: scale must be in 1..8, got ", scale);
-  TORCH_CHECK(x_in.size(2) > 0 && x_in.size(3) > 0, "psr::upsample_bicubic: H and W must be positive, got ",
-              x_in.sizes());
+  check_upsample_args("psr::upsample_bicubic", x_in, scale);
   const DeviceGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
