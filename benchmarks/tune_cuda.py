@@ -11,7 +11,12 @@
   the default), with batching off (1), the default, and always on (2^30).
 * ``PSR_CUDA_GENERIC_SCALE``: 1 makes the bicubic source run its generic row loop (S a run-time
   value) instead of the one compiled for scales 2 and 4 (tenth session, never measured on a GPU).
-  Timed on the binned fused op at x4 and x2.
+  Timed on the binned fused op at x4 and x2. Since the eleventh session the histogram pass also
+  tests an input row's S values at once in that loop, so 1 times that change too.
+* ``PSR_CUDA_MAP_MIN_BLOCKS``: 1 runs the float32 map kernels compiled without their default cap
+  of 64 registers (4 resident blocks per SM): ptxas then takes 92, i.e. 2 blocks, for the same
+  row loop (eleventh session, never measured on a GPU). Timed on the binned fused op with and
+  without a residual.
 
 Medians of CUDA-event times; every setting of a case is timed in the same process, in turns. Run by
 ``benchmarks/gpu_check.sh`` (step ``tune``):
@@ -43,6 +48,7 @@ ROWS = ["auto", "1", "2", "4", "8", "16", "32"]
 PLANAR = ["1", "default", str(2**30)]
 SCALED = [(3, 1024, 4), (1, 1024, 4), (3, 1024, 2)]  # scales with a specialised row loop
 GENERIC = ["default", "1"]
+MIN_BLOCKS = ["default", "1"]
 
 
 def sweep(name: str, values: list[str], fn: Callable[[], object], device: str, rounds: int) -> dict[str, float]:
@@ -104,22 +110,31 @@ def main(argv: list[str]) -> int:
             1024,
             "binned fused op (1: the generic row loop)",
         ),
+        (
+            "PSR_CUDA_MAP_MIN_BLOCKS",
+            MIN_BLOCKS,
+            [(3, 16, 4)] if args.quick else [(3, 1024, 4), (3, 512, 8)],
+            1024,
+            "binned fused op (1: map kernels not capped at 64 registers)",
+        ),
     ]
     for knob, values, cases, bins, title in sweeps:
         rows = []
-        for c, size, s in cases:
+        residuals = [False, True] if knob == "PSR_CUDA_MAP_MIN_BLOCKS" else [False]
+        for (c, size, s), with_res in ((case, r) for case in cases for r in residuals):
             x = torch.rand(1, c, size, size, device=dev)
+            res = torch.rand(1, c, size * s, size * s, device=dev) * 0.1 if with_res else None
             ms = sweep(
                 knob,
                 values,
-                lambda x=x, s=s, b=bins: ops.upsample_match(x, s, bins=b, check=False),
+                lambda x=x, s=s, b=bins, r=res: ops.upsample_match(x, s, residual=r, bins=b, check=False),
                 args.device,
                 rounds,
             )
-            rows.append(
-                (f"{c}x{size}^2 x{s}: {c} planes of {(size * s) ** 2} px, {c * (size * s) ** 2 * 4 / 1e6:.0f} MB", ms)
-            )
+            label = f"{c}x{size}^2 x{s}: {c} planes of {(size * s) ** 2} px, {c * (size * s) ** 2 * 4 / 1e6:.0f} MB"
+            rows.append((label + (", residual" if with_res else ""), ms))
             print(rows[-1], flush=True)
+            del res
         out += table(f"{title} by {knob}", values, rows)
 
     text = "\n".join(out)

@@ -220,6 +220,7 @@ struct Binner {
   double mul, lo, factor;  // lo pre-scaled: lo_plane * mul
   int64_t bins;
   float lo32, factor32;  // f32 planes
+  float top32;           // the largest float below bins
   bool f32;
 
   template <typename scalar_t>
@@ -234,9 +235,16 @@ struct Binner {
     return pos >= static_cast<double>(bins) ? bins - 1 : 0;
   }
   PSR_HD float pos32(float v) const { return (v - lo32) * factor32; }
-  PSR_HD int bin32(float pos) const {  // bins <= 2^24: float(bins) is exact
-    if (pos >= 0.0f && pos < static_cast<float>(bins)) return static_cast<int>(pos);
-    return pos >= static_cast<float>(bins) ? static_cast<int>(bins) - 1 : 0;
+  // floor(pos) clamped to [0, bins - 1] as bin() has it, without branches: pos clamped to
+  // [0, top32] (NaN to 0), then truncated; top32, the largest float below bins (<= 2^24, so
+  // float(bins) is exact), truncates to bins - 1. On the GPU: two FMNMX and an F2I.
+  PSR_HD int bin32(float pos) const {
+#ifdef __CUDA_ARCH__
+    return static_cast<int>(fminf(fmaxf(pos, 0.0f), top32));
+#else
+    const float c = pos >= 0.0f ? pos : 0.0f;
+    return static_cast<int>(c < top32 ? c : top32);
+#endif
   }
   // The bin of a value (kF32: this plane is f32, a float32 plane).
   template <typename scalar_t, bool kF32>
@@ -255,26 +263,40 @@ struct Binner {
     return em[k] + t * (em[k + 1] - em[k]);
   }
   // f32 planes: on float edges em32(k) (float(em[k])) when kLerp32, else on the double edges em.
-  template <bool kLerp32, typename Edge32>
-  PSR_HD float map32(float v, const Edge32& em32, const double* em) const {
+  // f32 planes: the bin k of v (returned) and v's position t in it, clamped to [0, 1] (NaN stays).
+  PSR_HD int bin_t32(float v, float& t) const {
     const float p = pos32(v);
     const int k = bin32(p);
-    float t = p - static_cast<float>(k);
-    t = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+    t = p - static_cast<float>(k);  // in [0, 1) where p is in [0, bins)
+    t = t < 0.0f ? 0.0f : t;  // two selects, no branch (and no fminf/fmaxf, which drop NaN)
+    t = t > 1.0f ? 1.0f : t;
+    return k;
+  }
+  template <bool kLerp32, typename Edge32>
+  PSR_HD float map32(float v, const Edge32& em32, const double* em) const {
+    float t;
+    const int k = bin_t32(v, t);
     if constexpr (kLerp32) {
       const float a = em32(k);
-      return a + t * (em32(k + 1) - a);
+      return a + t * (em32(k + 1) - a);  // EdgePair32 keeps a and em32(k + 1) - a: the same bits
     } else {
       return static_cast<float>(em[k] + static_cast<double>(t) * (em[k + 1] - em[k]));
     }
   }
 };
 
+// A bin's float edge and the difference to the next one, as map32's lerp on float edges has them
+// (the CUDA map kernel's table: one 8-byte load and no subtraction per value).
+struct alignas(8) EdgePair32 {
+  float a, d;
+};
+
 // float32 planes (float_plane) get the f32 binning where their range and factor are finite floats.
 PSR_HD Binner make_binner(double lo, double hi, int64_t bins, bool float_plane = false) {
   const double mul = binner_scale(lo, hi, bins);
-  Binner b{mul, lo * mul, static_cast<double>(bins) / (hi * mul - lo * mul), bins, 0.0f, 0.0f, false};
+  Binner b{mul, lo * mul, static_cast<double>(bins) / (hi * mul - lo * mul), bins, 0.0f, 0.0f, 0.0f, false};
   if (float_plane) {
+    b.top32 = nextafterf(static_cast<float>(bins), 0.0f);  // bins >= 1
     b.lo32 = static_cast<float>(lo);
     b.factor32 = static_cast<float>(static_cast<double>(bins) / (hi - lo));
     const float span32 = static_cast<float>(hi) - b.lo32;

@@ -171,6 +171,7 @@ def test_tune_cuda_quick(tmp_path: Path) -> None:
     text = md.read_text()
     assert "PSR_CUDA_TILE_ROWS" in text and "PSR_CUDA_PLANAR_MAX_PIXELS" in text
     assert text.count("| 1x16^2 x2") == 1 and text.count("| 3x16^2 x2") == 1
+    assert "by PSR_CUDA_MAP_MIN_BLOCKS" in text and text.count(", residual |") == 1  # with and without
 
 
 def test_tune_sweep_sets_each_value_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,3 +192,28 @@ def test_compare_checkouts_quick() -> None:
     assert f"| case (ms) | {ROOT} |" in out
     for case in ("binned 1x16^2 x2", "exact 1x16^2 x2", "host 16^2"):
         assert f"| {case} | " in out, out
+
+
+SASS = """
+\t\tFunction : _Z11hist_kernelIfNS0_13BicubicSourceIfLb0EEEvv
+        /*0000*/                   MOV R1, c[0x0][0x28] ;                 /* 0x00000a0000017a02 */
+        /*0010*/                   FMUL R2, R3, UR4 ;                    /* 0x0000000403027c20 */
+        /*0020*/               @P0 FFMA R2, R3, R4, R2 ;                 /* 0x0000000403027223 */
+        /*0030*/                   F2I.TRUNC.NTZ R5, R2 ;                /* 0x0000000200057305 */
+        /*0040*/              @!P1 BRA 0x10 ;                            /* 0x0000000000009947 */
+        /*0050*/                   EXIT ;                                /* 0x000000000000794d */
+\t\tFunction : _Z10map_kernelv
+        /*0000*/                   EXIT ;                                /* 0x000000000000794d */
+"""
+
+
+def test_sass_loops_parses_listings() -> None:
+    import sass_loops
+
+    funcs = sass_loops.functions(SASS)
+    assert list(funcs) == ["_Z11hist_kernelIfNS0_13BicubicSourceIfLb0EEEvv", "_Z10map_kernelv"]
+    ins = funcs["_Z11hist_kernelIfNS0_13BicubicSourceIfLb0EEEvv"]
+    assert [a for a, _ in ins] == [0, 0x10, 0x20, 0x30, 0x40, 0x50]
+    assert [sass_loops.opcode(t) for _, t in ins] == ["MOV", "FMUL", "FFMA", "F2I", "BRA", "EXIT"]
+    assert sass_loops.loops(ins) == [(1, 4)]  # the backward branch at 0x40 closes a loop from 0x10
+    assert sass_loops.loops(funcs["_Z10map_kernelv"]) == []

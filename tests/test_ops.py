@@ -631,12 +631,24 @@ def bad_kernel_calls() -> list[tuple[str, tuple, str]]:
         ("match_histograms", (x, x, 2**24 + 1, None), "bins must be in 1..2^24, got 16777217"),
         ("match_histograms", (x, x, None, torch.zeros(1, 2, 2)), "binned mode only"),
         ("match_histograms", (x, x, 4, torch.zeros(2, 1, 2)), "bin_range must have shape [1, 2, 2], got [2, 1, 2]"),
-        ("match_histograms", (x, x, 4, torch.zeros(1, 2, 2, dtype=torch.float64)), "bin_range must have the source's dtype"),
+        (
+            "match_histograms",
+            (x, x, 4, torch.zeros(1, 2, 2, dtype=torch.float64)),
+            "bin_range must have the source's dtype",
+        ),
         ("upsample_match", (x, 9, None, None, -0.75, None), "psr::upsample_match: scale must be in 1..8"),
         ("upsample_match", (f16, 2, None, None, -0.75, None), "x must be float32 or float64"),
         ("upsample_match", (x, 2, None, None, -0.75, 0), "bins must be in 1..2^24"),
-        ("upsample_match", (x, 2, torch.zeros(1, 2, 6, 9), None, -0.75, None), "residual must have shape [1, 2, 6, 10]"),
-        ("upsample_match", (x, 2, torch.zeros(1, 2, 6, 10).double(), None, -0.75, None), "residual must have x's dtype"),
+        (
+            "upsample_match",
+            (x, 2, torch.zeros(1, 2, 6, 9), None, -0.75, None),
+            "residual must have shape [1, 2, 6, 10]",
+        ),
+        (
+            "upsample_match",
+            (x, 2, torch.zeros(1, 2, 6, 10).double(), None, -0.75, None),
+            "residual must have x's dtype",
+        ),
         ("upsample_match", (x, 2, None, x[:, :1], -0.75, None), "reference must be (N, C, h, w) with x's N and C"),
         ("upsample_match", (x, 2, None, empty, -0.75, None), "reference must have pixels"),
     ]

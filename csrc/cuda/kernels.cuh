@@ -132,6 +132,16 @@ struct BicubicSource {
   // tile `tile`. All threads of the block must call it (it synchronises); f must not synchronise.
   template <typename F>
   __device__ void for_each_value(int64_t p, int64_t tile, scalar_t* smem, F&& f) const {
+    for_each_group<false>(p, tile, smem, [&](auto, const scalar_t* v, int64_t i, int64_t) { f(v[0], i); });
+  }
+  // The same values in groups: g(n, v, i, stride) with n a std::integral_constant, v[0 .. n) the
+  // values at flat indices i + j * stride (registers). kGrouped, with S known at compile time
+  // (scales 2 and 4): a group is the S outputs of one input row, so that callers (hist_kernel) can
+  // test a group at once and branch once per group, not per value. Else one value per call, each
+  // passed on as soon as it is computed: fewer live registers (the map kernel with a residual
+  // needed 80 registers grouped, 64 not).
+  template <bool kGrouped, typename G>
+  __device__ void for_each_group(int64_t p, int64_t tile, scalar_t* smem, G&& g) const {
     const int S = taps.S;
     const uint32_t t32 = static_cast<uint32_t>(tile);  // tile < tpp < 2^31
     const uint32_t tile_row = t32 / ctiles;
@@ -184,24 +194,33 @@ struct BicubicSource {
         win2 = win3;
         win3 = win4;
         win4 = horizontal(k + 4);
-        int64_t i = row0;  // output (q * S + ry, col * S + rx), q = q_first + k
-        // Output row q * S + ry reads input rows q + offset - 1 .. q + offset + 2: offset -1 for
-        // the first neg rows, then 0.
+        // Output (q * S + ry, col * S + rx), q = q_first + k, at flat index row0 + ry * ncols,
+        // reads input rows q + offset - 1 .. q + offset + 2: offset -1 for the first neg rows, then 0.
         const auto one = [&](int ry, bool low) {
           const scalar_t w0 = taps.w[ry][0], w1 = taps.w[ry][1], w2 = taps.w[ry][2], w3 = taps.w[ry][3];
           scalar_t v = low ? fma_(w3, win3, fma_(w2, win2, fma_(w1, win1, w0 * win0)))
                            : fma_(w3, win4, fma_(w2, win3, fma_(w1, win2, w0 * win1)));
-          if constexpr (kResidual) v = v + __ldg(res + i);
-          f(v, i);
-          i += ncols;
+          if constexpr (kResidual) v = v + __ldg(res + row0 + ry * ncols);
+          return v;
         };
-        if constexpr (kS > 0) {
+        if constexpr (kS > 0 && kGrouped) {
+          scalar_t v[kS];
 #pragma unroll
-          for (int ry = 0; ry < kS; ++ry) one(ry, ry < kS / 2);
+          for (int ry = 0; ry < kS; ++ry) v[ry] = one(ry, ry < kS / 2);
+          g(std::integral_constant<int, kS>{}, v, row0, ncols);
         } else {
-          int ry = 0;
-          for (; ry < neg; ++ry) one(ry, true);
-          for (; ry < s; ++ry) one(ry, false);
+          const auto single = [&](int ry, bool low) {
+            const scalar_t v[1] = {one(ry, low)};
+            g(std::integral_constant<int, 1>{}, v, row0 + ry * ncols, ncols);
+          };
+          if constexpr (kS > 0) {
+#pragma unroll
+            for (int ry = 0; ry < kS; ++ry) single(ry, ry < kS / 2);
+          } else {
+            int ry = 0;
+            for (; ry < neg; ++ry) single(ry, true);
+            for (; ry < s; ++ry) single(ry, false);
+          }
         }
       }
     };
@@ -263,6 +282,24 @@ struct PlainSource {
       const int64_t i = (tile * kPlainRun + r) * kThreads + threadIdx.x;
       if (i < n) f(__ldg(src + i), i);
     }
+  }
+  // BicubicSource::for_each_group: kGrouped, a full tile's kPlainRun values of this thread as one
+  // group.
+  template <bool kGrouped, typename G>
+  __device__ void for_each_group(int64_t p, int64_t tile, scalar_t* smem, G&& g) const {
+    const int64_t i0 = tile * kPlainRun * kThreads + threadIdx.x;
+    if (kGrouped && (tile + 1) * kPlainRun * kThreads <= n) {
+      const scalar_t* src = p0 + p * n + i0;
+      scalar_t v[kPlainRun];
+#pragma unroll
+      for (int r = 0; r < kPlainRun; ++r) v[r] = __ldg(src + r * kThreads);
+      g(std::integral_constant<int, kPlainRun>{}, v, i0, int64_t(kThreads));
+      return;
+    }
+    for_each_value(p, tile, smem, [&](scalar_t x, int64_t i) {
+      const scalar_t v[1] = {x};
+      g(std::integral_constant<int, 1>{}, v, i, int64_t(kThreads));
+    });
   }
 };
 

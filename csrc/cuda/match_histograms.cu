@@ -281,14 +281,22 @@ __device__ __forceinline__ bool plane_binner(const typename KeyTraits<scalar_t>:
   return lo != hi;
 }
 
-// Calls f(v, bin) for this block's values of plane p (its tiles from blockIdx.x, gridDim.x apart),
-// binned with the plane's arithmetic: float or double, block-uniform, so one loop for each.
-template <typename scalar_t, typename Src, typename F>
-__device__ __forceinline__ void for_each_binned(const Src& src, int64_t p, scalar_t* smem, const Binner& bn, F&& f) {
+// Calls g(n, v, b) for this block's values of plane p (its tiles from blockIdx.x, gridDim.x apart)
+// in the source's groups (for_each_group<kGrouped>): n a std::integral_constant, v[0 .. n) the values and
+// b[0 .. n) their bins (< 2^24), binned with the plane's arithmetic: float or double,
+// block-uniform, so one loop for each.
+template <typename scalar_t, bool kGrouped, typename Src, typename G>
+__device__ __forceinline__ void for_each_binned_group(const Src& src, int64_t p, scalar_t* smem, const Binner& bn,
+                                                      G&& g) {
   const auto loop = [&](auto f32) {
     for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
-      src.for_each_value(p, tile, smem,
-                         [&](scalar_t v, int64_t) { f(v, bn.bin_of<scalar_t, decltype(f32)::value>(v)); });
+      src.template for_each_group<kGrouped>(p, tile, smem, [&](auto n, const scalar_t* v, int64_t, int64_t) {
+        constexpr int kN = decltype(n)::value;
+        int b[kN];
+#pragma unroll
+        for (int j = 0; j < kN; ++j) b[j] = static_cast<int>(bn.bin_of<scalar_t, decltype(f32)::value>(v[j]));
+        g(n, v, b);
+      });
     }
   };
   if constexpr (std::is_same_v<scalar_t, float>) {
@@ -300,9 +308,19 @@ __device__ __forceinline__ void for_each_binned(const Src& src, int64_t p, scala
   loop(std::false_type{});
 }
 
+// The same, one value at a time: f(v, bin).
+template <typename scalar_t, typename Src, typename F>
+__device__ __forceinline__ void for_each_binned(const Src& src, int64_t p, scalar_t* smem, const Binner& bn, F&& f) {
+  for_each_binned_group<scalar_t, false>(src, p, smem, bn, [&](auto n, const scalar_t* v, const int* b) {
+#pragma unroll
+    for (int j = 0; j < decltype(n)::value; ++j) f(v[j], b[j]);
+  });
+}
+
 // Counts per bin. Each thread adds up runs of equal bins in a register (neighbouring pixels mostly
 // share a bin) and makes one atomic per run, into a block-private histogram in shared memory when
-// it fits.
+// it fits. A group of values (an input row's S outputs at x2 and x4) that all fall in the current
+// run costs one test and one add, with no branch per value.
 template <typename scalar_t, typename Src>
 __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
                                                         const typename KeyTraits<scalar_t>::key_t* mn,
@@ -318,7 +336,7 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
     for (int64_t k = threadIdx.x; k < bins; k += blockDim.x) sh[k] = 0;
     __syncthreads();
   }
-  int64_t cur = -1;
+  int cur = -1;
   unsigned count_cur = 0;
   auto flush = [&] {
     if (count_cur == 0) return;
@@ -328,13 +346,24 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
       atomicAdd(gh + cur, static_cast<unsigned long long>(count_cur));
     }
   };
-  for_each_binned<scalar_t>(src, p, smem, bn, [&](scalar_t, int64_t b) {
-    if (b != cur) {
-      flush();
-      cur = b;
-      count_cur = 0;
+  for_each_binned_group<scalar_t, true>(src, p, smem, bn, [&](auto n, const scalar_t*, const int* b) {
+    constexpr int kN = decltype(n)::value;
+    bool same = true;
+#pragma unroll
+    for (int j = 0; j < kN; ++j) same &= b[j] == cur;
+    if (same) {
+      count_cur += kN;
+      return;
     }
-    ++count_cur;
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      if (b[j] != cur) {
+        flush();
+        cur = b[j];
+        count_cur = 0;
+      }
+      ++count_cur;
+    }
   });
   flush();
   if (shared_hist) {
@@ -382,7 +411,7 @@ __global__ void __launch_bounds__(kThreads) ref_bin_kernel(PlainSource<scalar_t>
     }
     __syncthreads();
   }
-  int64_t cur = -1;
+  int cur = -1;
   unsigned run = 0;
   K run_min = ~K(0), run_max = 0;
   auto flush = [&] {
@@ -397,7 +426,7 @@ __global__ void __launch_bounds__(kThreads) ref_bin_kernel(PlainSource<scalar_t>
       atomic_max_key(gmax + cur, run_max);
     }
   };
-  for_each_binned<scalar_t>(src, p, nullptr, rb, [&](scalar_t v, int64_t b) {
+  for_each_binned<scalar_t>(src, p, nullptr, rb, [&](scalar_t v, int b) {
     const K key = KeyTraits<scalar_t>::key(v);
     if (b != cur) {
       flush();
@@ -436,9 +465,9 @@ __global__ void __launch_bounds__(kThreads) ref_tie_kernel(PlainSource<scalar_t>
   if (!plane_binner<scalar_t>(rmn, rmx, p, bins, rb)) return;  // one distinct value: a single knot
   const K* gmin = bmin + p * bins;
   unsigned int* gc = cmin + p * bins;
-  int64_t cur = -1;
+  int cur = -1;
   unsigned run = 0;
-  for_each_binned<scalar_t>(src, p, nullptr, rb, [&](scalar_t v, int64_t b) {
+  for_each_binned<scalar_t>(src, p, nullptr, rb, [&](scalar_t v, int b) {
     if (KeyTraits<scalar_t>::key(v) != gmin[b]) return;
     if (b != cur) {
       if (run != 0) atomicAdd(gc + cur, run);
@@ -526,33 +555,24 @@ __global__ void edge_kernel(const unsigned long long* cum, int64_t P, int64_t bi
 }
 
 // The mapping: the plane's edge map goes to shared memory once per block (the two edges a value
-// needs sit at data-dependent bins: from global memory that was about a cache line per lane).
-template <typename scalar_t, typename Src>
-__global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
+// needs sit at data-dependent bins: from global memory that was about a cache line per lane), for
+// float32 planes' fast path as (edge, difference to the next) pairs. kMinBlocks: resident blocks
+// per SM asked of the compiler. 4 (at most 64 registers) by default: with 1, ptxas gives the
+// float32 bicubic map kernels 92 registers (2 blocks per SM, a quarter of the threads) for the same
+// 26-30 instructions per output in the row loop; capped, the row loop is unchanged and the few
+// spills (with a residual) sit outside it. PSR_CUDA_MAP_MIN_BLOCKS=1 (tuning only) runs the
+// uncapped float32 kernels, so that a GPU can tell which is faster.
+template <typename scalar_t, typename Src, int kMinBlocks = 4>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) map_kernel(Src src, int64_t plane0,
                                                        const typename KeyTraits<scalar_t>::key_t* mn,
                                                        const typename KeyTraits<scalar_t>::key_t* mx, int64_t bins,
                                                        const double* em, const float* em32, const double* top_p,
                                                        scalar_t* out, bool shared_edges) {
   PSR_SHARED_ARRAY(scalar_t, smem, Src::kSmem);
-  PSR_EXTERN_SHARED(double, she);
+  PSR_EXTERN_SHARED(double, she);  // bins + 1 doubles, or bins EdgePair32
   const int64_t p = plane0 + blockIdx.y;
   Binner bn;
   const bool varies = plane_binner<scalar_t>(mn, mx, p, bins, bn);  // block-uniform
-  const double* e = em + p * (bins + 1);
-  const float* e32 = em32 + p * (bins + 1);  // float(e[k]), from edge_kernel
-  // f32 planes with float edges (lerp32): the fast path, float arithmetic throughout.
-  const bool lerp32 = std::is_same_v<scalar_t, float> && varies && bn.f32 && lerp32_ok(e[0], e[bins]);
-  if (varies && shared_edges) {
-    if (lerp32) {
-      float* s32 = reinterpret_cast<float*>(she);
-      for (int64_t k = threadIdx.x; k <= bins; k += blockDim.x) s32[k] = e32[k];
-      e32 = s32;
-    } else {
-      for (int64_t k = threadIdx.x; k <= bins; k += blockDim.x) she[k] = e[k];
-      e = she;
-    }
-    __syncthreads();
-  }
   scalar_t* plane_out = out + p * src.numel();
   if (!varies) {  // a constant plane is one tie group at quantile 1: the reference's maximum
     const scalar_t top = static_cast<scalar_t>(top_p[p]);
@@ -560,23 +580,45 @@ __global__ void __launch_bounds__(kThreads) map_kernel(Src src, int64_t plane0,
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < src.numel(); i += step) plane_out[i] = top;
     return;
   }
+  const double* e = em + p * (bins + 1);
+  const float* e32 = em32 + p * (bins + 1);  // float(e[k]), from edge_kernel
   const auto each = [&](const auto& f) {
     for (int64_t tile = blockIdx.x; tile < src.tiles_per_plane(); tile += gridDim.x) {
       src.for_each_value(p, tile, smem, f);
     }
   };
-  const auto edge32 = [e32](int k) { return e32[k]; };
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (lerp32) {
-      each([&](scalar_t v, int64_t i) { plane_out[i] = bn.map32<true>(v, edge32, e); });
+    // f32 planes with float edges (lerp32): the fast path, float arithmetic throughout.
+    if (bn.f32 && lerp32_ok(e[0], e[bins])) {
+      if (shared_edges) {
+        auto* pairs = reinterpret_cast<EdgePair32*>(she);
+        for (int64_t k = threadIdx.x; k < bins; k += blockDim.x) {
+          const float a = e32[k];
+          pairs[k] = EdgePair32{a, e32[k + 1] - a};
+        }
+        __syncthreads();
+        each([&](scalar_t v, int64_t i) {
+          float t;
+          const EdgePair32 ed = pairs[bn.bin_t32(v, t)];
+          plane_out[i] = ed.a + t * ed.d;  // map32<true>'s lerp
+        });
+      } else {
+        const auto edge32 = [e32](int k) { return __ldg(e32 + k); };
+        each([&](scalar_t v, int64_t i) { plane_out[i] = bn.map32<true>(v, edge32, e); });
+      }
       return;
     }
   }
   // float32 planes' fallbacks (double edges; double binning) and float64 planes.
+  if (shared_edges) {
+    for (int64_t k = threadIdx.x; k <= bins; k += blockDim.x) she[k] = e[k];
+    __syncthreads();
+    e = she;
+  }
   each([&](scalar_t v, int64_t i) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (bn.f32) {
-        plane_out[i] = bn.map32<false>(v, edge32, e);
+        plane_out[i] = bn.map32<false>(v, [](int) { return 0.0f; }, e);  // double edges only
         return;
       }
     }
@@ -787,11 +829,20 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
          as<float>(em32), top);
   const bool shared_edges = nbins + 1 <= kSmemEdges;
   const size_t edge_smem = shared_edges ? static_cast<size_t>(nbins + 1) * sizeof(double) : 0;
-  for_grid_rows(P, [&](int64_t p0, int64_t np) {
-    launch(map_kernel<scalar_t, Src>, plane_grid(map_kernel<scalar_t, Src>, edge_smem, tpp, np), kThreads, edge_smem,
-           stream, src, p0, mn, mx, nbins, static_cast<const double*>(as<double>(em)),
-           static_cast<const float*>(as<float>(em32)), static_cast<const double*>(top), o, shared_edges);
-  });
+  const auto map_pass = [&](auto kernel) {
+    for_grid_rows(P, [&](int64_t p0, int64_t np) {
+      launch(kernel, plane_grid(kernel, edge_smem, tpp, np), kThreads, edge_smem, stream, src, p0, mn, mx, nbins,
+             static_cast<const double*>(as<double>(em)), static_cast<const float*>(as<float>(em32)),
+             static_cast<const double*>(top), o, shared_edges);
+    });
+  };
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (tuning_env("PSR_CUDA_MAP_MIN_BLOCKS") == 1) {
+      map_pass(map_kernel<scalar_t, Src, 1>);
+      return;
+    }
+  }
+  map_pass(map_kernel<scalar_t, Src>);
 }
 
 }  // namespace

@@ -240,15 +240,25 @@ inline void run_block(Block& b, int threads, dim3 grid, dim3 block, uint3 bid) {
   }
 }
 
-// The grid of every launch since the last clear (tests look at how work was split).
-inline std::vector<std::tuple<unsigned, unsigned, unsigned>>& launch_log() {
-  static std::vector<std::tuple<unsigned, unsigned, unsigned>> log;
+// The grid of every launch since the last clear, with the kernel (numbered in order of first
+// launch): tests look at how work was split, and at which kernel variants ran.
+inline std::vector<std::tuple<unsigned, unsigned, unsigned, unsigned>>& launch_log() {
+  static std::vector<std::tuple<unsigned, unsigned, unsigned, unsigned>> log;
   return log;
+}
+
+inline unsigned kernel_number(const void* kernel) {
+  static std::vector<const void*> seen;
+  for (size_t i = 0; i < seen.size(); ++i) {
+    if (seen[i] == kernel) return static_cast<unsigned>(i);
+  }
+  seen.push_back(kernel);
+  return static_cast<unsigned>(seen.size() - 1);
 }
 
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t, Args&&... args) {
-  launch_log().emplace_back(grid.x, grid.y, grid.z);
+  launch_log().emplace_back(grid.x, grid.y, grid.z, kernel_number(reinterpret_cast<const void*>(kernel)));
   if (block.y != 1 || block.z != 1) fail("launch: only 1-D blocks are emulated");
   if (block.x == 0 || block.x > 1024) fail("launch: blockDim.x must be 1..1024");
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("launch: empty grid (cudaErrorInvalidConfiguration)");

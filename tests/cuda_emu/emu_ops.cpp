@@ -80,7 +80,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         psr_emu::launch_log().clear();
         return grids;
       },
-      "The (x, y, z) grids launched since the last call.");
+      "The (x, y, z, kernel number) of each launch since the last call.");
   m.def("selftest_reverse", &emu_selftest::reverse, "x"_a, "sync"_a);
   m.def("selftest_divergent_sync", &emu_selftest::divergent_sync);
   m.def("selftest_exited_lanes", &emu_selftest::exited_lanes);
