@@ -100,6 +100,9 @@ struct BicubicSource {
 
   static BicubicSource make(const scalar_t* x, const scalar_t* residual, int64_t H, int64_t W,
                             const Taps<scalar_t>& taps) {
+    // for_each_value stages rows with 32-bit offsets, halo rows included
+    TORCH_CHECK((H + 2) * W < (int64_t(1) << 31), "psr: at most 2^31 - 1 input pixels per plane on CUDA, got ", H,
+                " x ", W);
     BicubicSource s{x, residual, H, W, taps, 1, 0, 0, 0, true};
     s.set_band(1);
     return s;
@@ -156,11 +159,36 @@ struct BicubicSource {
     __syncthreads();  // the previous tile's patch may still be read
     // Patch row r is input row q_first - 2 + r (padded). Columns past W + 1 are never read: an
     // active thread reads columns col - 2 .. col + 2 <= W + 1.
-    for (int e = threadIdx.x; e < (nq + 4) * width; e += blockDim.x) {
-      const int r = e / width, c = e - r * width;
+    const int nr = nq + 4;
+    if (width <= static_cast<int>(blockDim.x)) {
+      // Each thread keeps one patch column (its padded input column found once per tile) and
+      // steps down the rows, rpp rows apart: per staged value a row index, a load and a store.
+      // (A flat loop over the patch paid an integer division and two 64-bit border maps per value:
+      // at x2, where a tile's patch is 10 values per thread for 32 outputs, about as many
+      // instructions per output as the histogram's row loop itself.)
+      const int rpp = static_cast<int>(blockDim.x) / width;  // rows per pass
+      const int r0 = static_cast<int>(threadIdx.x) / width, c = static_cast<int>(threadIdx.x) - r0 * width;
       const int64_t j = c0 + c - 2;
-      if (j - 2 < W) {
-        smem[e] = __ldg(plane + pad_index(q_first - 2 + r, H, taps.symmetric) * W + pad_index(j, W, taps.symmetric));
+      if (r0 < rpp && j - 2 < W) {
+        const scalar_t* src = plane + pad_index(j, W, taps.symmetric);
+        // 32-bit row offsets (make checks (H + 2) * W < 2^31): input row qi, its offset off.
+        const int h = static_cast<int>(H), w = static_cast<int>(W), step = rpp * w, estep = rpp * width;
+        int qi = static_cast<int>(q_first) - 2 + r0, off = qi * w;
+        for (int r = r0, e = r0 * width + c; r < nr; r += rpp, e += estep, qi += rpp, off += step) {
+          // Only the two halo rows at each end of the image can need the border map.
+          const int o = static_cast<unsigned>(qi) < static_cast<unsigned>(h)
+                            ? off
+                            : static_cast<int>(pad_index(qi, H, taps.symmetric)) * w;
+          smem[e] = __ldg(src + o);
+        }
+      }
+    } else {  // scale 1: 260 patch columns for 256 threads
+      for (int e = threadIdx.x; e < nr * width; e += blockDim.x) {
+        const int r = e / width, c = e - r * width;
+        const int64_t j = c0 + c - 2;
+        if (j - 2 < W) {
+          smem[e] = __ldg(plane + pad_index(q_first - 2 + r, H, taps.symmetric) * W + pad_index(j, W, taps.symmetric));
+        }
       }
     }
     __syncthreads();
