@@ -174,12 +174,16 @@ struct BicubicSource {
         // 32-bit row offsets (make checks (H + 2) * W < 2^31): input row qi, its offset off.
         const int h = static_cast<int>(H), w = static_cast<int>(W), step = rpp * w, estep = rpp * width;
         int qi = static_cast<int>(q_first) - 2 + r0, off = qi * w;
-        for (int r = r0, e = r0 * width + c; r < nr; r += rpp, e += estep, qi += rpp, off += step) {
-          // Only the two halo rows at each end of the image can need the border map.
-          const int o = static_cast<unsigned>(qi) < static_cast<unsigned>(h)
-                            ? off
-                            : static_cast<int>(pad_index(qi, H, taps.symmetric)) * w;
-          smem[e] = __ldg(src + o);
+        if (q_first >= 2 && q_first + nq + 2 <= H) {  // no halo row outside the image (most tiles)
+          for (int r = r0, e = r0 * width + c; r < nr; r += rpp, e += estep, off += step) smem[e] = __ldg(src + off);
+        } else {
+          for (int r = r0, e = r0 * width + c; r < nr; r += rpp, e += estep, qi += rpp, off += step) {
+            // Only the two halo rows at each end of the image can need the border map.
+            const int o = static_cast<unsigned>(qi) < static_cast<unsigned>(h)
+                              ? off
+                              : static_cast<int>(pad_index(qi, H, taps.symmetric)) * w;
+            smem[e] = __ldg(src + o);
+          }
         }
       }
     } else {  // scale 1: 260 patch columns for 256 threads
