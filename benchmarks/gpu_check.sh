@@ -24,7 +24,7 @@
 #   3b. ops benchmark, fused vs (a), floors             ~1-2 min (limit 240 s)
 #   3c. per-kernel profile of the fused op (profile_ops.py -> profile_ops.md)      ~30 s (limit 90 s)
 #   3d. tuning sweep: tile rows (binned), planar sort threshold (exact), the row loop compiled for
-#       scales 2 and 4 against the generic one, the map kernels with and without their register cap
+#       scales 2, 3, 4, 8 against the generic one, the map kernels with and without their register cap
 #       (tune_cuda.py -> tune_cuda.md)                  ~50 s (limit 90 s)
 #   3e. (opt-in, step "ncu") Nsight Compute sections of the binned passes (the input's min/max, the
 #       histogram, the map)                             ~30 s (limit 120 s)

@@ -3,11 +3,15 @@
 Compiles ``csrc/cuda/match_histograms.cu`` for sm_90 as the JIT build does (``nvcc``, the flags of
 ``psr._build.cuda_nvcc_flags``), disassembles it with ``cuobjdump -sass`` and, for the float32
 histogram and map kernels over a bicubic source (with and without a residual), prints the
-registers and stack per thread and the kernel's row loops: their length in instructions and
-the most frequent opcodes. The row loop compiled for scale 4 is the loop with 4 ``F2I`` (one bin
-per output) and 5 shared loads for the horizontal pass; its length over 4 is an upper bound of the
+registers and stack per thread and the kernel's loops: their length in instructions and the most
+frequent opcodes. A row loop has 5 shared loads for the horizontal pass and one ``F2I`` (a bin) per
+output: S for the loops compiled for scales 2, 3, 4 and 8 (one of each per variant: float or
+double binning, shared or global histogram or edges), 1 or 2 for the generic loop (S a run-time
+value); ptxas may merge or split loops, so tell them apart in the listing. Its length over its
+outputs is an upper bound of the
 instructions per output (the slow path of the histogram's run test is in the loop body too; its
-common path is read off the listing, ``--dump``).
+common path is read off the listing, ``--dump``). The staging loops are the short ones with an
+``LDG`` and an ``STS``.
 
     python benchmarks/sass_loops.py            # the table
     python benchmarks/sass_loops.py --dump hist_f32 --at 0x22f0   # one loop's listing
@@ -141,8 +145,10 @@ def main() -> None:
             ops = collections.Counter(opcode(t) for _, t in body)
             if not 40 <= len(body) <= 400:  # row loops, not the tile loops around them
                 continue
-            s4 = ops["F2I"] == 4 and ops["LDS"] in (5, 9)  # the scale-4 row loop (9: 4 edge loads too)
-            mark = f"  <- scale 4 row loop: <= {len(body) / 4:.1f} per output" if s4 else ""
+            # a row loop: the horizontal pass's 5 shared loads per input row, a bin (F2I) per output
+            n = ops["F2I"]
+            row = n >= 1 and ops["LDS"] >= 5
+            mark = f"  <- row loop, {n} outputs: <= {len(body) / n:.1f} per output" if row else ""
             print(f"  loop {ins[s][0]:#06x}: {len(body):4d} instr {dict(ops.most_common(10))}{mark}")
             if args.dump and (args.at is None or int(args.at, 16) == ins[s][0]):
                 for a, t in body:

@@ -10,8 +10,9 @@
   keys. Timed on the exact fused op for RGB images with planes of 2^18 to 2^24 pixels (the last above
   the default), with batching off (1), the default, and always on (2^30).
 * ``PSR_CUDA_GENERIC_SCALE``: 1 makes the bicubic source run its generic row loop (S a run-time
-  value) instead of the one compiled for scales 2 and 4 (tenth session, never measured on a GPU).
-  Timed on the binned fused op at x4 and x2. Since the eleventh session the histogram pass also
+  value) instead of the one compiled for scales 2, 3, 4 and 8 (2 and 4 since the tenth session, 3
+  and 8 since the eleventh; never measured on a GPU).
+  Timed on the binned fused op at x2, x3, x4 and x8. Since the eleventh session the histogram pass also
   tests an input row's S values at once in that loop, so 1 times that change too.
 * ``PSR_CUDA_MAP_MIN_BLOCKS``: 1 runs the float32 map kernels compiled without their default cap
   of 64 registers (4 resident blocks per SM): ptxas then takes 92, i.e. 2 blocks, for the same
@@ -46,7 +47,7 @@ BINNED = [(1, 1024, 8), (3, 512, 8), (3, 1024, 4), (3, 1024, 8)]  # (C, LR size,
 EXACT = [(3, 128, 4), (3, 256, 4), (3, 512, 4), (3, 1024, 2), (3, 1024, 4)]  # planes of 2^18 .. 2^24 px
 ROWS = ["auto", "1", "2", "4", "8", "16", "32"]
 PLANAR = ["1", "default", str(2**30)]
-SCALED = [(3, 1024, 4), (1, 1024, 4), (3, 1024, 2)]  # scales with a specialised row loop
+SCALED = [(3, 1024, 4), (1, 1024, 4), (3, 1024, 2), (3, 512, 8), (3, 1024, 3)]  # scales with a specialised row loop
 GENERIC = ["default", "1"]
 MIN_BLOCKS = ["default", "1"]
 

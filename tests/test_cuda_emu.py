@@ -427,11 +427,11 @@ def test_fuzz_small_shapes(emu: ModuleType, data: st.DataObject) -> None:
         )
 
 
-@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
 def test_scale_specialised_row_loop_keeps_the_bits(
     emu: ModuleType, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, scale: int
 ) -> None:
-    """Scales 2 and 4 run a row loop compiled for them; PSR_CUDA_GENERIC_SCALE=1 forces the generic
+    """Scales 2, 3, 4 and 8 run a row loop compiled for them; PSR_CUDA_GENERIC_SCALE=1 forces the generic
     one. Same bits in every kernel that reads the bicubic source (upsampling, exact sort keys,
     binned histogram and map, with and without a residual), and right against F.interpolate."""
     x = rand(rng, (2, 2, 13, 70), torch.float32)

@@ -96,7 +96,7 @@ struct BicubicSource {
   int cpt;            // input columns per tile: kThreads / S
   uint32_t ctiles;    // tiles across a plane
   int64_t tpp;        // tiles per plane (< 2^31)
-  bool specialised;   // the row loop compiled for S (scales 2 and 4), unless PSR_CUDA_GENERIC_SCALE
+  bool specialised;   // the row loop compiled for S (scales 2, 3, 4, 8), unless PSR_CUDA_GENERIC_SCALE
 
   static BicubicSource make(const scalar_t* x, const scalar_t* residual, int64_t H, int64_t W,
                             const Taps<scalar_t>& taps) {
@@ -139,7 +139,7 @@ struct BicubicSource {
   }
   // The same values in groups: g(n, v, i, stride) with n a std::integral_constant, v[0 .. n) the
   // values at flat indices i + j * stride (registers). kGrouped, with S known at compile time
-  // (scales 2 and 4): a group is the S outputs of one input row, so that callers (hist_kernel) can
+  // (scales 2, 3, 4, 8): a group is the S outputs of one input row, so that callers (hist_kernel) can
   // test a group at once and branch once per group, not per value. Else one value per call, each
   // passed on as soon as it is computed: fewer live registers (the map kernel with a residual
   // needed 80 registers grouped, 64 not).
@@ -209,12 +209,13 @@ struct BicubicSource {
     const int64_t ncols = cols();
     const scalar_t* res = kResidual ? residual + p * numel() : nullptr;
     const int64_t i0 = q_first * S * ncols + col * S + rx;  // output (q * S, col * S + rx)
-    // Scales 2 and 4 get the row loop with S known at compile time: the vertical weights become
-    // constant-bank operands of the FMAs and the phase loop unrolls (with S a run-time value, each
-    // output also pays four indexed constant loads and the loop's own arithmetic). Same bits
-    // either way. Not for 3 and 8: there ptxas needed more registers than the generic loop (and
-    // spilled in the map kernel with a residual), which costs occupancy; to be measured on a GPU
-    // (benchmarks/tune_cuda.py, PSR_CUDA_GENERIC_SCALE=1 forces the generic loop).
+    // Scales 2, 3, 4 and 8 (the shipped models' and the GPU goal's) get the row loop with S known at
+    // compile time: the vertical weights become constant-bank operands of the FMAs and the phase
+    // loop unrolls (with S a run-time value, each output also pays the loop's own arithmetic: the
+    // map pass at x8 went from about 44 to 24 instructions per output). Same bits either way.
+    // (In the tenth session 3 and 8 raised the registers and spilled in the map kernel; since the
+    // map kernels are capped at 64 registers and the histogram tests groups, they do not.)
+    // benchmarks/tune_cuda.py times both; PSR_CUDA_GENERIC_SCALE=1 forces the generic loop.
     const auto rows = [&](auto ks) {
       constexpr int kS = decltype(ks)::value;  // 0: S at run time
       const int s = kS > 0 ? kS : S;
@@ -258,7 +259,9 @@ struct BicubicSource {
     };
     switch (specialised ? S : 0) {
       case 2: rows(std::integral_constant<int, 2>{}); break;
+      case 3: rows(std::integral_constant<int, 3>{}); break;
       case 4: rows(std::integral_constant<int, 4>{}); break;
+      case 8: rows(std::integral_constant<int, 8>{}); break;
       default: rows(std::integral_constant<int, 0>{});
     }
   }

@@ -319,7 +319,7 @@ __device__ __forceinline__ void for_each_binned(const Src& src, int64_t p, scala
 
 // Counts per bin. Each thread adds up runs of equal bins in a register (neighbouring pixels mostly
 // share a bin) and makes one atomic per run, into a block-private histogram in shared memory when
-// it fits. A group of values (an input row's S outputs at x2 and x4) that all fall in the current
+// it fits. A group of values (an input row's S outputs at x2, x3, x4, x8) that all fall in the current
 // run costs one test and one add, with no branch per value.
 template <typename scalar_t, typename Src>
 __global__ void __launch_bounds__(kThreads) hist_kernel(Src src, int64_t plane0,
