@@ -14,9 +14,12 @@ The wrappers validate their arguments and refuse NaN/Inf (``check=False`` skips 
 costs one host synchronisation on CUDA). Half and bfloat16 inputs are computed in float32 and
 cast back.
 
-Two environment variables tune how the CUDA kernels split their work, never their results (for
-``benchmarks/tune_cuda.py``): ``PSR_CUDA_TILE_ROWS`` (input rows per bicubic tile) and
-``PSR_CUDA_PLANAR_MAX_PIXELS`` (largest float32 plane that exact mode sorts together with others).
+Four environment variables tune how the CUDA kernels do their work, never their results (for
+``benchmarks/tune_cuda.py``): ``PSR_CUDA_TILE_ROWS`` (input rows per bicubic tile),
+``PSR_CUDA_PLANAR_MAX_PIXELS`` (largest float32 plane that exact mode sorts together with others),
+``PSR_CUDA_GENERIC_SCALE=1`` (the bicubic row loop with the scale as a run-time value, not the one
+compiled for 2, 3, 4 and 8) and ``PSR_CUDA_MAP_MIN_BLOCKS=1`` (the float32 map kernels without their
+64-register cap).
 """
 
 from __future__ import annotations
