@@ -39,7 +39,8 @@ KERNELS = {  # name: a pattern of the mangled name
     # no variants), and the uncapped one (PSR_CUDA_MAP_MIN_BLOCKS=1)
     "map_f32": r"map_kernelIfNS0_13BicubicSourceIfLb0EE(ELi4|EEEv)",
     "map_f32_residual": r"map_kernelIfNS0_13BicubicSourceIfLb1EE(ELi4|EEEv)",
-    "map_f32_uncapped": r"map_kernelIfNS0_13BicubicSourceIfLb0EEELi1E",
+    "map_f32_uncapped": r"map_kernelIfNS0_13BicubicSourceIfLb0EEELi0E",
+    "map_f64": r"map_kernelIdNS0_13BicubicSourceIdLb0EE(ELi0|EEEv)",
     "hist_f32_plain": r"hist_kernelIfNS0_11PlainSourceIf",
     "map_f32_plain": r"map_kernelIfNS0_11PlainSourceIfEE(Li4|EEv)",
 }

@@ -15,9 +15,9 @@
   Timed on the binned fused op at x2, x3, x4 and x8. Since the eleventh session the histogram pass also
   tests an input row's S values at once in that loop, so 1 times that change too.
 * ``PSR_CUDA_MAP_MIN_BLOCKS``: 1 runs the float32 map kernels compiled without their default cap
-  of 64 registers (4 resident blocks per SM): ptxas then takes 92, i.e. 2 blocks, for the same
-  row loop (eleventh session, never measured on a GPU). Timed on the binned fused op with and
-  without a residual.
+  of 64 registers (4 resident blocks per SM): ptxas then takes 80 with a residual, i.e. 3 blocks,
+  for the same row loop (eleventh session, never measured on a GPU). Timed on the binned fused op
+  with and without a residual.
 
 Medians of CUDA-event times; every setting of a case is timed in the same process, in turns. Run by
 ``benchmarks/gpu_check.sh`` (step ``tune``):

@@ -262,7 +262,6 @@ struct Binner {
     if constexpr (std::is_same_v<scalar_t, double>) return lerp_edges(em[k], em[k + 1], t);
     return em[k] + t * (em[k + 1] - em[k]);
   }
-  // f32 planes: on float edges em32(k) (float(em[k])) when kLerp32, else on the double edges em.
   // f32 planes: the bin k of v (returned) and v's position t in it, clamped to [0, 1] (NaN stays).
   PSR_HD int bin_t32(float v, float& t) const {
     const float p = pos32(v);
@@ -272,6 +271,7 @@ struct Binner {
     t = t > 1.0f ? 1.0f : t;
     return k;
   }
+  // f32 planes: on float edges em32(k) (float(em[k])) when kLerp32, else on the double edges em.
   template <bool kLerp32, typename Edge32>
   PSR_HD float map32(float v, const Edge32& em32, const double* em) const {
     float t;

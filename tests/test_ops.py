@@ -10,6 +10,7 @@ fake kernels (torch.library.opcheck) and a compile-only check of the CUDA source
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -460,6 +461,32 @@ def test_wide_planes_many_tiles(rng: np.random.Generator, device: str) -> None:
         rng_x = ops.plane_range(x) if bins is not None else None
         torch.testing.assert_close(got, ops.match_histograms(up, x, bins=bins, bin_range=rng_x), rtol=0, atol=0)
     torch.testing.assert_close(ops.upsample_match(x, 4).cpu(), sk_match(up.cpu(), x.cpu()), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("bins", [1, 7, 1024, 2**24])
+def test_cuda_binned_special_values_are_the_cpu_kernels(bins: int) -> None:
+    """The GPU bins with fminf/fmaxf against the largest float below bins, where the CPU kernel and
+    the emulator run compares and selects: the same bins for NaN (bin 0), infinities, -0.0 and values
+    past either end of the range (check=False), bit for bit, at the smallest and largest bin counts
+    too; plain, and fused through a residual (against the CPU kernel on the GPU's upsampled values,
+    whose last bits may differ from the CPU's)."""
+    g = np.random.default_rng(5)
+    src = torch.from_numpy(g.random((1, 2, 37, 29)) * 4 - 2).float()
+    special = [math.nan, math.inf, -math.inf, -0.0, 0.0, 1.0, -1.0, 1.5, -0.5, 1e30, -1e30, 3.4e38, -3.4e38]
+    src.view(-1)[: len(special)] = torch.tensor(special)
+    src.view(-1)[-len(special) :] = torch.tensor(special)
+    ref = torch.from_numpy(g.random((1, 2, 11, 13))).float()
+    bin_range = torch.tensor([[[-1.0, 1.0], [-0.5, 1.5]]])
+    got = ops.match_histograms(src.cuda(), ref.cuda(), bins=bins, bin_range=bin_range.cuda(), check=False).cpu()
+    want = ops.match_histograms(src, ref, bins=bins, bin_range=bin_range, check=False)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    x = torch.from_numpy(g.random((1, 2, 9, 7))).float()
+    res = src[:, :, :36, :28] * 0.25
+    got = ops.upsample_match(x.cuda(), 4, residual=res.cuda(), reference=ref.cuda(), bins=bins, check=False).cpu()
+    up = ops.upsample_bicubic(x.cuda(), 4).cpu() + res
+    want = ops.match_histograms(up, ref, bins=bins, bin_range=ops.plane_range(x), check=False)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -101,8 +101,8 @@ struct BicubicSource {
   static BicubicSource make(const scalar_t* x, const scalar_t* residual, int64_t H, int64_t W,
                             const Taps<scalar_t>& taps) {
     // for_each_value stages rows with 32-bit offsets, halo rows included
-    TORCH_CHECK((H + 2) * W < (int64_t(1) << 31), "psr: at most 2^31 - 1 input pixels per plane on CUDA, got ", H,
-                " x ", W);
+    TORCH_CHECK((H + 2) * W < (int64_t(1) << 31), "psr: on CUDA, (H + 2) * W must be below 2^31 for x's planes, got ",
+                H, " x ", W);
     BicubicSource s{x, residual, H, W, taps, 1, 0, 0, 0, true};
     s.set_band(1);
     return s;
@@ -172,17 +172,21 @@ struct BicubicSource {
       if (r0 < rpp && j - 2 < W) {
         const scalar_t* src = plane + pad_index(j, W, taps.symmetric);
         // 32-bit row offsets (make checks (H + 2) * W < 2^31): input row qi, its offset off.
-        const int h = static_cast<int>(H), w = static_cast<int>(W), step = rpp * w, estep = rpp * width;
-        int qi = static_cast<int>(q_first) - 2 + r0, off = qi * w;
+        // (unsigned: the step past the last row may wrap, harmlessly; every offset used is below 2^31)
+        const unsigned h = static_cast<unsigned>(H), w = static_cast<unsigned>(W), step = rpp * w;
+        const int estep = rpp * width;
+        int qi = static_cast<int>(q_first) - 2 + r0;
+        unsigned off = static_cast<unsigned>(qi) * w;
         if (q_first >= 2 && q_first + nq + 2 <= H) {  // no halo row outside the image (most tiles)
-          for (int r = r0, e = r0 * width + c; r < nr; r += rpp, e += estep, off += step) smem[e] = __ldg(src + off);
+          for (int r = r0, e = r0 * width + c; r < nr; r += rpp, e += estep, off += step) {
+            smem[e] = __ldg(src + static_cast<int>(off));
+          }
         } else {
           for (int r = r0, e = r0 * width + c; r < nr; r += rpp, e += estep, qi += rpp, off += step) {
             // Only the two halo rows at each end of the image can need the border map.
-            const int o = static_cast<unsigned>(qi) < static_cast<unsigned>(h)
-                              ? off
-                              : static_cast<int>(pad_index(qi, H, taps.symmetric)) * w;
-            smem[e] = __ldg(src + o);
+            const unsigned o = static_cast<unsigned>(qi) < h ? off
+                                                             : static_cast<unsigned>(pad_index(qi, H, taps.symmetric)) * w;
+            smem[e] = __ldg(src + static_cast<int>(o));
           }
         }
       }

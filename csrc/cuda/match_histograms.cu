@@ -557,12 +557,14 @@ __global__ void edge_kernel(const unsigned long long* cum, int64_t P, int64_t bi
 // The mapping: the plane's edge map goes to shared memory once per block (the two edges a value
 // needs sit at data-dependent bins: from global memory that was about a cache line per lane), for
 // float32 planes' fast path as (edge, difference to the next) pairs. kMinBlocks: resident blocks
-// per SM asked of the compiler. 4 (at most 64 registers) by default: with 1, ptxas gives the
-// float32 bicubic map kernels 92 registers (2 blocks per SM, a quarter of the threads) for the same
-// 26-30 instructions per output in the row loop; capped, the row loop is unchanged and the few
-// spills (with a residual) sit outside it. PSR_CUDA_MAP_MIN_BLOCKS=1 (tuning only) runs the
-// uncapped float32 kernels, so that a GPU can tell which is faster.
-template <typename scalar_t, typename Src, int kMinBlocks = 4>
+// per SM asked of the compiler (0: no minimum). float32: 4 (at most 64 registers) by default;
+// with no minimum, ptxas gives the float32 bicubic map kernel with a residual 80 registers (3
+// blocks per SM) for the same 24-30 instructions per output in the row loop (and the one without a
+// residual 64 with 16 bytes of stack); capped, the row loop is unchanged and the few spills (with a
+// residual) sit outside it. (An explicit minimum of 1 gave 92 registers.) PSR_CUDA_MAP_MIN_BLOCKS=1
+// (tuning only) runs the float32 kernels with no minimum, so that a GPU can tell which is faster.
+// float64: no minimum (40-64 registers, no spills).
+template <typename scalar_t, typename Src, int kMinBlocks = std::is_same_v<scalar_t, float> ? 4 : 0>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) map_kernel(Src src, int64_t plane0,
                                                        const typename KeyTraits<scalar_t>::key_t* mn,
                                                        const typename KeyTraits<scalar_t>::key_t* mx, int64_t bins,
@@ -838,7 +840,7 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   };
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (tuning_env("PSR_CUDA_MAP_MIN_BLOCKS") == 1) {
-      map_pass(map_kernel<scalar_t, Src, 1>);
+      map_pass(map_kernel<scalar_t, Src, 0>);
       return;
     }
   }
