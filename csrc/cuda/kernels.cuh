@@ -141,8 +141,7 @@ struct BicubicSource {
   // values at flat indices i + j * stride (registers). kGrouped, with S known at compile time
   // (scales 2, 3, 4, 8): a group is the S outputs of one input row, so that callers (hist_kernel) can
   // test a group at once and branch once per group, not per value. Else one value per call, each
-  // passed on as soon as it is computed: fewer live registers (the map kernel with a residual
-  // needed 80 registers grouped, 64 not).
+  // passed on as soon as it is computed (fewer live registers: what the map kernel wants).
   template <bool kGrouped, typename G>
   __device__ void for_each_group(int64_t p, int64_t tile, scalar_t* smem, G&& g) const {
     const int S = taps.S;
@@ -184,8 +183,8 @@ struct BicubicSource {
         } else {
           for (int r = r0, e = r0 * width + c; r < nr; r += rpp, e += estep, qi += rpp, off += step) {
             // Only the two halo rows at each end of the image can need the border map.
-            const unsigned o = static_cast<unsigned>(qi) < h ? off
-                                                             : static_cast<unsigned>(pad_index(qi, H, taps.symmetric)) * w;
+            const unsigned o =
+                static_cast<unsigned>(qi) < h ? off : static_cast<unsigned>(pad_index(qi, H, taps.symmetric)) * w;
             smem[e] = __ldg(src + static_cast<int>(o));
           }
         }
