@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import importlib.machinery
 import importlib.util
-import math
 import os
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ from hypothesis import strategies as st
 from psr import _build, _reference, ops
 from psr.resize import imresize
 
-from .test_ops import bad_kernel_calls
+from .test_ops import bad_kernel_calls, binned_special_inputs
 from .test_reference import binned_interval, sk_match
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,17 +303,9 @@ def test_match_binned_special_values(emu: ModuleType, bins: int) -> None:
     (check=False): the emulated kernels (the histogram's grouped run test, the edge-pair map) equal
     the CPU kernel bit for bit, plain and fused. On a GPU, test_ops.py's CUDA twin of this test
     covers the device's own binning (fminf/fmaxf), which the emulator does not compile."""
-    g = np.random.default_rng(5)
-    src = torch.from_numpy(g.random((1, 2, 37, 29)) * 4 - 2).float()
-    special = [math.nan, math.inf, -math.inf, -0.0, 0.0, 1.0, -1.0, 1.5, -0.5, 1e30, -1e30, 3.4e38, -3.4e38]
-    src.view(-1)[: len(special)] = torch.tensor(special)
-    src.view(-1)[-len(special) :] = torch.tensor(special)
-    ref = torch.from_numpy(g.random((1, 2, 11, 13))).float()
-    rng_x = torch.tensor([[[-1.0, 1.0], [-0.5, 1.5]]])
+    src, ref, rng_x, x, res = binned_special_inputs()
     want = ops.match_histograms(src, ref, bins=bins, bin_range=rng_x, check=False)
     torch.testing.assert_close(emu.match_histograms(src, ref, bins, rng_x), want, rtol=0, atol=0, equal_nan=True)
-    x = torch.from_numpy(g.random((1, 2, 9, 7))).float()
-    res = src[:, :, :36, :28] * 0.25
     # the CPU kernel on the same values (the backends' bicubic values may differ in the last bit)
     up = emu.upsample_bicubic(x, 4, -0.75) + res
     want = ops.match_histograms(up, ref, bins=bins, bin_range=ops.plane_range(x), check=False)

@@ -463,6 +463,20 @@ def test_wide_planes_many_tiles(rng: np.random.Generator, device: str) -> None:
     torch.testing.assert_close(ops.upsample_match(x, 4).cpu(), sk_match(up.cpu(), x.cpu()), rtol=0, atol=0)
 
 
+def binned_special_inputs() -> tuple[torch.Tensor, ...]:
+    """float32 (source, reference, bin_range, x, residual) for binned matching of NaN, infinities,
+    -0.0, the range's ends and values past them (check=False), plain and fused through the residual."""
+    g = np.random.default_rng(5)
+    src = torch.from_numpy(g.random((1, 2, 37, 29)) * 4 - 2).float()
+    special = [math.nan, math.inf, -math.inf, -0.0, 0.0, 1.0, -1.0, 1.5, -0.5, 1e30, -1e30, 3.4e38, -3.4e38]
+    src.view(-1)[: len(special)] = torch.tensor(special)
+    src.view(-1)[-len(special) :] = torch.tensor(special)
+    ref = torch.from_numpy(g.random((1, 2, 11, 13))).float()
+    bin_range = torch.tensor([[[-1.0, 1.0], [-0.5, 1.5]]])
+    x = torch.from_numpy(g.random((1, 2, 9, 7))).float()
+    return src, ref, bin_range, x, src[:, :, :36, :28] * 0.25
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("bins", [1, 7, 1024, 2**24])
 def test_cuda_binned_special_values_are_the_cpu_kernels(bins: int) -> None:
@@ -471,18 +485,10 @@ def test_cuda_binned_special_values_are_the_cpu_kernels(bins: int) -> None:
     past either end of the range (check=False), bit for bit, at the smallest and largest bin counts
     too; plain, and fused through a residual (against the CPU kernel on the GPU's upsampled values,
     whose last bits may differ from the CPU's)."""
-    g = np.random.default_rng(5)
-    src = torch.from_numpy(g.random((1, 2, 37, 29)) * 4 - 2).float()
-    special = [math.nan, math.inf, -math.inf, -0.0, 0.0, 1.0, -1.0, 1.5, -0.5, 1e30, -1e30, 3.4e38, -3.4e38]
-    src.view(-1)[: len(special)] = torch.tensor(special)
-    src.view(-1)[-len(special) :] = torch.tensor(special)
-    ref = torch.from_numpy(g.random((1, 2, 11, 13))).float()
-    bin_range = torch.tensor([[[-1.0, 1.0], [-0.5, 1.5]]])
+    src, ref, bin_range, x, res = binned_special_inputs()
     got = ops.match_histograms(src.cuda(), ref.cuda(), bins=bins, bin_range=bin_range.cuda(), check=False).cpu()
     want = ops.match_histograms(src, ref, bins=bins, bin_range=bin_range, check=False)
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
-    x = torch.from_numpy(g.random((1, 2, 9, 7))).float()
-    res = src[:, :, :36, :28] * 0.25
     got = ops.upsample_match(x.cuda(), 4, residual=res.cuda(), reference=ref.cuda(), bins=bins, check=False).cpu()
     up = ops.upsample_bicubic(x.cuda(), 4).cpu() + res
     want = ops.match_histograms(up, ref, bins=bins, bin_range=ops.plane_range(x), check=False)
