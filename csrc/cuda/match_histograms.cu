@@ -7,14 +7,15 @@
 // pairs, CUB radix sort (per plane, or float32 planes a chunk at a time with the plane in the keys'
 // high word), then one pass over the sorted keys maps each tie group's upper quantile through its
 // plane's reference and writes the group's pixels.
-// Binned mode, all planes at once, no sort: the bin range (a given one; the fused op's
-// low-resolution planes' min/max; else the source's, atomics on order-preserving keys); the
-// reference binned over its own range (counts, each bin's smallest and largest value, the ties of
-// its smallest: the knots of its binned CDF); a histogram of the source with run-aggregated
-// increments (privatised in shared memory up to kSmemBins bins); one scan per chunk of each; the
-// edge map; and a mapping pass (the edge map in shared memory up to kSmemEdges edges). Nothing
-// here synchronises with the host; the source's values are recomputed by each pass (for bicubic,
-// from the low-resolution planes).
+// Binned mode, all planes at once, no sort, in one workspace allocation: the bin range (a given
+// one; the fused op's low-resolution planes' min/max; else the source's, atomics on
+// order-preserving keys); a histogram of the source with run-aggregated increments (privatised in
+// shared memory up to kSmemBins bins), launched first so that the host's later launches overlap it;
+// the reference binned over its own range (counts, each bin's smallest and largest value, the ties
+// of its smallest: the knots of its binned CDF); one scan per chunk of both; the edge map; and a
+// mapping pass (the edge map in shared memory up to kSmemEdges edges). Nothing here synchronises
+// with the host; the source's values are recomputed by each pass (for bicubic, from the
+// low-resolution planes).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -754,56 +755,56 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
   const Src src = src_in.for_planes(P, sms);
   const int64_t tpp = src.tiles_per_plane();
   const int64_t nbins = *bins;
-  // Binned mode. Workspace in two blocks, each set by one memset: all ones for the min keys (the
-  // source's bin range mn, the reference's range rmn, each reference bin's smallest value rbmin),
-  // zero for the rest (histogram and reference-bin counts, max keys, ties of the smallest values).
+  // Binned mode. One workspace allocation (each allocation and launch before the histogram pass is
+  // host time the GPU may wait for): all ones for the min keys (the source's bin range mn, the
+  // reference's range rmn, each reference bin's smallest value rbmin), zero for the counts and max
+  // keys (histogram and reference-bin counts, max keys, ties of the smallest values), each block set
+  // by one memset; then the scans, the edge maps and their float copies, written before read.
   const int64_t PB = P * nbins;
-  at::Tensor work1 = buffer<K>(2 * P + PB, out);
-  at::Tensor work0 = buffer<uint8_t>(static_cast<int64_t>(2 * PB * sizeof(unsigned long long) +
-                                                          (2 * P + PB) * sizeof(K) + PB * sizeof(unsigned int)),
-                                     out);
-  K* mn = as<K>(work1);
+  const auto aligned = [](int64_t bytes) { return (bytes + 255) / 256 * 256; };
+  const int64_t ones_bytes = aligned((2 * P + PB) * static_cast<int64_t>(sizeof(K)));
+  const int64_t zeros_bytes = aligned(2 * PB * static_cast<int64_t>(sizeof(unsigned long long)) +
+                                      (2 * P + PB) * static_cast<int64_t>(sizeof(K)) +
+                                      PB * static_cast<int64_t>(sizeof(unsigned int)));
+  const int64_t cum_bytes = aligned(2 * PB * static_cast<int64_t>(sizeof(unsigned long long)));
+  const int64_t em_bytes = aligned((P * (nbins + 1) + P) * static_cast<int64_t>(sizeof(double)));
+  at::Tensor work = buffer<uint8_t>(ones_bytes + zeros_bytes + cum_bytes + em_bytes +
+                                        P * (nbins + 1) * static_cast<int64_t>(sizeof(float)),
+                                    out);
+  uint8_t* w0 = as<uint8_t>(work);
+  K* mn = reinterpret_cast<K*>(w0);
   K* rmn = mn + P;
   K* rbmin = rmn + P;
-  auto* hist = as<unsigned long long>(work0);
+  auto* hist = reinterpret_cast<unsigned long long*>(w0 + ones_bytes);
   unsigned long long* rcount = hist + PB;
   K* mx = reinterpret_cast<K*>(rcount + PB);
   K* rmx = mx + P;
   K* rbmax = rmx + P;
   auto* rcmin = reinterpret_cast<unsigned int*>(rbmax + PB);
-  C10_CUDA_CHECK(cudaMemsetAsync(mn, 0xff, static_cast<size_t>(2 * P + PB) * sizeof(K), stream));
-  C10_CUDA_CHECK(cudaMemsetAsync(hist, 0, static_cast<size_t>(work0.numel()), stream));
-  at::Tensor cum = buffer<unsigned long long>(2 * PB, out);  // inclusive sums of hist, then of rcount
-  at::Tensor em = buffer<double>(P * (nbins + 1) + P, out);  // the edge maps, then each plane's top
-  double* top = as<double>(em) + P * (nbins + 1);
-  at::Tensor em32 = buffer<float>(P * (nbins + 1), out);
+  auto* cum = reinterpret_cast<unsigned long long*>(w0 + ones_bytes + zeros_bytes);  // inclusive sums of hist, rcount
+  auto* em = reinterpret_cast<double*>(w0 + ones_bytes + zeros_bytes + cum_bytes);  // the edge maps
+  double* top = em + P * (nbins + 1);                                                // then each plane's top
+  auto* em32 = reinterpret_cast<float*>(w0 + ones_bytes + zeros_bytes + cum_bytes + em_bytes);
+  C10_CUDA_CHECK(cudaMemsetAsync(mn, 0xff, static_cast<size_t>(ones_bytes), stream));
+  C10_CUDA_CHECK(cudaMemsetAsync(hist, 0, static_cast<size_t>(zeros_bytes), stream));
   const bool shared_hist = nbins <= kSmemBins;
   const size_t hist_smem = shared_hist ? static_cast<size_t>(nbins) * sizeof(unsigned int) : 0;
-  // The reference: its range (that of the low-resolution planes when it is them), then its bins.
   using Plain = PlainSource<scalar_t>;
   const Plain rsrc = Plain::make(r, m);
   const bool ref_is_lr = range.given == nullptr && range.lr == r && range.lr_n == m;
   const K* ref_mn = ref_is_lr ? mn : rmn;
   const K* ref_mx = ref_is_lr ? mx : rmx;
+  // The source's bin range, then its histogram first: the longest pass, launched as early as the
+  // host can, so that the host's launches of the reference passes and the rest overlap it.
   if (range.given != nullptr) {
     launch(range_keys_kernel<scalar_t>, blocks_for(P), kThreads, 0, stream, range.given, P, mn, mx);
   }
-  const bool shared_ref = nbins * ref_bin_smem_per_bin<scalar_t>() <= kRefBinSmem;
-  const size_t ref_smem = shared_ref ? static_cast<size_t>(nbins) * ref_bin_smem_per_bin<scalar_t>() : 0;
   for_grid_rows(P, [&](int64_t p0, int64_t np) {
     if (range.lr != nullptr && range.given == nullptr) {  // the low-resolution planes: a plain pass
       const Plain lr = Plain::make(range.lr, range.lr_n);
       launch(minmax_kernel<scalar_t, Plain>, plane_grid(minmax_kernel<scalar_t, Plain>, 0, lr.tiles_per_plane(), np),
              kThreads, 0, stream, lr, p0, mn, mx);
     }
-    if (!ref_is_lr) {
-      launch(minmax_kernel<scalar_t, Plain>, plane_grid(minmax_kernel<scalar_t, Plain>, 0, rsrc.tiles_per_plane(), np),
-             kThreads, 0, stream, rsrc, p0, rmn, rmx);
-    }
-    launch(ref_bin_kernel<scalar_t>, plane_grid(ref_bin_kernel<scalar_t>, ref_smem, rsrc.tiles_per_plane(), np),
-           kThreads, ref_smem, stream, rsrc, p0, ref_mn, ref_mx, nbins, rcount, rbmin, rbmax, shared_ref);
-    launch(ref_tie_kernel<scalar_t>, plane_grid(ref_tie_kernel<scalar_t>, 0, rsrc.tiles_per_plane(), np), kThreads, 0,
-           stream, rsrc, p0, ref_mn, ref_mx, nbins, static_cast<const K*>(rbmin), rcmin);
     if constexpr (std::is_same_v<Src, Plain>) {
       if (range.lr == nullptr && range.given == nullptr) {  // the source's own range
         launch(minmax_kernel<scalar_t, Src>, plane_grid(minmax_kernel<scalar_t, Src>, 0, tpp, np), kThreads, 0,
@@ -815,27 +816,40 @@ void match_planes(const Src& src_in, int64_t P, const at::Tensor& ref, std::opti
     launch(hist_kernel<scalar_t, Src>, plane_grid(hist_kernel<scalar_t, Src>, hist_smem, tpp, np), kThreads, hist_smem,
            stream, src, p0, mn, mx, nbins, hist, shared_hist);
   });
+  // The reference: its range (that of the low-resolution planes when it is them), then its bins,
+  // then the ties of each bin's smallest value.
+  const bool shared_ref = nbins * ref_bin_smem_per_bin<scalar_t>() <= kRefBinSmem;
+  const size_t ref_smem = shared_ref ? static_cast<size_t>(nbins) * ref_bin_smem_per_bin<scalar_t>() : 0;
+  for_grid_rows(P, [&](int64_t p0, int64_t np) {
+    if (!ref_is_lr) {
+      launch(minmax_kernel<scalar_t, Plain>, plane_grid(minmax_kernel<scalar_t, Plain>, 0, rsrc.tiles_per_plane(), np),
+             kThreads, 0, stream, rsrc, p0, rmn, rmx);
+    }
+    launch(ref_bin_kernel<scalar_t>, plane_grid(ref_bin_kernel<scalar_t>, ref_smem, rsrc.tiles_per_plane(), np),
+           kThreads, ref_smem, stream, rsrc, p0, ref_mn, ref_mx, nbins, rcount, rbmin, rbmax, shared_ref);
+    launch(ref_tie_kernel<scalar_t>, plane_grid(ref_tie_kernel<scalar_t>, 0, rsrc.tiles_per_plane(), np), kThreads, 0,
+           stream, rsrc, p0, ref_mn, ref_mx, nbins, static_cast<const K*>(rbmin), rcmin);
+  });
   // One scan for both: the reference counts follow the histograms (2P "planes" of nbins counts),
   // restarted at every chunk of ppc of them.
   const int64_t ppc = planes_per_chunk(nbins, 2 * P);
   for (int64_t p0 = 0; p0 < 2 * P; p0 += ppc) {
     const int64_t it = std::min(ppc, 2 * P - p0) * nbins;
     temp.run([&](void* t, size_t& bytes) {
-      return cub::DeviceScan::InclusiveSum(t, bytes, hist + p0 * nbins, as<unsigned long long>(cum) + p0 * nbins,
-                                           static_cast<int>(it), stream);
+      return cub::DeviceScan::InclusiveSum(t, bytes, hist + p0 * nbins, cum + p0 * nbins, static_cast<int>(it),
+                                           stream);
     });
   }
   const RefBins<scalar_t> rbins{rcmin, rbmin, rbmax, ref_mn, ref_mx, m};
   launch(edge_kernel<scalar_t>, blocks_for(P * (nbins + 1)), kThreads, 0, stream,
-         static_cast<const unsigned long long*>(as<unsigned long long>(cum)), P, nbins, ppc, n, rbins, as<double>(em),
-         as<float>(em32), top);
+         static_cast<const unsigned long long*>(cum), P, nbins, ppc, n, rbins, em, em32, top);
   const bool shared_edges = nbins + 1 <= kSmemEdges;
   const size_t edge_smem = shared_edges ? static_cast<size_t>(nbins + 1) * sizeof(double) : 0;
   const auto map_pass = [&](auto kernel) {
     for_grid_rows(P, [&](int64_t p0, int64_t np) {
       launch(kernel, plane_grid(kernel, edge_smem, tpp, np), kThreads, edge_smem, stream, src, p0, mn, mx, nbins,
-             static_cast<const double*>(as<double>(em)), static_cast<const float*>(as<float>(em32)),
-             static_cast<const double*>(top), o, shared_edges);
+             static_cast<const double*>(em), static_cast<const float*>(em32), static_cast<const double*>(top), o,
+             shared_edges);
     });
   };
   if constexpr (std::is_same_v<scalar_t, float>) {
