@@ -30,6 +30,7 @@ HOST_SIZES = [256, 512, 1024]
 
 
 def _median_ms(fn, calls: int) -> float:
+    # not bench_ops.median_ms: importing bench_ops puts this checkout's psr first on the path
     fn()  # warm-up
     times = []
     for _ in range(calls):

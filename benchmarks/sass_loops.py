@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -47,23 +47,21 @@ KERNELS = {  # name: a pattern of the mangled name
 
 
 def _tool(name: str) -> str:
-    for d in (os.environ.get("CUDA_HOME", "/usr/local/cuda"), "/usr/local/cuda"):
-        p = Path(d) / "bin" / name
-        if p.is_file():
-            return str(p)
+    """A CUDA toolkit program: from the toolkit psr builds with (``psr._build.cuda_home``), else the
+    PATH, else (cuobjdump, which a bare toolkit may lack) the copy triton's wheel ships."""
+    from psr import _build
+
+    home = _build.cuda_home()
+    if home and (Path(home) / "bin" / name).is_file():
+        return str(Path(home) / "bin" / name)
     found = shutil.which(name)
     if found:
         return found
-    try:  # triton's wheel ships cuobjdump
-        import importlib.util
-
-        spec = importlib.util.find_spec("triton")
-        if spec and spec.origin:
-            p = Path(spec.origin).parent / "backends" / "nvidia" / "bin" / name
-            if p.is_file():
-                return str(p)
-    except ImportError:
-        pass
+    spec = importlib.util.find_spec("triton")
+    if spec and spec.origin:
+        p = Path(spec.origin).parent / "backends" / "nvidia" / "bin" / name
+        if p.is_file():
+            return str(p)
     sys.exit(f"{name} not found (set CUDA_HOME)")
 
 
