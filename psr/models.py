@@ -19,7 +19,9 @@ Departures from the paper, all switchable in :class:`SRConfig`:
 * Values are RGB in [0, 1] rather than the paper's [0, 255]; the scaled tanh maps onto [0, 1].
 * ``upsample`` may be ``"deconv"`` (the paper's fractionally strided conv, as
   ``ConvTranspose2d(3, stride=2, padding=1, output_padding=1)``), ``"resize_conv"`` (nearest x2,
-  then 3x3 conv; Odena et al. 2016, fewer checkerboard artefacts) or ``"pixel_shuffle"``.
+  then 3x3 conv; Odena et al. 2016, fewer checkerboard artefacts), ``"bilinear_conv"`` (the same
+  with bilinear resizing, which leaves no piecewise-constant blocks for the conv to smooth) or
+  ``"pixel_shuffle"``.
 
 For inference, :meth:`SRNet.fuse` folds every BatchNorm into the convolution before it.
 
@@ -38,9 +40,10 @@ from torch import nn
 
 from . import _reference
 
-__all__ = ["SR_SCALES", "SRConfig", "SRNet", "ResidualBlock", "StyleConfig", "StyleNet"]
+__all__ = ["SR_SCALES", "SR_UPSAMPLE", "SRConfig", "SRNet", "ResidualBlock", "StyleConfig", "StyleNet"]
 
 SR_SCALES = (2, 3, 4, 8)  # the upscaling factors SRNet is built for
+SR_UPSAMPLE = ("deconv", "resize_conv", "bilinear_conv", "pixel_shuffle")  # SRConfig.upsample's choices
 
 
 @dataclass
@@ -48,7 +51,7 @@ class SRConfig:
     scale: int = 4  # upscaling factor f in {2, 3, 4, 8}: one 2x upsampling stage per factor of 2, one 3x for 3
     channels: int = 64  # width of every hidden convolution (paper: 64)
     num_blocks: int = 4  # residual blocks at LR resolution (paper: 4)
-    upsample: str = "deconv"  # "deconv" (paper) | "resize_conv" | "pixel_shuffle"
+    upsample: str = "deconv"  # "deconv" (paper) | "resize_conv" | "bilinear_conv" | "pixel_shuffle"
     norm: str = "batch"  # "batch" (paper) | "none"; BN is folded into the convs at inference
     global_skip: bool = True  # output = bicubic(x) + tanh(h); not in the paper (see module doc)
     skip_a: float = -0.5  # Keys parameter of the skip's bicubic: -0.5 is MATLAB's, the benchmark's
@@ -57,8 +60,8 @@ class SRConfig:
         if self.scale not in SR_SCALES:
             *most, last = SR_SCALES
             raise ValueError(f"scale must be {', '.join(map(str, most))} or {last}, got {self.scale!r}")
-        if self.upsample not in ("deconv", "resize_conv", "pixel_shuffle"):
-            raise ValueError(f"upsample must be 'deconv', 'resize_conv' or 'pixel_shuffle', got {self.upsample!r}")
+        if self.upsample not in SR_UPSAMPLE:
+            raise ValueError(f"upsample must be one of {', '.join(map(repr, SR_UPSAMPLE))}, got {self.upsample!r}")
         if self.norm not in ("batch", "none"):
             raise ValueError(f"norm must be 'batch' or 'none', got {self.norm!r}")
         if self.channels < 1 or self.num_blocks < 0:
@@ -106,8 +109,9 @@ def _upsample_layer(cfg: SRConfig, factor: int) -> nn.Module:
         if factor == 3:  # output = 3 * input exactly, one tap per output pixel
             return nn.ConvTranspose2d(c, c, 3, stride=3)
         return nn.ConvTranspose2d(c, c, 3, stride=2, padding=1, output_padding=1)
-    if cfg.upsample == "resize_conv":
-        return nn.Sequential(nn.Upsample(scale_factor=factor, mode="nearest"), nn.Conv2d(c, c, 3, padding=1))
+    if cfg.upsample in ("resize_conv", "bilinear_conv"):
+        mode = "nearest" if cfg.upsample == "resize_conv" else "bilinear"
+        return nn.Sequential(nn.Upsample(scale_factor=factor, mode=mode), nn.Conv2d(c, c, 3, padding=1))
     return nn.Sequential(nn.Conv2d(c, factor * factor * c, 3, padding=1), nn.PixelShuffle(factor))
 
 

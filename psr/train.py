@@ -65,7 +65,7 @@ from .data import (
     split_train_val,
 )
 from .metrics import psnr, rgb_to_y, shave, ssim
-from .models import SR_SCALES, SRConfig, SRNet, StyleConfig, StyleNet
+from .models import SR_SCALES, SR_UPSAMPLE, SRConfig, SRNet, StyleConfig, StyleNet
 from .resize import imresize
 from .weights import save_weights
 
@@ -147,9 +147,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-crop", type=int, default=256, help="centre crop of validation images (HR pixels)")
 
     g = p.add_argument_group("model")
-    g.add_argument(
-        "--upsample", default="deconv", choices=("deconv", "resize_conv", "pixel_shuffle"), help="upsampling layers"
-    )
+    g.add_argument("--upsample", default="deconv", choices=SR_UPSAMPLE, help="upsampling layers")
     g.add_argument(
         "--no-global-skip", dest="global_skip", action="store_false", help="the paper's net, no bicubic skip"
     )
@@ -373,7 +371,9 @@ def checkpoint_args(st: dict) -> dict[str, Any]:
 def _init_weights(model: torch.nn.Module, source: str, task: str) -> str:
     """Load ``source`` (shipped name, weights file or checkpoint) into ``model``; returns a description.
 
-    The configs must be equal: fine-tuning changes the loss, not the network.
+    The configs must be equal: fine-tuning changes the loss, not the network. The one exception is
+    the resize of a resize-conv upsampling (``resize_conv`` <-> ``bilinear_conv``): the parameters
+    are the same, only the fixed interpolation before each conv differs.
     """
     if str(source).endswith(".pt"):
         st = load_checkpoint(Path(source))
@@ -387,6 +387,9 @@ def _init_weights(model: torch.nn.Module, source: str, task: str) -> str:
         cfg, state = src.cfg.to_dict(), src.state_dict()
         where = f"{source} ({src.metadata.get('iterations', '?')} iterations)"  # type: ignore[attr-defined]
     mine = model.cfg.to_dict()  # type: ignore[attr-defined]
+    resize = ("resize_conv", "bilinear_conv")
+    if cfg.get("upsample") in resize and mine.get("upsample") in resize:
+        cfg = {**cfg, "upsample": mine["upsample"]}
     if cfg != mine:
         raise ValueError(f"--init-from: {source!r} has config {cfg}, this run's is {mine}")
     model.load_state_dict(state)

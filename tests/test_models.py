@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from psr.models import SRConfig, SRNet
+from psr.models import SR_UPSAMPLE, SRConfig, SRNet
 from psr.resize import imresize
 
 from .conftest import DEVICES
@@ -50,7 +50,7 @@ def test_skip_starts_near_bicubic() -> None:
     torch.testing.assert_close(model(x, clamp=False), imresize(x, 4.0))
 
 
-@pytest.mark.parametrize("upsample", ["deconv", "resize_conv", "pixel_shuffle"])
+@pytest.mark.parametrize("upsample", SR_UPSAMPLE)
 @pytest.mark.parametrize("scale", [2, 3, 4, 8])
 def test_fuse_folds_batchnorm_exactly(upsample: str, scale: int) -> None:
     model = SRNet(SRConfig(scale=scale, upsample=upsample, channels=16, num_blocks=2)).double()
@@ -63,9 +63,10 @@ def test_fuse_folds_batchnorm_exactly(upsample: str, scale: int) -> None:
     torch.testing.assert_close(fused(x, clamp=False), model(x, clamp=False), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("upsample", SR_UPSAMPLE)
 @pytest.mark.parametrize("scale", [3, 4])
-def test_receptive_radius_bounds_influence(scale: int) -> None:
-    model = SRNet(SRConfig(scale=scale, channels=8)).double().eval()
+def test_receptive_radius_bounds_influence(scale: int, upsample: str) -> None:
+    model = SRNet(SRConfig(scale=scale, channels=8, upsample=upsample)).double().eval()
     _random_bn(model)
     nn.init.normal_(model.tail.weight, std=0.1)
     r = model.receptive_radius
@@ -78,6 +79,38 @@ def test_receptive_radius_bounds_influence(scale: int) -> None:
     # Every changed output lies within r LR pixels of the perturbed pixel.
     assert (ys // scale - c).abs().max() <= r and (xs // scale - c).abs().max() <= r
     assert len(ys) > 0
+
+
+def _bilinear_x2_1d(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Half-pixel-centred linear x2 along ``dim``: 3/4 of the nearest input, 1/4 of the next one
+    on that side, the edge repeated."""
+    n = x.shape[dim]
+    prev = x.index_select(dim, torch.tensor([0, *range(n - 1)]))
+    nxt = x.index_select(dim, torch.tensor([*range(1, n), n - 1]))
+    even, odd = 0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt
+    return torch.stack([even, odd], dim + 1).flatten(dim, dim + 1)
+
+
+@pytest.mark.parametrize("upsample", ["resize_conv", "bilinear_conv"])
+def test_resize_conv_stages_resize_as_named(upsample: str) -> None:
+    """With each stage's conv made the identity, a resize-conv net's upsampling is the named resize."""
+    model = SRNet(SRConfig(scale=4, upsample=upsample, channels=5, num_blocks=0)).double()
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64)
+    stages = [m for m in model.upsample if isinstance(m, nn.Sequential)]
+    assert len(stages) == 2
+    want = got = x
+    for stage in stages:
+        conv = stage[-1]
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.weight[:, :, 1, 1] = torch.eye(5, dtype=torch.float64)
+            conv.bias.zero_()
+        if upsample == "resize_conv":
+            want = want.repeat_interleave(2, -2).repeat_interleave(2, -1)
+        else:
+            want = _bilinear_x2_1d(_bilinear_x2_1d(want, 2), 3)
+        got = stage(got)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_config_validation() -> None:
@@ -103,6 +136,6 @@ def test_scale3_stage_is_one_tap_per_output() -> None:
     nn.init.ones_(conv.weight)
     # Each output pixel's value counts the input pixels (taps) that reach it.
     assert torch.equal(conv(torch.ones(1, 1, 5, 7)), torch.ones(1, 1, 15, 21))
-    for up in ("resize_conv", "pixel_shuffle"):
+    for up in ("resize_conv", "bilinear_conv", "pixel_shuffle"):
         m = SRNet(SRConfig(scale=3, upsample=up, channels=4, num_blocks=0)).eval()
         assert m(torch.rand(1, 3, 4, 5)).shape == (1, 3, 12, 15)

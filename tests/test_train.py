@@ -451,6 +451,23 @@ def test_init_from_starts_from_given_weights_with_fresh_optimiser(tmp_path: Path
                          "--init-from", tmp_path / "src" / "checkpoint.pt"))  # fmt: skip
 
 
+def test_init_from_may_change_only_the_resize_of_resize_conv(tmp_path: Path, data_dir: Path) -> None:
+    """``resize_conv`` and ``bilinear_conv`` share their parameters, so one may start from the other;
+    any other change of the network (here deconv -> resize-conv) is refused."""
+    base = [*TINY, "--data", data_dir, "--workers", "0", "--val-every", "2", "--checkpoint-every", "2"]
+    train.main(parse(*base, "--out", tmp_path / "rc", "--iterations", "1", "--upsample", "resize_conv"))
+    src = train.load_checkpoint(tmp_path / "rc" / "checkpoint.pt")
+    r = train.main(parse(*base, "--out", tmp_path / "bl", "--iterations", "2", "--stop-at", "1", "--lr", "1e-30",
+                         "--upsample", "bilinear_conv", "--init-from", tmp_path / "rc" / "checkpoint.pt"))  # fmt: skip
+    assert r["iteration"] == 1
+    st = train.load_checkpoint(tmp_path / "bl" / "checkpoint.pt")
+    assert st["config"]["upsample"] == "bilinear_conv"
+    torch.testing.assert_close(st["model"]["head.weight"], src["model"]["head.weight"], rtol=0, atol=1e-20)
+    with pytest.raises(ValueError, match="init-from.*has config"):
+        train.main(parse(*base, "--out", tmp_path / "dc", "--iterations", "1", "--upsample", "deconv",
+                         "--init-from", tmp_path / "rc" / "checkpoint.pt"))  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # the run folder: an earlier run is never overwritten by accident
 
