@@ -16,7 +16,7 @@ from torch import nn
 from . import ops
 from ._checks import channel_axis_arg, channel_axis_index
 from .models import SRNet
-from .weights import WEIGHTS_DIR, _weights_key, load_model
+from .weights import WEIGHTS_DIR, _file_version, _resolve, _weights_key, load_model
 
 __all__ = ["upscale", "Upscaler", "resolve_model", "BICUBIC"]
 
@@ -61,8 +61,9 @@ class _Bicubic(nn.Module):
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_model(name: str, device: str) -> SRNet:
-    return load_model(name, device=device)
+def _cached_model(version: tuple[str, int, int, int], device: str) -> SRNet:
+    # Keyed on the file's absolute path, inode, mtime and size (weights._file_version), not the name as typed.
+    return load_model(version[0], device=device)
 
 
 def resolve_model(model: str | os.PathLike | nn.Module | None, scale: int, device: torch.device) -> nn.Module:
@@ -81,7 +82,7 @@ def resolve_model(model: str | os.PathLike | nn.Module | None, scale: int, devic
     if isinstance(model, str) and model == BICUBIC:
         return _Bicubic(scale)
     if isinstance(model, (str, os.PathLike)):
-        net = _cached_model(_weights_key(model), str(device))
+        net = _cached_model(_file_version(_resolve(_weights_key(model))), str(device))
     elif isinstance(model, nn.Module):
         net = model.to(device).eval()
     else:

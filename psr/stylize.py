@@ -29,8 +29,10 @@ from torch import nn
 from .api import _canonical, _check_precision, _count_tiles, _intensity, _resolve_device, _restore, _run_tiled
 from .models import StyleNet
 from .weights import (
+    _file_version,
     _has_separator,
     _is_plain_name,
+    _resolve,
     _shipped_file,
     _weights_key,
     list_models,
@@ -53,8 +55,9 @@ def luminance(x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_style(name: str, device: str) -> StyleNet:
-    return load_style_model(name, device=device)
+def _cached_style(version: tuple[str, int, int, int], device: str) -> StyleNet:
+    # Keyed on the file's absolute path, inode, mtime and size (weights._file_version), not the name as typed.
+    return load_style_model(version[0], device=device)
 
 
 def resolve_style(style: str | os.PathLike | nn.Module, device: torch.device) -> nn.Module:
@@ -80,7 +83,7 @@ def resolve_style(style: str | os.PathLike | nn.Module, device: torch.device) ->
         )
     shipped = _shipped_file(style)
     if shipped is not None:
-        return _cached_style(str(shipped), str(device))  # by its full path: no local file can shadow it
+        return _cached_style(_file_version(shipped), str(device))  # by its full path: no local file can shadow it
     text = _weights_key(style)
     if _is_plain_name(style) and (not text or not Path(text).exists()):
         names = sorted(list_models(task="style"))
@@ -92,7 +95,8 @@ def resolve_style(style: str | os.PathLike | nn.Module, device: torch.device) ->
             )
         raise ValueError(f"style={text!r} is unknown; shipped styles: {', '.join(names)}, or a weights file")
     # A path: spelled with a separator, so that no name lookup downstream takes it for a shipped style.
-    return _cached_style(text if _has_separator(text) else os.path.join(os.curdir, text), str(device))
+    path = _resolve(text if _has_separator(text) else os.path.join(os.curdir, text), task="style")
+    return _cached_style(_file_version(path), str(device))
 
 
 def _check_unit(value: Any, name: str) -> float:

@@ -89,6 +89,15 @@ def _weights_key(name_or_path: str | os.PathLike) -> str:
     return key
 
 
+def _file_version(path: Path) -> tuple[str, int, int, int]:
+    """A cache key for a weights file: its absolute path, inode, modification time and size, so
+    that a rewritten file (a training run's ``best.safetensors``, replaced by rename: a new inode)
+    or a relative path read from another working directory is loaded afresh."""
+    path = path.resolve()
+    st = path.stat()
+    return str(path), st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _resolve(name_or_path: str | os.PathLike, task: str = "sr") -> Path:
     shipped_file = _shipped_file(name_or_path)
     if shipped_file is not None:

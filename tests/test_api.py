@@ -602,6 +602,26 @@ def test_pathlike_model_is_always_a_path(tiny_model: Path, tmp_path: Path, monke
         assert not np.array_equal(psr.upscale(img, 4, model="x4-pixel"), want)  # the plain name: shipped
 
 
+def test_a_rewritten_or_other_weights_file_is_not_served_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loaded-network cache is keyed on the file, not on the name as typed: the same relative
+    name in another directory, or a file rewritten in place, gives that file's network."""
+    img = np.random.default_rng(8).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    for d, seed in (("a", 1), ("b", 2)):
+        (tmp_path / d).mkdir()
+        make_tiny_model(tmp_path / d / "m.safetensors", seed=seed)
+    want_a = psr.upscale(img, 4, model=tmp_path / "a" / "m.safetensors")
+    want_b = psr.upscale(img, 4, model=tmp_path / "b" / "m.safetensors")
+    assert not np.array_equal(want_a, want_b)
+    monkeypatch.chdir(tmp_path / "a")
+    np.testing.assert_array_equal(psr.upscale(img, 4, model="m.safetensors"), want_a)
+    monkeypatch.chdir(tmp_path / "b")
+    np.testing.assert_array_equal(psr.upscale(img, 4, model="m.safetensors"), want_b)
+    make_tiny_model(tmp_path / "b" / "m.safetensors", seed=1)  # rewritten as psr writes (atomically)
+    np.testing.assert_array_equal(psr.upscale(img, 4, model="m.safetensors"), want_a)
+
+
 def test_upscaler_leaves_a_callers_module_in_place(tiny_model: Path) -> None:
     net = psr.load_model(tiny_model)
 

@@ -335,6 +335,20 @@ def test_shipped_style_name_wins_over_a_local_path(
     S._cached_style.cache_clear()
 
 
+def test_a_rewritten_style_file_is_not_served_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    """As for upscaling models: the cache is keyed on the file (path, inode, mtime, size)."""
+    monkeypatch.chdir(tmp_path)
+    x = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    a, b = (random_style_net(StyleConfig(channels=4, num_blocks=1), seed=s) for s in (21, 22))
+    save_weights(tmp_path / "s.safetensors", a, {"name": "s"})
+    assert np.array_equal(stylize(x, "s.safetensors"), stylize(x, a))
+    save_weights(tmp_path / "s.safetensors", b, {"name": "s"})
+    assert np.array_equal(stylize(x, "s.safetensors"), stylize(x, b))
+    S._cached_style.cache_clear()
+
+
 def test_cli_checks_inputs_and_outputs_before_any_work(
     style_file: Path,
     tmp_path: Path,
