@@ -116,24 +116,44 @@ def _array_mode(dtype: Any, shape: tuple[int, ...]) -> str | None:
 
 
 def _probe(path: Path) -> str | None:
-    """Check that ``path`` opens as an image (PNG/JPEG decoded; TIFF: header and data extent); its result's PIL mode, or None."""
+    """Check that ``path`` opens as an image psr can upscale (decoded in full; TIFF: also its data extent,
+    dtype and finiteness); its result's PIL mode, or None."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
-                _check_tiff_extent(series, path.stat().st_size)
+                _check_tiff_extent(series, path.stat().st_size)  # before decoding: a clear message
+                _check_values(path, series.asarray())  # decoded in full: a corrupt segment is found here
                 return _array_mode(series.dtype, tuple(series.shape))
         from PIL import Image
 
         with Image.open(path) as im:
             im.load()  # the whole file: a truncated PNG/JPEG is found here, before any output is written
             return _pil_result_mode(im.mode, "transparency" in im.info)
-    except MemoryError:
+    except (MemoryError, UsageError):
         raise
     except Exception as exc:
         raise _unreadable(path, exc) from exc
+
+
+def _check_values(path: Path, data: Any) -> None:
+    """Refuse what :func:`psr.upscale` would refuse in an array read from ``path`` (its dtype, NaN or
+    Inf), here in the check before any work, not after earlier inputs' outputs were written."""
+    import numpy as np
+
+    from .api import _check_dtype
+
+    try:
+        _check_dtype(data.dtype)
+    except TypeError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    if data.dtype.kind == "f":
+        flat = data.reshape(-1)
+        step = 1 << 24  # a bounded temporary for the test
+        if not all(np.isfinite(flat[i : i + step]).all() for i in range(0, flat.size, step)):
+            raise UsageError(f"{path}: the image contains NaN or Inf values; expected finite intensities")
 
 
 def _check_tiff_extent(series: Any, size: int) -> None:
@@ -535,7 +555,10 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
                 def run_alpha(alpha: Any) -> Any:
                     return upscale(alpha, args.scale, model="bicubic", tile=tile, device=args.device)
 
-                result = _process(image, info, run, run_alpha)
+                try:
+                    result = _process(image, info, run, run_alpha)
+                except (ValueError, TypeError) as exc:  # refused by psr.upscale: say which input
+                    raise type(exc)(f"{f}: {exc}") from exc
             write_image(target, result, info, args.scale)
             bar.set_postfix_str(str(target))
             bar.update(1)

@@ -480,3 +480,52 @@ def test_truncated_tiff_is_refused_before_anything_is_written(
     err = capsys.readouterr().err
     assert "b.tif: cannot read it as an image" in err and "truncated" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "bool", "corrupt"])
+def test_tiff_values_are_checked_before_anything_is_written(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    """What psr.upscale refuses in a TIFF (its dtype, NaN/Inf, data that do not decode) stops the
+    run in the check up front, named by its file, before an earlier input's output is written."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rng.integers(0, 256, (21, 17, 3), dtype=np.uint8)).save(src / "a.png")
+    data = rng.random((3, 24, 20)).astype(np.float32)
+    kw: dict = {}
+    if bad in ("nan", "inf"):
+        data[1, rng.integers(24), rng.integers(20)] = np.nan if bad == "nan" else -np.inf
+    elif bad == "bool":
+        data = data > 0.5
+    else:
+        kw = {"compression": "zlib"}
+    tifffile.imwrite(src / "b.tif", data, **kw)
+    if bad == "corrupt":  # full length, a damaged zlib stream in the second data segment
+        with tifffile.TiffFile(src / "b.tif") as tif:
+            off = tif.pages[0].dataoffsets[1]
+        raw = bytearray((src / "b.tif").read_bytes())
+        raw[off : off + 40] = bytes(40)
+        (src / "b.tif").write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    assert main(["upscale", str(src), "-o", str(out), "--bicubic", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    want = {"nan": "NaN or Inf", "inf": "NaN or Inf", "bool": "got bool", "corrupt": "cannot read it as an image"}
+    assert "b.tif: " in err and want[bad] in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_run_time_refusals_name_their_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An input that passes the checks but that psr.upscale refuses is named in the one-line error."""
+    import psr.cli as cli
+
+    src = tmp_path / "a.png"
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(src)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("something about the image")
+
+    monkeypatch.setattr(cli, "_process", refuse)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o.png"), "--bicubic", "--quiet"]) == 2
+    assert f"{src}: something about the image" in capsys.readouterr().err
