@@ -201,10 +201,15 @@ def _read_tiff(path: Path) -> tuple[Any, dict]:
             unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 1
             info["resolutionunit"] = int(unit)
         rgb = page.photometric == 2  # RGB
+        extrasamples = tuple(int(e) for e in (page.extrasamples or ()))
     if len(axes) != data.ndim:  # never seen; fall back to psr.upscale's own reading of the shape
         info["axes"] = None
         return data, info
     # The network sees planes of Y and X; only samples (S) are channels, every other axis is a stack.
+    if axes == "YXS" and data.shape[-1] == 2 and not rgb and extrasamples in ((1,), (2,)):
+        # Gray + alpha, as a gray+alpha PNG: the gray plane upscaled, the alpha plane bicubic (_process).
+        info.update(mode="LA", channel_axis=2, rgb=False, extrasamples=list(extrasamples))
+        return data, info
     if "S" in axes:
         s = axes.index("S")
         info["channel_axis"] = s
@@ -335,6 +340,8 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
                     kwargs["photometric"] = info["photometric"]
                     if info.get("planarconfig") and not info.get("imagej"):
                         kwargs["planarconfig"] = info["planarconfig"]
+                if info.get("mode") == "LA":  # gray + alpha samples, as read
+                    kwargs.update(photometric="minisblack", planarconfig="contig", extrasamples=info["extrasamples"])
                 if info.get("imagej") and arr.dtype in (np.uint8, np.uint16, np.float32):
                     kwargs["imagej"] = True
                     kwargs["metadata"] = _imagej_metadata(info, scale)
@@ -344,6 +351,8 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
             else:
                 if arr.ndim == 3 and arr.shape[-1] in (3, 4):
                     kwargs["photometric"] = "rgb"
+                elif arr.ndim == 3 and info.get("mode") == "LA":  # gray + unassociated alpha, one page
+                    kwargs.update(photometric="minisblack", planarconfig="contig", extrasamples=[2])
                 if dpi:
                     kwargs["resolution"] = (dpi[0] * scale, dpi[1] * scale)
                     kwargs["resolutionunit"] = "INCH"

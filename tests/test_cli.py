@@ -529,3 +529,29 @@ def test_run_time_refusals_name_their_input(
     monkeypatch.setattr(cli, "_process", refuse)
     assert main(["upscale", str(src), "-o", str(tmp_path / "o.png"), "--bicubic", "--quiet"]) == 2
     assert f"{src}: something about the image" in capsys.readouterr().err
+
+
+def test_gray_alpha_goes_to_and_comes_from_tiff_as_one_page(
+    tmp_path: Path, tiny_model: Path, rng: np.random.Generator
+) -> None:
+    """A gray+alpha PNG written as TIFF is one page of gray + alpha samples (not a stack of
+    two-pixel-wide pages), and such a TIFF is read back as gray+alpha: the same pixels as the PNG."""
+    la = rng.integers(0, 256, (9, 13, 2), np.uint8)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    model = ["--model", str(tiny_model), "--quiet"]
+    assert main(["upscale", str(tmp_path / "la.png"), "-o", str(tmp_path / "from_png.png"), *model]) == 0
+    want = np.asarray(Image.open(tmp_path / "from_png.png"))
+    assert main(["upscale", str(tmp_path / "la.png"), "-o", str(tmp_path / "from_png.tif"), *model]) == 0
+    with tifffile.TiffFile(tmp_path / "from_png.tif") as tif:
+        assert len(tif.pages) == 1 and tif.series[0].axes == "YXS"
+        assert [int(e) for e in tif.pages[0].extrasamples] == [2]  # unassociated alpha
+        np.testing.assert_array_equal(tif.asarray(), want)
+    assert Image.open(tmp_path / "from_png.tif").mode == "LA"
+    tifffile.imwrite(tmp_path / "la.tif", la, photometric="minisblack", planarconfig="contig", extrasamples=[2])
+    for suffix in ("tif", "png"):
+        out = tmp_path / f"from_tif.{suffix}"
+        assert main(["upscale", str(tmp_path / "la.tif"), "-o", str(out), *model]) == 0
+        got = tifffile.imread(out) if suffix == "tif" else np.asarray(Image.open(out))
+        np.testing.assert_array_equal(got, want)
+    with tifffile.TiffFile(tmp_path / "from_tif.tif") as tif:
+        assert tif.series[0].axes == "YXS" and [int(e) for e in tif.pages[0].extrasamples] == [2]
