@@ -127,6 +127,7 @@ def _probe(path: Path) -> str | None:
                 _check_tiff_extent(series, path.stat().st_size)  # before decoding: a clear message
                 _check_values(path, series.asarray())  # decoded in full: a corrupt segment is found here
                 return _array_mode(series.dtype, tuple(series.shape))
+        _refuse_wide_colour_png(path)
         from PIL import Image
 
         with Image.open(path) as im:
@@ -136,6 +137,23 @@ def _probe(path: Path) -> str | None:
         raise
     except Exception as exc:
         raise _unreadable(path, exc) from exc
+
+
+def _refuse_wide_colour_png(path: Path) -> None:
+    """Pillow decodes 16-bit colour and gray+alpha PNGs to 8 bits per sample: refuse them rather
+    than halve their precision unseen (16-bit gray PNGs decode fully, as mode I;16)."""
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    # Signature (8 bytes), IHDR's length and type (8), width and height (8), bit depth, colour type.
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR" or len(head) < 26:
+        return
+    depth, colour = head[24], head[25]
+    if depth == 16 and colour in (2, 4, 6):
+        kind = {2: "RGB", 4: "gray+alpha", 6: "RGBA"}[colour]
+        raise UsageError(
+            f"{path}: a 16-bit {kind} PNG, which Pillow can only read at 8 bits per sample; save it as a "
+            "16-bit TIFF to keep its precision (e.g. `magick in.png out.tif`), or as an 8-bit PNG"
+        )
 
 
 def _check_values(path: Path, data: Any) -> None:
