@@ -219,6 +219,8 @@ def _read_tiff(path: Path) -> tuple[Any, dict]:
             unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 1
             info["resolutionunit"] = int(unit)
         rgb = page.photometric == 2  # RGB
+        if "InterColorProfile" in tags:
+            info["icc_profile"] = bytes(tags["InterColorProfile"].value)
         extrasamples = tuple(int(e) for e in (page.extrasamples or ()))
     if len(axes) != data.ndim:  # never seen; fall back to psr.upscale's own reading of the shape
         info["axes"] = None
@@ -260,9 +262,14 @@ def read_image(path: Path) -> tuple[Any, dict]:
         im.load()
         transparency = "transparency" in im.info
         dpi = im.info.get("dpi")
+        icc = im.info.get("icc_profile")
         orientation = im.getexif().get(0x0112, 1)
         im = ImageOps.exif_transpose(im)  # upright pixels; the copy has no orientation tag
     info: dict = {"format": "pil"}
+    if icc and im.mode not in ("CMYK", "YCbCr", "LAB", "HSV"):
+        # The colour space of the pixel values: upscaling keeps it, so the output carries it (not
+        # where the pixels are converted to RGB below: the profile describes the old space).
+        info["icc_profile"] = bytes(icc)
     if dpi and all(float(d) > 0 for d in dpi):
         # Orientations 5-8 swap the axes, and with them the horizontal and vertical densities.
         info["dpi"] = (float(dpi[1]), float(dpi[0])) if orientation in (5, 6, 7, 8) else (float(dpi[0]), float(dpi[1]))
@@ -374,6 +381,8 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
                 if dpi:
                     kwargs["resolution"] = (dpi[0] * scale, dpi[1] * scale)
                     kwargs["resolutionunit"] = "INCH"
+            if info.get("icc_profile"):
+                kwargs["iccprofile"] = info["icc_profile"]
             tifffile.imwrite(tmp, arr, **kwargs)
         else:
             from PIL import Image
@@ -387,6 +396,8 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
             if im.mode not in _WRITABLE[fmt]:
                 raise ValueError(f"{path}: {fmt} cannot store mode {im.mode}; write a .png or .tif instead")
             save: dict = {"quality": 95} if fmt == "JPEG" else {}
+            if info.get("icc_profile"):
+                save["icc_profile"] = info["icc_profile"]
             if dpi:
                 save["dpi"] = (dpi[0] * scale, dpi[1] * scale)
             im.save(tmp, format=fmt, **save)

@@ -589,3 +589,29 @@ def test_16_bit_colour_png_is_refused_not_cut_to_8_bits(
     _png16(tmp_path / "gray.png", a[..., 0], 0)
     assert main(["upscale", str(tmp_path / "gray.png"), "-o", str(out), "--bicubic", "--scale", "2", "--quiet"]) == 0
     assert Image.open(out / "gray_x2.png").mode == "I;16"
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg", "tif"])
+def test_icc_profile_is_carried_to_the_output(tmp_path: Path, rng: np.random.Generator, suffix: str) -> None:
+    """The pixel values keep their colour space, so the output keeps the input's ICC profile."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgb = rng.integers(0, 256, (11, 13, 3), dtype=np.uint8)
+    for src_suffix in ("png", "tif"):
+        src = tmp_path / f"in_{src_suffix}.{src_suffix}"
+        if src_suffix == "png":
+            Image.fromarray(rgb).save(src, icc_profile=icc)
+        else:
+            tifffile.imwrite(src, rgb, photometric="rgb", iccprofile=icc)
+        out = tmp_path / f"out_{src_suffix}.{suffix}"
+        assert main(["upscale", str(src), "-o", str(out), "--bicubic", "--scale", "2", "--quiet"]) == 0
+        with Image.open(out) as im:
+            assert im.info.get("icc_profile") == icc
+    # A CMYK JPEG is converted to RGB: its CMYK profile would mislabel the result, so none is written.
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, icc_profile=b"not really a CMYK profile")
+    out = tmp_path / f"from_cmyk.{suffix}"
+    assert main(["upscale", str(cmyk), "-o", str(out), "--bicubic", "--scale", "2", "--quiet"]) == 0
+    with Image.open(out) as im:
+        assert "icc_profile" not in im.info
