@@ -545,6 +545,24 @@ def test_wide_integers_keep_their_low_bits(dtype: type, rng: np.random.Generator
     assert np.abs(out.astype(np.float64) - offset - ref).max() <= 1
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_64_bit_integers_at_the_top_of_their_range_saturate(dtype: type) -> None:
+    """The largest 64-bit values are not exact in float64 (they round up past the type): bicubic
+    overshoot there must clip to the type's maximum, not wrap to its minimum."""
+    import warnings
+
+    top = np.iinfo(dtype).max
+    a = np.full((16, 16), top, dtype)
+    a[::4, ::4] = 2**62
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value encountered in cast"
+        out = psr.upscale(a, 2, model="bicubic")
+    assert out.dtype == dtype and out.max() == top
+    ref = imresize(a.astype(np.float64), 2.0)  # float64 reference, clipped to the type's range
+    # float32 inside: about 1e-7 of the value range (2^63 - 2^62) off at most
+    np.testing.assert_allclose(out.astype(np.float64), np.clip(ref, 0, float(top)), rtol=0, atol=2**62 * 1e-6)
+
+
 def test_plain_module_without_scale_and_output_check(rng: np.random.Generator) -> None:
     img = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
     out = psr.upscale(img, 4, model=torch.nn.Upsample(scale_factor=4, mode="nearest"))
