@@ -143,6 +143,8 @@ def read_metadata(name_or_path: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ValueError(f"weights file {str(path)!r} has unreadable psr metadata: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"weights file {str(path)!r} has psr metadata that is not a JSON object: {raw[:80]!r}")
     if meta.get("format") != FORMAT:
         raise ValueError(f"weights file {str(path)!r} has format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta

@@ -86,6 +86,16 @@ def test_missing_metadata_and_mismatched_tensors_refused(tmp_path: Path) -> None
     save_file(load_file(str(good)), str(tmp_path / "bad2.safetensors"), metadata={"psr": json.dumps(meta)})
     with pytest.raises(ValueError, match="invalid model config"):
         psr.load_model(tmp_path / "bad2.safetensors")
+    for config in ([1, 2], "x4", None, {"scale": "4"}):
+        meta["config"] = config
+        save_file(load_file(str(good)), str(tmp_path / "bad3.safetensors"), metadata={"psr": json.dumps(meta)})
+        with pytest.raises(ValueError, match="config"):
+            psr.load_model(tmp_path / "bad3.safetensors")
+    # Valid JSON that is not an object.
+    for raw in ("[1, 2]", "null", "4", '"x4-pixel"'):
+        save_file(load_file(str(good)), str(tmp_path / "bad4.safetensors"), metadata={"psr": raw})
+        with pytest.raises(ValueError, match="not a JSON object"):
+            psr.load_model(tmp_path / "bad4.safetensors")
 
 
 def test_non_finite_weights_refused(tmp_path: Path) -> None:
