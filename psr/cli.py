@@ -467,14 +467,7 @@ def _plan_outputs(
         raise UsageError(f"-o {out} is an existing file, not a folder")
     else:
         single = False
-    folder = out.parent if single else out
-    for parent in (folder, *folder.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"-o {out}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UsageError(f"-o {out}: cannot write into {parent} (permission denied)")
-            break
+    check_writable_folder(f"-o {out}", out.parent if single else out)
     plan = [(f, out if single else out / name(f)) for f in files]
 
     by_target: dict[Path, list[Path]] = {}
@@ -539,6 +532,25 @@ def _check_model(args: argparse.Namespace) -> str | None:
     if scale is not None and int(scale) != args.scale:
         raise UsageError(f"--model {args.model} upscales by {scale}, not {args.scale}; pass --scale {scale}")
     return args.model
+
+
+def check_writable_folder(what: str, folder: Path) -> None:
+    """Refuse, before any work, a folder that cannot be made or written into: its nearest existing
+    ancestor must be a folder that takes a new file (tried: permission bits do not tell for a
+    read-only mount, or for root). ``what`` names the option in the message, e.g. ``-o out``."""
+    import tempfile
+
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{what}: {parent} is a file, not a folder")
+            try:
+                with tempfile.TemporaryFile(dir=parent):
+                    pass
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                raise UsageError(f"{what}: cannot write into {parent} ({reason})") from None
+            return
 
 
 def _refuse_existing(targets: Sequence[Path], overwrite: bool) -> None:
@@ -627,8 +639,7 @@ def _upscale_sample(args: argparse.Namespace) -> int:
     # The same checks as for files, before any work: -o names a folder, outputs are new (or --overwrite).
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out} is a file; --sample writes a folder of PNGs")
-    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"-o {out}: cannot write into it (permission denied)")
+    check_writable_folder(f"-o {out}", out)
     _refuse_existing(list(paths.values()), args.overwrite)
     import skimage.data
 

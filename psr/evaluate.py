@@ -511,6 +511,7 @@ def run(args: argparse.Namespace) -> int:
         "default": [None],
     }[args.match_histogram]
     tile = None if args.tile == 0 else args.tile
+    _check_outputs(args)
     # Every model checked against every scale before any work; nothing to evaluate is an error.
     plan = {scale: _models_for(args.model, scale) for scale in dict.fromkeys(args.scale)}
     if not any(plan.values()):
@@ -567,6 +568,21 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"protocol": PROTOCOL, "results": results}, indent=2, allow_nan=True) + "\n")
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--markdown``, ``--json`` and ``--figure`` checked before the evaluation (minutes), not after."""
+    from .cli import check_writable_folder
+
+    for flag, path in (("--markdown", args.markdown), ("--json", args.json)):
+        if path is not None:
+            if path.is_dir():
+                raise SystemExit(f"psr eval: {flag} {path} is a folder; expected a file name")
+            check_writable_folder(f"psr eval: {flag} {path}", path.parent)
+    if args.figure:
+        if args.figure.exists() and not args.figure.is_dir():
+            raise SystemExit(f"psr eval: --figure {args.figure} is a file; expected a folder")
+        check_writable_folder(f"psr eval: --figure {args.figure}", args.figure)
 
 
 def _write_figures(

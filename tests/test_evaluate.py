@@ -362,3 +362,32 @@ def test_cli_help_shows_defaults(capsys, monkeypatch):
     for want in ("(default: all)", "(default: both)", "(default: 4)", "(default: auto)", "default: 256)",
                  "(default: $PSR_VGG_WEIGHTS, else $PSR_SHARED/weights/vgg16_caffe_relu4_3"):  # fmt: skip
         assert want in text, want
+
+
+def test_cli_output_paths_are_checked_before_any_work(flat_set, tmp_path, monkeypatch, capsys):
+    """--json, --markdown and --figure that cannot be written stop the run before the evaluation."""
+    import os
+
+    from psr.cli import main as cli_main
+
+    ev = importlib.import_module("psr.evaluate")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("evaluated before the output paths were checked")
+
+    monkeypatch.setattr(ev, "evaluate", no_work)
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x")
+    base = ["eval", "--data", str(flat_set), "--scale", "2", "--model", "bicubic", "--no-perceptual", "--quiet"]
+    cases = [
+        (["--json", str(a_file / "r.json")], "a_file.txt is a file, not a folder"),
+        (["--markdown", str(tmp_path)], "is a folder; expected a file name"),
+        (["--figure", str(a_file)], "is a file; expected a folder"),
+        (["--figure", str(a_file / "figs")], "a_file.txt is a file, not a folder"),
+    ]
+    if os.path.isdir("/proc/self"):  # a folder that takes no new file whatever the permission bits say
+        cases.append((["--json", "/proc/self/r.json"], "cannot write into /proc/self"))
+    for extra, want in cases:
+        assert cli_main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert want in err and err.startswith("psr eval:"), err
