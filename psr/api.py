@@ -22,11 +22,15 @@ __all__ = ["upscale", "Upscaler", "resolve_model", "BICUBIC"]
 
 BICUBIC = "bicubic"
 _PIL_MODES = {"L": np.uint8, "I;16": np.uint16, "I": np.int32, "F": np.float32, "RGB": np.uint8, "RGBA": np.uint8}
+# 16-bit gray in a stated byte order (Pillow opens big-endian 16-bit TIFFs as I;16B): read as
+# uint16 and returned in the same mode.
+_PIL_16 = {"I;16B": ">u2", "I;16L": "<u2", "I;16N": "=u2"}
+_PIL_MODES.update(dict.fromkeys(_PIL_16, np.uint16))
 # What to convert other PIL modes to first (psr returns the mode it was given, which these cannot
 # hold after upscaling: a palette, 1-bit, or a colour space the networks were not trained on).
 _PIL_CONVERT = {
     "1": "L",
-    "P": "RGB', or 'RGBA' where it has transparency",
+    "P": "RGB') (or image.convert('RGBA') where it has transparency",
     "PA": "RGBA",
     "LA": "RGBA",
     "La": "RGBA",
@@ -127,8 +131,8 @@ def _as_array(image: Any) -> tuple[np.ndarray | torch.Tensor, str, str | None]:
                 + (f" (convert it first: image.convert('{hint}'))" if hint else "")
             )
         arr = np.asarray(image)
-        if image.mode == "I;16":
-            arr = arr.astype(np.uint16)
+        if image.mode == "I;16" or image.mode in _PIL_16:
+            arr = arr.astype(np.uint16)  # native byte order
         return arr, "pil", image.mode
     if isinstance(image, torch.Tensor):
         return image, "torch", None
@@ -256,6 +260,9 @@ def _restore(out: np.ndarray, layout: _Layout, scale: int) -> Any:
     if layout.kind == "pil":
         from PIL import Image
 
+        if layout.pil_mode in _PIL_16:  # the byte order asked for, which fromarray cannot give
+            h, w = res.shape
+            return Image.frombytes(layout.pil_mode, (w, h), res.astype(_PIL_16[layout.pil_mode]).tobytes())
         # Pillow infers L / I;16 / RGB / RGBA from the dtype and channel count.
         return Image.fromarray(res)
     if layout.kind == "torch":

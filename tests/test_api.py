@@ -130,6 +130,19 @@ def test_pil_modes(tiny_model: Path, rng: np.random.Generator, mode: str, shape:
     np.testing.assert_array_equal(np.asarray(out), psr.upscale(arr, 4, model=tiny_model))
 
 
+@pytest.mark.parametrize("mode", ["I;16B", "I;16L", "I;16N"])
+def test_pil_16_bit_byte_orders(tiny_model: Path, rng: np.random.Generator, mode: str) -> None:
+    """16-bit gray in a stated byte order (a big-endian TIFF opens as I;16B) is 16-bit gray, and
+    comes back in its own mode."""
+    arr = rng.integers(0, 65536, (9, 7)).astype(np.uint16)
+    order = {"I;16B": ">u2", "I;16L": "<u2", "I;16N": "=u2"}[mode]
+    im = Image.frombytes(mode, (7, 9), arr.astype(order).tobytes())
+    out = psr.upscale(im, 4, model=tiny_model)
+    assert isinstance(out, Image.Image) and out.mode == mode and out.size == (28, 36)
+    got = np.frombuffer(out.tobytes(), dtype=order).reshape(36, 28)
+    np.testing.assert_array_equal(got, psr.upscale(arr, 4, model=tiny_model))
+
+
 @pytest.mark.parametrize("mode,hint", [("P", "RGBA"), ("LA", "RGBA"), ("1", "L"), ("CMYK", "RGB"), ("YCbCr", "RGB")])
 def test_pil_modes_refused_with_a_hint(rng: np.random.Generator, mode: str, hint: str) -> None:
     im = Image.fromarray(rng.integers(0, 256, (9, 7, 3), np.uint8)).convert(mode)
