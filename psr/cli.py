@@ -510,6 +510,8 @@ def _check_model(args: argparse.Namespace) -> str | None:
     """The ``model`` argument for :func:`psr.upscale`, checked against ``--scale`` before any work."""
     from .weights import _meta_scale, list_models, read_metadata
 
+    if args.bicubic and args.model not in (None, "bicubic"):
+        raise UsageError(f"--bicubic and --model {args.model} ask for two different upscalers; give one of them")
     if args.bicubic or args.model == "bicubic":
         return "bicubic"
     if args.model is None:
@@ -564,12 +566,28 @@ def _refuse_existing(targets: Sequence[Path], overwrite: bool) -> None:
     raise UsageError(f"{shown}{more} {verb}")
 
 
+def _check_device(args: argparse.Namespace) -> None:
+    """``--device`` checked before any input is read (CUDA asked for where there is none)."""
+    from .api import _resolve_device
+
+    try:
+        _resolve_device(args.device, None)
+    except ValueError as exc:
+        raise UsageError(f"--device {args.device}: {exc}") from None
+
+
 def _cmd_upscale(args: argparse.Namespace) -> int:
     if args.sample:
+        if args.inputs:
+            raise UsageError(
+                f"--sample {args.sample} upscales a bundled photo; it takes no INPUT files "
+                f"(got {' '.join(args.inputs)}): give either"
+            )
         return _upscale_sample(args)
     if not args.inputs:
         raise UsageError("give INPUT files/folders or --sample NAME")
     model = _check_model(args)
+    _check_device(args)
     files = _collect_inputs(args.inputs)
     plan = _plan_outputs(
         files, Path(args.output), lambda f: f"{f.stem}_x{args.scale}{f.suffix.lower()}", args.overwrite
@@ -627,6 +645,9 @@ def _upscale_sample(args: argparse.Namespace) -> int:
     if args.sample not in _SAMPLES:
         raise UsageError(f"--sample must be one of {', '.join(_SAMPLES)}")
     model = _check_model(args)
+    if model == "bicubic":
+        raise UsageError("--sample compares a network with bicubic; with --bicubic there is nothing to compare")
+    _check_device(args)
     out = Path(args.output)
     name, f = args.sample, args.scale
     paths = {
@@ -649,7 +670,13 @@ def _upscale_sample(args: argparse.Namespace) -> int:
     hr = hr[: hr.shape[0] - hr.shape[0] % args.scale, : hr.shape[1] - hr.shape[1] % args.scale]
     lr = imresize(hr, 1 / args.scale)  # MATLAB bicubic over (H, W, 3), uint8
     sr = upscale(
-        lr, args.scale, model=model, match_histogram=args.match_histogram, device=args.device, precision=args.precision
+        lr,
+        args.scale,
+        model=model,
+        match_histogram=args.match_histogram,
+        tile=args.tile or None,
+        device=args.device,
+        precision=args.precision,
     )
     bic = upscale(lr, args.scale, model="bicubic")
     out.mkdir(parents=True, exist_ok=True)
@@ -831,10 +858,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="shipped model name or weights file (default x{scale}-pixel)")
     p.add_argument("--bicubic", action="store_true", help="MATLAB-compatible bicubic instead of a network")
     hm = p.add_mutually_exclusive_group()
-    hm.add_argument("--match-histogram", dest="match_histogram", action="store_true", default=None)
-    hm.add_argument("--no-match-histogram", dest="match_histogram", action="store_false")
+    hm.add_argument(
+        "--match-histogram",
+        dest="match_histogram",
+        action="store_true",
+        default=None,
+        help="histogram-match the output to the input (the paper's post-process; default: what the model's "
+        "metadata says, off for the shipped models)",
+    )
+    hm.add_argument("--no-match-histogram", dest="match_histogram", action="store_false", help="never match")
     p.add_argument("--tile", type=_tile_arg, default=256, help="tile size in input pixels, >= 8 (0: whole image)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA where available, else CPU), cpu, cuda or cuda:N")
     p.add_argument(
         "--precision",
         default="float32",
@@ -853,8 +887,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
-    p.add_argument("what", choices=_bench_choices())
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument("what", choices=_bench_choices(), help="which benchmarks/bench_WHAT.py to run")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the script's own options (psr bench WHAT --help)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("build-ext", help="build the C++/CUDA extension ahead of time")

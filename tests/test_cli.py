@@ -320,6 +320,34 @@ def test_cli_wording_for_scale_tile_and_model(
     assert not (tmp_path / "o").exists()
 
 
+def test_conflicting_options_are_refused_before_any_work(
+    tmp_path: Path, tiny_model: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Options that would be silently ignored are refused instead, before any input is read."""
+    import torch
+
+    src = tmp_path / "x.png"
+    Image.fromarray(rng.integers(0, 256, (7, 9, 3), np.uint8)).save(src)
+    out = tmp_path / "o"
+    cases = [
+        (["--bicubic", "--model", str(tiny_model)], "--bicubic and --model"),
+        (["--sample", "astronaut"], "takes no INPUT files"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "--device cuda: device='cuda' was asked but CUDA is not available"))
+    for extra, want in cases:
+        assert main(["upscale", str(src), "-o", str(out), "--quiet", *extra]) == 2
+        assert want in _err_line(capsys)
+    assert main(["upscale", "-o", str(out), "--sample", "astronaut", "--bicubic", "--quiet"]) == 2
+    assert "nothing to compare" in _err_line(capsys)
+    assert not out.exists()
+
+
+def test_python_dash_m_psr_is_the_command_line() -> None:
+    r = subprocess.run([sys.executable, "-m", "psr", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("psr ")
+
+
 def test_exit_status_is_documented_and_consistent(
     tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
