@@ -353,6 +353,17 @@ class _Intensity:
             dst[r0 : r0 + rows] = v.to(_TORCH_OUT[self.dtype]).cpu().numpy()
 
 
+def _intensities(canon: np.ndarray, layout: _Layout, normalize: tuple[float, float] | None) -> list[_Intensity]:
+    """The intensity maps of ``canon``'s images: image ``i`` uses entry ``i % len(result)``.
+
+    Independent gray channels (folded into the batch by :func:`_canonical`, channel fastest) get
+    one map each over all their planes, so that a dim channel beside a bright one is not squeezed
+    into a corner of [0, 1]; anything else gets one map over the whole input.
+    """
+    groups = layout.shape[-1] if layout.channel_axis is not None and not layout.rgb else 1
+    return [_intensity(canon[k::groups], layout.rgb, normalize) for k in range(groups)]
+
+
 def _intensity(canon: np.ndarray, rgb: bool, normalize: tuple[float, float] | None) -> _Intensity:
     dtype = canon.dtype
     c = canon.shape[-1]
@@ -529,7 +540,8 @@ def upscale(
         channels as independent gray images.
     normalize : (lo, hi) or None
         For inputs other than uint8: percentiles mapped to 0 and 1 before the network and back
-        after, computed once over the whole input. ``None``: floats are already in [0, 1], 8- and
+        after, computed once over the whole input, or once per channel over all its planes where
+        the channels are independent gray images (``channel_axis`` given, not RGB). ``None``: floats are already in [0, 1], 8- and
         16-bit ints use their dtype's full range (refused for 32/64-bit ints, whose full range
         the network's float32 cannot resolve).
     tile : int or None
@@ -552,7 +564,8 @@ def upscale(
     The same kind as ``image``: numpy with the same dtype and layout, PIL of the same mode, or a
     tensor of the same dtype on the input's device. Spatial axes are ``scale`` times larger.
     Integer outputs are rounded and clipped to their dtype; float outputs are clipped to [0, 1]
-    with ``normalize=None`` and to the input's value range otherwise.
+    with ``normalize=None`` and to the input's value range otherwise (each independent channel's
+    own range).
 
     Notes
     -----
@@ -583,15 +596,16 @@ def upscale(
             f"image of shape {tuple(layout.shape)} would upscale x{scale} to {out_bytes / 2**30:.1f} GiB, "
             "more than this machine's memory"
         )
-    inten = _intensity(canon, layout.rgb, normalize)
+    intens = _intensities(canon, layout, normalize)
     out = np.empty((b, h * scale, w * scale, c), dtype=canon.dtype)
     total = b * _count_tiles(h, w, tile)
     done = 0
 
     for i in range(b):
         img = canon[i]  # (H, W, C) in the caller's dtype
+        inten = intens[i % len(intens)]
 
-        def run(y0: int, y1: int, x0: int, x1: int, img: np.ndarray = img) -> torch.Tensor:
+        def run(y0: int, y1: int, x0: int, x1: int, img: np.ndarray = img, inten: _Intensity = inten) -> torch.Tensor:
             x = torch.from_numpy(inten.forward(img[y0:y1, x0:x1])).permute(2, 0, 1)[None].to(dev)
             colour = x[:, :3] if c >= 3 else x.expand(1, 3, *x.shape[-2:])
             if bf16:
@@ -632,7 +646,9 @@ def upscale(
         else:
             out_i = out[i]
 
-            def write(ys: slice, xs: slice, block: torch.Tensor, out_i: np.ndarray = out_i) -> None:
+            def write(
+                ys: slice, xs: slice, block: torch.Tensor, out_i: np.ndarray = out_i, inten: _Intensity = inten
+            ) -> None:
                 nonlocal done
                 inten.backward_into(out_i[ys, xs], block[0])
                 done += 1

@@ -26,7 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .api import _canonical, _check_precision, _count_tiles, _intensity, _resolve_device, _restore, _run_tiled
+from .api import (
+    _canonical,
+    _check_precision,
+    _count_tiles,
+    _intensities,
+    _Intensity,
+    _resolve_device,
+    _restore,
+    _run_tiled,
+)
 from .models import StyleNet
 from .weights import (
     _file_version,
@@ -181,7 +190,7 @@ def stylize(
 
     canon, layout = _canonical(image, channel_axis, rgb)
     b, h, w, c = canon.shape
-    inten = _intensity(canon, layout.rgb, normalize)
+    intens = _intensities(canon, layout, normalize)
     out = np.empty_like(canon)
     total = b * _count_tiles(h, w, tile)
     done = 0
@@ -189,6 +198,7 @@ def stylize(
     net_dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
 
     for i in range(b):
+        inten = intens[i % len(intens)]
         x_all = torch.from_numpy(inten.forward(canon[i])).permute(2, 0, 1)[None].to(dev)
         colour_all = x_all[:, :3] if c >= 3 else x_all.expand(1, 3, h, w)
         colour_all = colour_all.to(net_dtype).contiguous()
@@ -213,7 +223,9 @@ def stylize(
 
         out_i = out[i]
 
-        def write(ys: slice, xs: slice, block: torch.Tensor, out_i: np.ndarray = out_i, i: int = i) -> None:
+        def write(
+            ys: slice, xs: slice, block: torch.Tensor, out_i: np.ndarray = out_i, i: int = i, inten: _Intensity = inten
+        ) -> None:
             nonlocal done
             if c == 3:  # mapped back on the tensor's device (see _Intensity.backward_into)
                 inten.backward_into(out_i[ys, xs], block[0])

@@ -503,6 +503,20 @@ def test_numpy_images_on_cuda_agree_with_cpu(tiny_model: Path, rng: np.random.Ge
 # --------------------------------------------------------------------------------- review fixes
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_independent_channels_are_normalised_apart(tiny_model: Path, rng: np.random.Generator, dtype: type) -> None:
+    """Independent gray channels (channel_axis given, not RGB) are independent images: each one's
+    result is that channel upscaled alone, so a dim channel beside a bright one keeps its detail."""
+    dim = rng.integers(0, 100, (2, 9, 11))
+    bright = rng.integers(20000, 60000, (2, 9, 11))
+    stack = np.stack([dim, bright], axis=1).astype(dtype)  # (Z, C, Y, X)
+    out = psr.upscale(stack, 4, model=tiny_model, channel_axis=1)
+    assert out.shape == (2, 2, 36, 44) and out.dtype == dtype
+    for c, chan in enumerate((dim, bright)):
+        alone = psr.upscale(chan.astype(dtype), 4, model=tiny_model, channel_axis=None)
+        np.testing.assert_array_equal(out[:, c], alone)
+
+
 def test_trailing_gray_channel_in_stacks(tiny_model: Path, rng: np.random.Generator) -> None:
     """(Z, H, W, 1) is a stack of gray images with a channel axis, as (H, W, 1) is: each slice as
     its own (H, W) image (before, only 3-D arrays were read so and (Z, H, W, 1) came out as
