@@ -212,6 +212,8 @@ def _canonical(image: Any, channel_axis: int | str | None, rgb: bool | None) -> 
         assert isinstance(t, torch.Tensor)
         if t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"image dtype must be an integer or floating type, got {t.dtype}")
+        if t.device.type == "meta":
+            raise ValueError("image is a tensor on the meta device, which holds no data")
         torch_device = t.device
         tdtype = t.dtype
         # bfloat16 has no numpy twin; compute in float32 and cast back at the end.

@@ -320,6 +320,7 @@ def test_model_defaults_and_mismatch(tmp_path: Path) -> None:
         (np.zeros((6, 9, 3)), {"rgb": "no"}, TypeError, "rgb must be None, True or False"),
         (np.zeros((6, 9, 3)), {"match_histogram": "no"}, TypeError, "match_histogram must be None, True or False"),
         (np.zeros((6, 9)), {"device": "meta"}, ValueError, "meta device"),
+        (torch.zeros(3, 6, 9, device="meta"), {}, ValueError, "tensor on the meta device"),
         (Image.new("RGB", (4, 4)), {"channel_axis": None}, ValueError, "PIL image's layout is fixed"),
         (Image.new("RGB", (4, 4)), {"channel_axis": 0}, ValueError, "PIL image's layout is fixed"),
         (np.zeros((6, 9), np.int32), {"normalize": None}, ValueError, "normalize=None maps int32"),
