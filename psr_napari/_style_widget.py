@@ -87,6 +87,8 @@ class StylizeWidget(_JobRunner, Container):
         """Refresh the layer and style lists (napari calls this when layers change)."""
         self._styles = _shipped_styles()
         super().reset_choices()
+        if self._layer.value is None:  # e.g. opened before any image: take the first one that appears
+            self._select_active_layer()
         self._update_note()
 
     def _select_active_layer(self) -> None:

@@ -241,6 +241,14 @@ class _JobRunner:
             time.sleep(0.01)
 
 
+def _model_kind(name: Any) -> str | None:
+    """``"pixel"`` for x4-pixel, ``"perceptual"`` for x8-perceptual, ``"bicubic"`` for bicubic."""
+    if not isinstance(name, str):
+        return None
+    head, _, kind = name.partition("-")
+    return kind if kind and head[:1] == "x" and head[1:].isdigit() else name
+
+
 class UpscaleWidget(_JobRunner, Container):
     """Dock widget: upscale an image layer with psr and add the result to the viewer.
 
@@ -264,8 +272,11 @@ class UpscaleWidget(_JobRunner, Container):
         self._assemble(inputs, "Upscale")
         self._confirmed_large = False  # the user clicked once past the too-large warning
 
+        self._choosing_model = False
         self._default_model()
+        self._wanted_kind = _model_kind(self._model.value)  # updated when the user picks a model
         self._select_active_layer()
+        self._model.changed.connect(self._on_model)
         self._scale.changed.connect(self._on_scale)
         for w in (self._layer, self._model, self._tile):
             w.changed.connect(self._update_note)
@@ -287,6 +298,8 @@ class UpscaleWidget(_JobRunner, Container):
         """Refresh the layer and model lists (napari calls this when layers change)."""
         self._models = _shipped_models()
         super().reset_choices()
+        if self._layer.value is None:  # e.g. opened before any image: take the first one that appears
+            self._select_active_layer()
         self._update_note()
 
     def _default_model(self) -> None:
@@ -305,10 +318,24 @@ class UpscaleWidget(_JobRunner, Container):
         elif images:
             self._layer.value = images[-1]  # the topmost image layer
 
+    def _on_model(self, *_: Any) -> None:
+        if not self._choosing_model:  # the user's choice, not one made for a new scale
+            self._wanted_kind = _model_kind(self._model.value)
+
     def _on_scale(self, *_: Any) -> None:
-        self._model.reset_choices()
-        if self._model.value not in self._model_choices():
-            self._default_model()
+        # Keep the kind of model the user chose last (x4-perceptual -> x8-perceptual; bicubic stays
+        # bicubic) where the new scale has it, else the default (the pixel-loss model); never
+        # whatever reset_choices leaves first in the list.
+        self._choosing_model = True
+        try:
+            self._model.reset_choices()
+            same = [c for c in self._model_choices() if _model_kind(c) == self._wanted_kind]
+            if same:
+                self._model.value = same[0]
+            else:
+                self._default_model()
+        finally:
+            self._choosing_model = False
         self._update_note()
 
     # ------------------------------------------------------------------ state

@@ -385,14 +385,38 @@ def test_widget_model_list(qtbot, monkeypatch: pytest.MonkeyPatch) -> None:  # t
     assert set(w._model.choices) == {"x8-pixel", "bicubic"} and w._model.value == "x8-pixel"
     w._scale.value = 3
     assert w._model.choices == ("bicubic",)
-    # The layer list follows the viewer.
+    # The layer list follows the viewer; a widget opened before any image takes the first one.
+    assert w._layer.value is None
     viewer.add_image(np.zeros((5, 5)), name="a")
+    assert w._layer.value is viewer.layers["a"]
     viewer.add_labels(np.zeros((5, 5), dtype=np.uint8), name="lab")
     assert [c for c in w._layer.choices if c is not None] == [viewer.layers["a"]]
     # With a non-image layer active, a new widget picks the topmost image layer.
     viewer.add_image(np.zeros((5, 5)), name="b")
     viewer.layers.selection.active = viewer.layers["lab"]
     assert _make_widget(qtbot, viewer)._layer.value is viewer.layers["b"]
+
+
+def test_widget_scale_change_keeps_the_kind_of_model(qtbot, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A new scale keeps the model's kind where it exists there (pixel, perceptual, bicubic), else
+    falls back to the pixel-loss model, never to whatever the list holds first."""
+    from psr_napari import _widget
+
+    fake = {f"x{s}-{k}": {"scale": s, "loss": k} for s in (2, 4, 8) for k in ("perceptual", "pixel")}
+    del fake["x2-perceptual"]
+    monkeypatch.setattr(_widget, "_shipped_models", lambda: dict(fake))
+    w = _make_widget(qtbot, ViewerModel())
+    assert w._model.value == "x4-pixel"
+    for scale, want in ((8, "x8-pixel"), (4, "x4-pixel"), (6, "bicubic"), (4, "x4-pixel")):
+        w._scale.value = scale
+        assert w._model.value == want, scale
+    w._model.value = "x4-perceptual"
+    for scale, want in ((8, "x8-perceptual"), (4, "x4-perceptual"), (2, "x2-pixel")):
+        w._scale.value = scale
+        assert w._model.value == want, scale
+    w._model.value = "bicubic"
+    w._scale.value = 8
+    assert w._model.value == "bicubic"
 
 
 # --------------------------------------------------------------------------------------------
