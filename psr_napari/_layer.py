@@ -281,6 +281,7 @@ def plan_upscale(
         if hasattr(layer, prop):
             value = getattr(layer, prop)
             kwargs[prop] = str(value) if hasattr(value, "value") else value  # StringEnum -> str
+    _check_fits_in_memory(data, f)
     return UpscaleJob(
         data=data,
         rgb=bool(layer.rgb),
@@ -294,6 +295,24 @@ def plan_upscale(
         layer_kwargs=kwargs,
         precision=precision,
     )
+
+
+def _check_fits_in_memory(data: Any, scale: int) -> None:
+    """Refuse, when planning (the note shows it before Upscale is clicked), a layer whose input and
+    upscaled result do not fit in this machine's memory: the job loads the whole layer (a lazy
+    dask or zarr layer too) before psr.upscale could refuse it, and a load cannot be cancelled."""
+    from psr.api import _physical_memory
+
+    itemsize = np.dtype(getattr(data, "dtype", np.float32)).itemsize
+    n = int(np.prod([int(s) for s in data.shape], dtype=np.int64))
+    need = n * itemsize * (1 + scale * scale)
+    have = _physical_memory()
+    if need > have:
+        raise ValueError(
+            f"this layer ({'x'.join(map(str, data.shape))}, {n * itemsize / 2**30:.1f} GiB) and its x{scale} result "
+            f"need {need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB of memory; "
+            "crop the layer or pick a smaller scale"
+        )
 
 
 def upscale_layer(

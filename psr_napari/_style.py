@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._layer import _DISPLAY_PROPS, _resolve_device
+from ._layer import _DISPLAY_PROPS, _check_fits_in_memory, _resolve_device
 
 if TYPE_CHECKING:
     import napari.layers
@@ -127,6 +127,7 @@ def plan_stylize(
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 8):
         raise ValueError(f"tile must be None or an integer >= 8, got {tile!r}")
     data = layer.data[0] if layer.multiscale else layer.data
+    _check_fits_in_memory(data, 1)
     kwargs: dict[str, Any] = {
         "scale": np.asarray(layer.scale, dtype=float),
         "translate": np.asarray(layer.translate, dtype=float),

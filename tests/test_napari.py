@@ -241,6 +241,33 @@ def test_too_large_output_warns(rng: np.random.Generator) -> None:
         upscale_layer(napari.layers.Image(np.ones((4, 4), np.uint8)), 4, model="bicubic")
 
 
+def test_output_larger_than_memory_is_refused_when_planning(
+    qtbot, monkeypatch: pytest.MonkeyPatch, notes: dict[str, list[str]]
+) -> None:  # type: ignore[no-untyped-def]
+    """A layer whose result cannot fit in memory is refused when planned (the widget's note says
+    so before Upscale is clicked), before any job would load the whole (here lazy) layer."""
+    import dask.array as da
+
+    import psr.api
+    from psr_napari._layer import plan_upscale
+    from psr_napari._style import plan_stylize
+
+    monkeypatch.setattr(psr.api, "_physical_memory", lambda: 8 * 2**30)
+    huge = da.zeros((60000, 60000), dtype=np.uint16, chunks=4096)  # 6.7 GiB in, 26.8 GiB out at x2
+    layer = napari.layers.Image(huge, contrast_limits=(0, 1))
+    with pytest.raises(ValueError, match=r"need 33\.5 GiB, more than this machine's 8\.0 GiB"):
+        plan_upscale(layer, 2, model="bicubic")
+    with pytest.raises(ValueError, match="more than this machine's"):
+        plan_stylize(layer, "starry_night")
+    assert plan_upscale(napari.layers.Image(da.zeros((4000, 4000), np.uint16)), 8, model="bicubic").scale == 8
+    viewer = ViewerModel()
+    viewer.add_layer(layer)
+    w = _make_widget(qtbot, viewer, scale=2, model="bicubic")
+    assert "more than this machine's" in w._note.value
+    w._run.native.click()
+    assert w._worker is None and len(viewer.layers) == 1
+
+
 def test_progress_can_cancel(rng: np.random.Generator) -> None:
     src = napari.layers.Image(rng.random((5, 40, 40)))
 
