@@ -95,12 +95,30 @@ def split_train_val(files: list[Path], n_val: int = 20) -> tuple[list[Path], lis
     return train, val
 
 
+# PIL modes of 8-bit gray, colour or palette images; RGB conversion keeps their values. 16-bit,
+# 32-bit and float modes (I;16, I, F) do not: convert("RGB") saturates or zeroes them.
+_EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+
+
 def load_rgb(path: str | os.PathLike) -> torch.Tensor:
-    """The image at ``path`` as a (3, H, W) uint8 tensor (gray and RGBA converted to RGB)."""
-    from PIL import Image
+    """The image at ``path`` as a (3, H, W) uint8 tensor (gray and RGBA converted to RGB), turned
+    upright by its EXIF orientation as ``psr upscale`` reads it.
+
+    Raises
+    ------
+    ValueError
+        The image is not an 8-bit gray, colour or palette image (16-bit, 32-bit or float data, which
+        training on 8-bit photographs cannot use without a choice of intensity mapping).
+    """
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"))
+        if im.mode not in _EIGHT_BIT_MODES:
+            raise ValueError(
+                f"{str(path)!r}: mode {im.mode!r} is not an 8-bit gray or colour image; training reads 8-bit "
+                "images (convert it, e.g. scale 16-bit data to 0..255, or leave it out of --data)"
+            )
+        arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

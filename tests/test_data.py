@@ -331,3 +331,25 @@ def test_find_images(tmp_path: Path, rng: np.random.Generator) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         find_images(tmp_path / "empty")
+
+
+def test_load_rgb_refuses_wide_data_and_turns_photos_upright(tmp_path: Path) -> None:
+    """16-bit and float images are refused by name (RGB conversion saturated or zeroed them); a
+    photo with an EXIF orientation is read upright, as psr upscale reads it."""
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 65536, (12, 10)).astype(np.uint16)).save(tmp_path / "g16.png")
+    tifffile.imwrite(tmp_path / "f32.tif", rng.random((12, 10)).astype(np.float32))
+    for name in ("g16.png", "f32.tif"):
+        with pytest.raises(ValueError, match=rf"{name}.*is not an 8-bit gray or colour image"):
+            load_rgb(tmp_path / name)
+    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored rotated: shown after turning 90 degrees clockwise
+    im.save(tmp_path / "rot.png", exif=exif)
+    got = load_rgb(tmp_path / "rot.png")
+    assert got.shape == (3, 10, 12)
+    np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), np.rot90(rgb, k=-1))
