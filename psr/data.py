@@ -68,10 +68,12 @@ def find_images(root: str | os.PathLike) -> list[Path]:
         No image is found.
     """
     root = Path(root)
+    if root.is_file():
+        raise FileNotFoundError(f"data folder {str(root)!r} is a file; expected a folder of images")
     if not root.is_dir():
         raise FileNotFoundError(
-            f"data directory {str(root)!r} does not exist (data defaults to $PSR_SHARED/data, or ../shared/data "
-            "beside a source checkout: set PSR_SHARED or pass --data)"
+            f"data folder {str(root)!r} does not exist (the default data live under $PSR_SHARED/data, or "
+            "../shared/data beside a source checkout: set PSR_SHARED or pass the folder)"
         )
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:

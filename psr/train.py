@@ -234,18 +234,32 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
     if not (args.tv_weight >= 0 and math.isfinite(args.tv_weight)):
         raise ValueError(f"--tv-weight must be >= 0, got {args.tv_weight}")
-    if args.max_minutes < 0:
+    if not args.max_minutes >= 0:  # NaN too: it would never stop the run
         raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
     if any(not 0 < f < 1 for f in args.lr_decay_at):
         raise ValueError(f"--lr-decay-at fractions must lie in (0, 1), got {args.lr_decay_at}")
     if args.patch % args.scale:
         raise ValueError(f"--patch ({args.patch}) must be a multiple of --scale ({args.scale})")
+    if getattr(args, "task", "sr") == "sr":
+        if args.patch < 2 * args.scale:  # 1x1 LR patches: nothing to learn, and BatchNorm fails at batch 1
+            raise ValueError(f"--patch ({args.patch}) must be at least 2 x --scale ({2 * args.scale})")
+        # Validation crops are cut to a multiple of the scale, then shaved by it on every side,
+        # and SSIM's window is 11 pixels wide.
+        smallest = 2 * args.scale + 11
+        if args.n_val > 0 and args.val_crop - args.val_crop % args.scale < smallest:
+            raise ValueError(
+                f"--val-crop ({args.val_crop}) must leave at least 11 pixels after the {args.scale}-pixel shave "
+                f"on each side at --scale {args.scale}: use --val-crop >= {-(-smallest // args.scale) * args.scale}"
+            )
 
 
 def _warn(message: str, command: str = "train") -> None:
     """A notice for the person at the terminal: one line on stderr, ``psr train: warning: ...``."""
     print(f"psr {command}: warning: {message}", file=sys.stderr, flush=True)
 
+
+# Options that choose the validation set: a resume that changes one starts the best-so-far afresh.
+_VALIDATION_KEYS = ("data", "n_val", "val_crop")
 
 # Files a run writes into --out: their presence means an earlier run is there.
 RUN_FILES = ("checkpoint.pt", "log.jsonl", "best.safetensors")
@@ -280,6 +294,12 @@ def _check_out(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"--resume: no checkpoint at {str(out / 'checkpoint.pt')!r}")
         return
     found = [name for name in RUN_FILES if (out / name).exists()]
+    if found == ["log.jsonl"] and not args.overwrite:
+        # A run that stopped before its first checkpoint (e.g. on an argument found bad only at
+        # its first validation) left nothing to resume or export: its log does not block a new run.
+        _warn(f"--out {str(out)!r} holds only the log of a run that wrote no checkpoint: starting afresh")
+        (out / "log.jsonl").unlink()
+        return
     if found and not args.overwrite:
         fresh = " (--init-from starts a new run at iteration 0)" if getattr(args, "init_from", None) else ""
         resume = "--resume to continue it, " if "checkpoint.pt" in found else ""
@@ -870,9 +890,10 @@ def _sr_job(args: argparse.Namespace, lead: bool, world: int, device: torch.devi
         cfg=cfg,
         sampler=sampler,
         meta_base=meta_base,
-        resume_keys=("loss", "degradation", "patch", "batch_size", "seed", "tv_weight", "lr", "warmup"),
+        resume_keys=(*_VALIDATION_KEYS, "loss", "degradation", "patch", "batch_size", "seed", "tv_weight", "lr")
+        + ("warmup", "lr_decay_at"),
         losses=losses,
-        validate=(lambda: validate(model, val_images, args.scale, device, vgg_val)) if lead else None,
+        validate=(lambda: validate(model, val_images, args.scale, device, vgg_val)) if val_images else None,
         best=lambda b: _normalise_best(b, args.loss),
         better=_better,
         new_best=lambda best, v, it: {"metric": best["metric"], "value": v[best["metric"]], "iteration": it, **v},
@@ -925,7 +946,7 @@ def _style_job(args: argparse.Namespace, lead: bool, world: int, device: torch.d
         cfg=cfg,
         sampler=sampler,
         meta_base=meta_base,
-        resume_keys=(*keys, "seed", "lr", "warmup"),
+        resume_keys=(*_VALIDATION_KEYS, *keys, "seed", "lr", "warmup", "lr_decay_at"),
         losses=losses,
         validate=(lambda: validate_style(model, val_images, objective, args, device)) if val_images else None,
         best=lambda b: dict(b or {"metric": "loss", "value": math.inf, "iteration": 0}),
@@ -1015,15 +1036,19 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
         old = checkpoint_args(st)
         if not args.init_from and old.get("init_from"):
             args.init_from = old["init_from"]  # so the next checkpoint's args keep it too
-        for key in job.resume_keys:
-            if lead and key in old and not _same_arg(key, old[key], getattr(args, key)):
+        changed = [k for k in job.resume_keys if k in old and not _same_arg(k, old[k], getattr(args, k))]
+        for key in changed:
+            if lead:
                 _warn(f"--resume: --{key.replace('_', '-')} was {old[key]!r}, now {getattr(args, key)!r}")
+        reset_best = any(k in _VALIDATION_KEYS for k in changed)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         rng_to_restore = st["rng"]
         it, elapsed = int(st["iteration"]), float(st.get("elapsed", 0.0))
         saved_it = it
-        best = job.best(st.get("best"))
+        best = job.best(None if reset_best else st.get("best"))
+        if reset_best and lead:  # scores on another validation set do not compare
+            _warn("--resume: the validation set changed: the best so far starts afresh (best.safetensors is replaced)")
         init_desc = args.init_from
     else:
         init_desc = _init_weights(model, args.init_from, job.task) if args.init_from else None
@@ -1592,18 +1617,17 @@ def export_main(args: argparse.Namespace) -> dict:
     return meta
 
 
-def _cli(argv: Sequence[str] | None = None) -> None:
-    """``python -m psr.train [train options]`` or ``python -m psr.train export RUN_DIR -o FILE``."""
+def _cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m psr.train [train options]`` or ``python -m psr.train export RUN_DIR -o FILE``:
+    ``psr train`` / ``psr export`` (the same parsers, one-line errors and exit statuses), for
+    launchers such as torchrun that start a module."""
+    from .cli import main as psr_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["export"]:
-        p = argparse.ArgumentParser(prog="python -m psr.train export", description="export a run")
-        add_export_arguments(p)
-        export_main(p.parse_args(argv[1:]))
-        return
-    p = argparse.ArgumentParser(prog="python -m psr.train", description=__doc__)
-    add_arguments(p)
-    main(p.parse_args(argv))
+        return psr_main(argv)
+    return psr_main(["train", *argv])
 
 
 if __name__ == "__main__":
-    _cli()
+    sys.exit(_cli())

@@ -326,8 +326,10 @@ def test_find_images(tmp_path: Path, rng: np.random.Generator) -> None:
     write_images(tmp_path / "a" / "b", [(10, 12)], rng)
     (tmp_path / "a" / "notes.txt").write_text("x")
     assert [p.name for p in find_images(tmp_path)] == ["im00.png"]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="does not exist.*PSR_SHARED"):
         find_images(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="is a file; expected a folder"):
+        find_images(tmp_path / "a" / "notes.txt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         find_images(tmp_path / "empty")

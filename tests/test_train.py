@@ -385,11 +385,49 @@ def test_export_writes_shipped_format(tmp_path: Path, data_dir: Path, rng: np.ra
         (["--device", "tpu"], "--device"),
         (["--degradation", "gauss"], "degradation"),
         (["--workers", "-1"], "--workers"),
+        (["--max-minutes", "nan"], "--max-minutes"),
+        (["--max-minutes", "-1"], "--max-minutes"),
+        (["--val-crop", "10"], r"--val-crop \(10\) must leave at least 11 pixels.*--val-crop >= 20"),
+        (["--val-crop", "19"], r"--val-crop >= 20"),
+        (["--scale", "8", "--patch", "8", "--batch-size", "1"], r"--patch \(8\) must be at least 2 x --scale"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, data_dir: Path, flags: list[str], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         train.main(parse(*TINY, "--data", data_dir, "--out", tmp_path / "bad", "--iterations", "1", *flags))
+
+
+def test_no_validation_split_trains_without_validating(tmp_path: Path, data_dir: Path) -> None:
+    """--n-val 0: no NaN scores and no validation records; export takes the last checkpoint."""
+    import warnings
+
+    out = tmp_path / "noval"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "Mean of empty slice"
+        r = train.main(parse(*TINY, "--data", data_dir, "--out", out, "--iterations", "2", "--n-val", "0",
+                             "--val-every", "1", "--val-crop", "8", "--workers", "0"))  # fmt: skip
+    assert r["iteration"] == 2
+    assert not any("val_psnr" in rec for rec in read_log(out)) and not (out / "best.safetensors").exists()
+
+
+def test_resume_with_another_validation_set_warns_and_restarts_the_best(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    base = [*TINY, "--out", out, "--workers", "0", "--val-every", "1", "--checkpoint-every", "1", "--iterations", "3"]
+    train.main(parse(*base, "--data", data_dir, "--stop-at", "1"))
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in sorted(data_dir.iterdir())[:4]:
+        (other / f.name).write_bytes(f.read_bytes())
+    capsys.readouterr()
+    train.main(parse(*base, "--data", other, "--resume", "--stop-at", "2"))
+    err = capsys.readouterr().err
+    assert "--resume: --data was" in err and "the validation set changed" in err
+    assert train.load_checkpoint(out / "checkpoint.pt")["best"]["iteration"] == 2
+    train.main(parse(*base, "--data", other, "--resume", "--iterations", "4"))  # extending a run: no notice
+    err = capsys.readouterr().err
+    assert "--resume:" not in err
 
 
 def test_learning_rate_schedule() -> None:
@@ -494,8 +532,16 @@ def test_earlier_run_is_refused_without_resume_or_overwrite(
     assert err.startswith("psr train: error: --out") and "--overwrite" in err and len(err.splitlines()) == 1
     with pytest.raises(ValueError, match="pass one of them"):
         train.main(parse(*base, "--data", data_dir, "--iterations", "4", "--resume", "--overwrite"))
-    # Any file of a run counts.
-    for name in train.RUN_FILES:
+    # Any file of a run counts, but a log alone (a run that stopped before its first checkpoint,
+    # with nothing to resume or export) is replaced, with a warning.
+    lone = tmp_path / "lone-log"
+    lone.mkdir()
+    (lone / "log.jsonl").write_text('{"event": "start"}\n')
+    capsys.readouterr()
+    assert train.main(parse(*TINY, "--data", data_dir, "--out", lone, "--iterations", "1"))["iteration"] == 1
+    assert "holds only the log of a run that wrote no checkpoint" in capsys.readouterr().err
+    assert [r.get("event") for r in read_log(lone)].count("start") == 1
+    for name in ("checkpoint.pt", "best.safetensors"):
         lone = tmp_path / f"lone-{name}"
         lone.mkdir()
         (lone / name).write_bytes(b"")
