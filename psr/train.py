@@ -416,6 +416,27 @@ def _init_weights(model: torch.nn.Module, source: str, task: str) -> str:
     return where
 
 
+def _newer_best_file(path: Path, best: dict) -> dict:
+    """The best-so-far record, from ``best.safetensors`` where it is newer than the checkpoint's.
+
+    Validation writes the best file when it finds a new best, the checkpoint comes later: a run
+    stopped between the two resumes with an older record than its file, and a later, worse
+    validation would then replace the better file.
+    """
+    from .weights import read_metadata
+
+    if not path.is_file():
+        return best
+    try:
+        meta = read_metadata(path)
+    except ValueError:
+        return best
+    it, value = meta.get("iterations"), meta.get(f"val_{best.get('metric')}")
+    if isinstance(it, int) and it > int(best.get("iteration", 0)) and isinstance(value, (int, float)):
+        return {**best, "value": float(value), "iteration": it}
+    return best
+
+
 def _normalise_best(best: dict | None, loss: str) -> dict:
     """Best-so-far record; old checkpoints hold only {'psnr', 'iteration'}."""
     metric = "psnr" if loss == "pixel" else FEATURE_LAYER
@@ -1047,6 +1068,8 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
         it, elapsed = int(st["iteration"]), float(st.get("elapsed", 0.0))
         saved_it = it
         best = job.best(None if reset_best else st.get("best"))
+        if not reset_best:
+            best = _newer_best_file(out / "best.safetensors", best)
         if reset_best and lead:  # scores on another validation set do not compare
             _warn("--resume: the validation set changed: the best so far starts afresh (best.safetensors is replaced)")
         init_desc = args.init_from

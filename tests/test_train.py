@@ -430,6 +430,24 @@ def test_resume_with_another_validation_set_warns_and_restarts_the_best(
     assert "--resume:" not in err
 
 
+def test_resume_keeps_a_best_file_newer_than_the_checkpoint(tmp_path: Path, data_dir: Path) -> None:
+    """Stopped after validation wrote best.safetensors but before the checkpoint: the resumed run
+    takes the file's record, so a worse later validation does not replace the better file."""
+    import psr.weights as W
+
+    out = tmp_path / "run"
+    base = [*TINY, "--data", data_dir, "--out", out, "--workers", "0", "--val-every", "1"]
+    train.main(parse(*base, "--iterations", "4", "--checkpoint-every", "2", "--stop-at", "2"))
+    meta = W.read_metadata(out / "best.safetensors")
+    meta.update(iterations=3, val_psnr=99.0)  # as if iteration 3 had validated at 99 dB, then a kill
+    model = W.load_model(out / "best.safetensors", fuse=False)
+    W.save_weights(out / "best.safetensors", model, {k: v for k, v in meta.items() if k not in ("format", "config")})
+    before = (out / "best.safetensors").read_bytes()
+    train.main(parse(*base, "--iterations", "4", "--checkpoint-every", "2", "--resume"))
+    assert (out / "best.safetensors").read_bytes() == before
+    assert train.load_checkpoint(out / "checkpoint.pt")["best"]["value"] == 99.0
+
+
 def test_learning_rate_schedule() -> None:
     a = parse("--lr", "0.002", "--iterations", "100", "--lr-decay-at", "0.5", "0.8", "--warmup", "4")
     got = [train._lr_at(a, it) for it in (0, 1, 3, 10, 49, 50, 79, 80, 99)]
