@@ -366,7 +366,8 @@ def load_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise ValueError(f"checkpoint {str(path)!r} is corrupt or unreadable: {exc}") from None
+        why = str(exc).strip() or f"{type(exc).__name__} (an empty or truncated file?)"
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt or unreadable: {why}") from None
     missing = {"model", "optimizer", "rng", "iteration", "config"} - set(st) if isinstance(st, dict) else {"all keys"}
     if missing:
         raise ValueError(f"checkpoint {str(path)!r} lacks {sorted(missing)}")
@@ -1473,6 +1474,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``psr export``'s options to ``p``."""
     p.add_argument("run_dir", type=Path, help="a training run folder (best.safetensors, checkpoint.pt)")
     p.add_argument("-o", "--output", type=Path, required=True, help="weights file to write (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--name", default=None, help="model name in the metadata (default: the run's)")
     p.add_argument(
         "--which", default="best", choices=("best", "last"), help="best validation weights, or the last checkpoint"
@@ -1559,6 +1561,12 @@ def export_main(args: argparse.Namespace) -> dict:
         raise FileNotFoundError(f"run_dir {str(run_dir)!r} is not a folder")
     if args.output.suffix != ".safetensors":
         raise ValueError(f"--output must end in .safetensors, got {str(args.output)!r}")
+    if args.output.exists() and not getattr(args, "overwrite", False):
+        what = "a folder" if args.output.is_dir() else "an existing file"
+        raise ValueError(f"--output {str(args.output)!r} is {what}; pass --overwrite to replace it, or another name")
+    from .cli import check_writable_folder
+
+    check_writable_folder(f"--output {args.output}", args.output.parent)
     if _run_task(run_dir) == "style":
         if args.match_histogram == "on":
             raise ValueError(

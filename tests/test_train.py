@@ -372,6 +372,13 @@ def test_export_writes_shipped_format(tmp_path: Path, data_dir: Path, rng: np.ra
         train.export_main(p.parse_args([str(out), "-o", str(tmp_path / "x.pt")]))
     with pytest.raises(FileNotFoundError):
         train.export_main(p.parse_args([str(tmp_path / "nope"), "-o", str(dst)]))
+    # An existing output (e.g. a shipped weights file) is replaced only with --overwrite.
+    before = dst.read_bytes()
+    with pytest.raises(ValueError, match="pass --overwrite"):
+        train.export_main(p.parse_args([str(out), "-o", str(dst), "--set5", "none", "--which", "last"]))
+    assert dst.read_bytes() == before
+    train.export_main(p.parse_args([str(out), "-o", str(dst), "--set5", "none", "--which", "last", "--overwrite"]))
+    assert dst.read_bytes() != before
 
 
 @pytest.mark.parametrize(
