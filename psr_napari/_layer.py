@@ -241,7 +241,10 @@ class UpscaleJob:
         """The result layer (not added to any viewer)."""
         from napari.layers import Image
 
-        return Image(data, metadata={"psr": info}, **self.layer_kwargs)
+        kwargs = dict(self.layer_kwargs)
+        # The source's metadata (credits, acquisition details) still describes the result.
+        metadata = {**kwargs.pop("metadata", {}), "psr": info}
+        return Image(data, metadata=metadata, **kwargs)
 
 
 def plan_upscale(
@@ -273,6 +276,7 @@ def plan_upscale(
     data = layer.data[0] if layer.multiscale else layer.data
     kwargs: dict[str, Any] = upscaled_geometry(layer, f)
     kwargs["name"] = f"{layer.name} x{f}"
+    kwargs["metadata"] = dict(layer.metadata)
     kwargs["rgb"] = bool(layer.rgb)
     kwargs["contrast_limits"] = [float(v) for v in layer.contrast_limits]
     if not layer.rgb:

@@ -99,7 +99,10 @@ class StylizeJob:
         """The result layer (not added to any viewer)."""
         from napari.layers import Image
 
-        return Image(data, metadata={"psr": info}, **self.layer_kwargs)
+        kwargs = dict(self.layer_kwargs)
+        # The source's metadata (credits, acquisition details) still describes the result.
+        metadata = {**kwargs.pop("metadata", {}), "psr": info}
+        return Image(data, metadata=metadata, **kwargs)
 
 
 def plan_stylize(
@@ -139,6 +142,7 @@ def plan_stylize(
         "name": f"{layer.name} ({_style_label(style)})",
         "rgb": bool(layer.rgb),
         "contrast_limits": [float(v) for v in layer.contrast_limits],
+        "metadata": dict(layer.metadata),
     }
     if not layer.rgb:
         kwargs["colormap"] = layer.colormap

@@ -122,6 +122,8 @@ def test_gray_uint16_scale_translate(rng: np.random.Generator, tiny_model: Path)
     assert out.gamma == pytest.approx(0.7) and out.opacity == pytest.approx(0.6)
     assert str(out.blending) == "additive"
     assert [str(u) for u in out.units] == [str(u) for u in src.units] and tuple(out.axis_labels) == ("y", "x")
+    # The source's metadata is carried over (it still describes the data), psr's added beside it.
+    assert out.metadata["keep"] == "out" and "psr" not in src.metadata
     meta = out.metadata["psr"]
     assert meta["version"] == psr.__version__ and meta["model"] == str(tiny_model)
     assert meta["scale"] == 4 and meta["tile"] == 16 and meta["match_histogram"] is False
