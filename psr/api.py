@@ -669,7 +669,8 @@ class Upscaler(nn.Module):
     ``device="auto"`` says: the input's device, else CUDA when available. Inference only:
     :func:`upscale` runs under ``torch.no_grad`` and its output carries no gradient (train with
     :mod:`psr.train`). Other keyword arguments go to :func:`upscale` (``normalize`` defaults to
-    None: inputs are already in [0, 1]).
+    None: inputs are already in [0, 1]; with that default, floating inputs are clamped to [0, 1]
+    first, as an upstream network's output a rounding error past 1 would otherwise be refused).
     """
 
     def __init__(self, scale: int = 4, model: str | os.PathLike | nn.Module | None = None, **kwargs: Any) -> None:
@@ -702,4 +703,6 @@ class Upscaler(nn.Module):
         kwargs = dict(self.kwargs)
         if kwargs.get("device", "auto") == "auto" and params and params[0].device.type != "cpu":
             kwargs["device"] = params[0].device  # moved there with .to(): run there
+        if kwargs.get("normalize") is None and isinstance(x, torch.Tensor) and x.is_floating_point():
+            x = x.clamp(0, 1)  # the network's domain (NaN is kept, and refused by upscale)
         return upscale(x, self.scale, model=self.net, **kwargs)

@@ -403,6 +403,12 @@ def test_upscaler_module(tiny_model: Path) -> None:
     x = torch.rand(2, 3, 5, 6)
     mod = psr.Upscaler(4, model=tiny_model)
     torch.testing.assert_close(mod(x), psr.upscale(x, 4, model=tiny_model, normalize=None))
+    # A rounding error past [0, 1] (an upstream network's output) is clamped, not refused.
+    off = x.clone()
+    off[0, 0, 0, 0], off[1, 2, 4, 5] = 1 + 1e-6, -1e-6
+    torch.testing.assert_close(mod(off), mod(off.clamp(0, 1)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="NaN"):
+        mod(torch.full((1, 3, 5, 6), float("nan")))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32, np.float64])
