@@ -705,8 +705,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .weights import list_models
 
     models = list_models()
-    if args.json:
-        print(json.dumps(models, indent=2, sort_keys=True))
+    if args.json:  # every shipped network, styles too (each record says its task)
+        print(json.dumps(list_models(task=None), indent=2, sort_keys=True))
         return 0
     if not models:
         print("no shipped models")

@@ -362,7 +362,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--grid",
         type=Path,
         default=None,
-        help="write INPUT then INPUT in every shipped style side by side to this file",
+        help="write INPUT then INPUT in every shipped style (or --style) side by side to this .png/.jpg/.tif file "
+        "(-o is not used; --overwrite to replace it)",
     )
     p.add_argument("--quiet", action="store_true")
 
@@ -391,7 +392,16 @@ def run(args: argparse.Namespace) -> int:
     Input and output errors raise :class:`psr.cli.UsageError` (a SystemExit; ``psr`` exits with 2),
     all found before any stylisation: see :func:`psr.cli._plan_outputs`.
     """
-    from .cli import UsageError, _collect_inputs, _plan_outputs, _process, _read, write_image
+    from .cli import (
+        UsageError,
+        _collect_inputs,
+        _plan_outputs,
+        _process,
+        _read,
+        _refuse_existing,
+        check_writable_folder,
+        write_image,
+    )
 
     if args.list:
         styles = list_models(task="style")
@@ -413,14 +423,19 @@ def run(args: argparse.Namespace) -> int:
 
         if len(args.inputs) != 1:
             raise UsageError("--grid: give exactly one INPUT image")
+        if args.grid.suffix.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
+            raise UsageError(f"--grid {args.grid}: name a .png, .jpg or .tif file")
+        if args.grid.is_dir():
+            raise UsageError(f"--grid {args.grid} is a folder; name a .png, .jpg or .tif file")
+        check_writable_folder(f"--grid {args.grid}", args.grid.parent)
+        _refuse_existing([args.grid], args.overwrite)  # as for every other output
         picture = _open_picture(Path(args.inputs[0]))
         styles = None if args.style is None else [args.style]
         try:
             grid = style_grid(picture, styles, device=dev)
         except ValueError as exc:
             raise UsageError(f"--grid: {exc}") from None
-        args.grid.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(args.grid)
+        write_image(args.grid, Image.fromarray(grid), {"format": "pil"}, 1)  # atomically
         return 0
     style = args.style or "starry_night"
     tag = Path(str(style)).stem

@@ -169,7 +169,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="linear lr warm-up over this many iterations (not in the paper; 0: none). Adam at full lr "
-        "on the zero-initialised residual head throws the first outputs far off",
+        "throws the near-bicubic start (a residual head scaled to 0.1) far off in the first iterations",
     )
     g.add_argument("--lr-decay-at", type=float, nargs="*", default=[], help="fractions of --iterations where lr *= 0.1")
     g.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the data")

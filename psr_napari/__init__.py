@@ -1,8 +1,8 @@
 """napari plugin for psr: upscale image layers, keeping their physical geometry.
 
 ``upscale_layer(layer, scale=4, ...)`` returns a new Image layer that overlays the input exactly;
-the "Upscale (psr)" dock widget (see ``napari.yaml``) runs it in a worker thread.
-``stylize_layer(layer, style, ...)`` and the "Stylize (psr)" widget do the same for style transfer. The plugin never
+the "Upscale" dock widget (plugin "psr super-resolution") (see ``napari.yaml``) runs it in a worker thread.
+``stylize_layer(layer, style, ...)`` and the "Stylize" widget do the same for style transfer. The plugin never
 imports torchvision, triton or ``torch._dynamo``: in a process that shows a Mesa GL canvas, loading
 triton's LLVM segfaults napari.
 """

@@ -352,7 +352,7 @@ def upscale_layer(
     device : "auto", str or torch.device
         Where the network runs.
     precision : {"float32", "bfloat16"}
-        The network's arithmetic, as for :func:`psr.upscale` (bfloat16: 3-4x faster, ~-0.001 dB).
+        The network's arithmetic, as for :func:`psr.upscale` (bfloat16: about 2-7x faster on bf16-capable CPUs, faster on GPUs, about -0.001 dB).
     progress : callable, optional
         ``progress(done, total)`` after each tile of each plane; raise from it to cancel.
 

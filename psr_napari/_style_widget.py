@@ -1,4 +1,4 @@
-"""The "Stylize (psr)" dock widget: real-time style transfer of an image layer in a worker thread.
+"""The "Stylize" dock widget (plugin "psr super-resolution"): real-time style transfer of an image layer in a worker thread.
 
 Built like the "Upscale" widget (:mod:`psr_napari._widget`): a magicgui ``Container`` usable on a
 plain :class:`napari.components.ViewerModel`; the work runs in napari's ``thread_worker``; progress

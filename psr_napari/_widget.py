@@ -1,4 +1,4 @@
-"""The "Upscale (psr)" dock widget: pick an image layer and settings, upscale it in a worker thread.
+"""The "Upscale" dock widget (plugin "psr super-resolution"): pick an image layer and settings, upscale it in a worker thread.
 
 A magicgui ``Container``: importable and constructible without a running viewer (tests build it
 with a plain :class:`napari.components.ViewerModel`). The work runs in napari's ``thread_worker``;

@@ -275,6 +275,14 @@ def test_style_grid_and_cli_grid(
     S.add_arguments(p)
     assert S.run(p.parse_args([str(src), "--grid", str(tmp_path / "g.png"), "--quiet"])) == 0
     assert np.asarray(Image.open(tmp_path / "g.png")).shape == (384, 2 * 576 + 4, 3)
+    # An existing grid file is replaced only with --overwrite, as every other output.
+    before = (tmp_path / "g.png").read_bytes()
+    with pytest.raises(SystemExit, match="--overwrite"):
+        S.run(p.parse_args([str(src), "--grid", str(tmp_path / "g.png"), "--quiet"]))
+    assert (tmp_path / "g.png").read_bytes() == before
+    assert S.run(p.parse_args([str(src), "--grid", str(tmp_path / "g.png"), "--quiet", "--overwrite"])) == 0
+    with pytest.raises(SystemExit, match="name a .png"):
+        S.run(p.parse_args([str(src), "--grid", str(tmp_path / "g.bmp"), "--quiet"]))
     assert S.run(p.parse_args(["--list"])) == 0
     assert "tiny_style" in capsys.readouterr().out
     S._cached_style.cache_clear()
