@@ -63,7 +63,7 @@ def bf16_psnr(model: SRNet, shared: Path, device: torch.device) -> dict[str, flo
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
                 y = model(x.contiguous(memory_format=torch.channels_last)).float()
             sr = np.rint(y[0].permute(1, 2, 0).cpu().numpy() * 255).clip(0, 255)
-            res[mode].append(psnr(shave(rgb_to_y(sr), 4), shave(rgb_to_y(hr), 4)))
+            res[mode].append(psnr(shave(rgb_to_y(sr), 4), shave(rgb_to_y(hr), 4), data_range=255))
     return {k: float(np.mean(v)) for k, v in res.items()}
 
 

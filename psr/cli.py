@@ -692,7 +692,8 @@ def _upscale_sample(args: argparse.Namespace) -> int:
     s = shave(rgb_to_y(hr), f)
     print(f"input {lr.shape[1]}x{lr.shape[0]} -> {sr.shape[1]}x{sr.shape[0]} ({model or f'x{f}-pixel'})")
     print(
-        f"PSNR (Y) vs original: bicubic {psnr(shave(rgb_to_y(bic), f), s):.2f} dB, psr {psnr(shave(rgb_to_y(sr), f), s):.2f} dB"
+        f"PSNR (Y) vs original: bicubic {psnr(shave(rgb_to_y(bic), f), s, data_range=255):.2f} dB, "
+        f"psr {psnr(shave(rgb_to_y(sr), f), s, data_range=255):.2f} dB"
     )
     for key, p in paths.items():
         print(f"  {key:9s} {p}")

@@ -253,8 +253,8 @@ def evaluate(
         row: dict[str, Any] = {
             "name": path.name,
             "shape": list(hr.shape),
-            "psnr": _m.psnr(y_sr, y_hr),
-            "ssim": _m.ssim(y_sr, y_hr),
+            "psnr": _m.psnr(y_sr, y_hr, data_range=255),
+            "ssim": _m.ssim(y_sr, y_hr, data_range=255),
             "perceptual": None,
         }
         if percep is not None and percep.available:

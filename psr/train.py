@@ -501,8 +501,8 @@ def validate(
         x = (lr.float() / 255.0)[None].to(device)
         sr8 = torch.round(model(x).float().clamp(0, 1) * 255.0).cpu()[0]
         ys, yh = rgb_to_y(sr8.permute(1, 2, 0).numpy()), rgb_to_y(hr.permute(1, 2, 0).numpy())
-        p.append(psnr(shave(ys, scale), shave(yh, scale)))
-        s.append(ssim(shave(ys, scale), shave(yh, scale)))
+        p.append(psnr(shave(ys, scale), shave(yh, scale), data_range=255))
+        s.append(ssim(shave(ys, scale), shave(yh, scale), data_range=255))
         if vgg is not None:
             a = sr8[:, scale:-scale, scale:-scale][None].float().div(255).to(device)
             b = hr[:, scale:-scale, scale:-scale][None].float().div(255).to(device)

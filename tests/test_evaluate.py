@@ -31,14 +31,14 @@ def test_psnr_known_values():
     rng = np.random.default_rng(0)
     a = rng.uniform(0, 200, (37, 29))
     for d in (0.5, 3.0, 17.0):
-        assert psnr(a + d, a) == pytest.approx(20 * math.log10(255 / d), abs=1e-10)
+        assert psnr(a + d, a, data_range=255) == pytest.approx(20 * math.log10(255 / d), abs=1e-10)
     noise = rng.normal(0, 4, a.shape)
     mse = np.mean(noise**2)
-    assert psnr(a, a + noise) == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-10)
-    assert psnr(a, a) == math.inf
+    assert psnr(a, a + noise, data_range=255) == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-10)
+    assert psnr(a, a, data_range=255) == math.inf
     assert psnr(a / 255, (a + 5) / 255, data_range=1.0) == pytest.approx(20 * math.log10(255 / 5), abs=1e-9)
     with pytest.raises(ValueError, match="same shape"):
-        psnr(a, a[1:])
+        psnr(a, a[1:], data_range=255)
 
 
 def _ssim_by_hand(x: np.ndarray, y: np.ndarray) -> float:
@@ -63,12 +63,12 @@ def test_ssim_known_values_and_independent_implementation():
     rng = np.random.default_rng(1)
     a = rng.uniform(0, 255, (41, 35))
     b = np.clip(a + rng.normal(0, 20, a.shape), 0, 255)
-    assert ssim(a, a) == pytest.approx(1.0, abs=1e-12)
-    assert ssim(a, b) == pytest.approx(_ssim_by_hand(a, b), abs=1e-9)
-    assert 0 < ssim(a, b) < 0.99
+    assert ssim(a, a, data_range=255) == pytest.approx(1.0, abs=1e-12)
+    assert ssim(a, b, data_range=255) == pytest.approx(_ssim_by_hand(a, b), abs=1e-9)
+    assert 0 < ssim(a, b, data_range=255) < 0.99
     # constant images: sigma = 0, so SSIM = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)
     x, y = np.full((20, 24), 100.0), np.full((20, 24), 130.0)
-    assert ssim(x, y) == pytest.approx((2 * 100 * 130 + C1) / (100**2 + 130**2 + C1), abs=1e-9)
+    assert ssim(x, y, data_range=255) == pytest.approx((2 * 100 * 130 + C1) / (100**2 + 130**2 + C1), abs=1e-9)
 
 
 def test_rgb_to_y_known_values():
