@@ -138,11 +138,11 @@ def imresize(
     antialias : bool
         Stretch the kernel when downscaling (MATLAB's default).
     channel_axis : "auto", int or None
-        The axis holding channels; the spatial axes are then the last two others. ``"auto"``
-        (as in :func:`psr.upscale`): a numpy array of 3 or more dimensions whose last axis is 1,
-        3 or 4 long is (..., H, W, C), as MATLAB and scikit-image read an RGB array; anything
-        else, and every tensor ((N, C, H, W) as torch lays it out), is resized over its last two
-        axes. ``None``: always the last two axes.
+        The axis holding channels; the spatial axes are then the last two others. ``"auto"``: a
+        numpy array of 3 or more dimensions whose last axis is 1, 3 or 4 long is (..., H, W, C),
+        as MATLAB and scikit-image read an RGB array; anything else (a last axis of 2 or 5-7 too,
+        which :func:`psr.upscale` refuses as ambiguous), and every tensor ((N, C, H, W) as torch
+        lays it out), is resized over its last two axes. ``None``: always the last two axes.
 
     Returns
     -------
@@ -150,7 +150,11 @@ def imresize(
     """
     is_numpy = isinstance(image, np.ndarray)
     if is_numpy:
+        if image.dtype.kind == "f" and image.dtype.itemsize > 8:
+            raise TypeError(f"image dtype {image.dtype} is not supported; convert it to float64")
         arr = np.ascontiguousarray(image)
+        if not arr.dtype.isnative:  # big-endian data (TIFF, FITS): torch reads native byte order only
+            arr = arr.astype(arr.dtype.newbyteorder("="))
         # torch warns on read-only arrays (np.asarray of a PIL image): resize a private copy.
         t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     else:
@@ -180,6 +184,7 @@ def imresize(
             raise TypeError(f"scale must be a positive finite number, got {scale!r}")
         if not (scale > 0 and math.isfinite(scale)):
             raise ValueError(f"scale must be a positive finite number, got {scale}")
+        scale = float(scale)  # a numpy float32/float16 scale would round the sizes in its own precision
         # MATLAB: ceil(scale * n); guard against 0.25 * 400 = 100.00000000000001.
         out_h = max(1, math.ceil(round(scale * h, 9)))
         out_w = max(1, math.ceil(round(scale * w, 9)))
@@ -200,10 +205,20 @@ def imresize(
         work = resample_axis(work, dim, n, s, a=-0.5, antialias=antialias, padding="symmetric")
     if not t.is_floating_point():
         info = torch.iinfo(orig_dtype)
-        work = _round_half_away(work).clamp(info.min, info.max).to(orig_dtype)
+        work = _round_half_away(work).clamp(info.min, info.max)
+        if info.bits == 64:  # float64(max) rounds up to 2^63 or 2^64, past the type: saturate
+            v = work.cpu().numpy()  # in numpy: torch has no masked fill for uint64
+            over = v >= float(info.max)
+            out = np.where(over, 0.0, v).astype(torch.empty(0, dtype=orig_dtype).numpy().dtype)
+            out[over] = info.max
+            work = torch.from_numpy(out).to(t.device)
+        else:
+            work = work.to(orig_dtype)
     if ch is not None:
         work = work.movedim(-3, ch)
-    return np.ascontiguousarray(work.numpy()) if is_numpy else work
+    if is_numpy:
+        return np.ascontiguousarray(work.numpy()).astype(image.dtype, copy=False)  # the caller's byte order
+    return work
 
 
 def _round_half_away(x: torch.Tensor) -> torch.Tensor:

@@ -211,3 +211,36 @@ def test_read_only_arrays_resize_without_a_warning() -> None:
         warnings.simplefilter("error")
         out = imresize(x, 2.0)
     np.testing.assert_array_equal(out, imresize(x.copy(), 2.0))
+
+
+def test_numpy_float_scales_give_matlab_sizes() -> None:
+    """A float32/float16 scale is the same number as the Python float: ceil(2 * 11) = 22, not 23
+    from 22.000002 (float32 rounding) or an overflow (float16)."""
+    for scale in (np.float32(2.0), np.float16(2), np.float64(0.25)):
+        want = imresize(np.zeros((9, 11)), float(scale)).shape
+        assert imresize(np.zeros((9, 11)), scale).shape == want
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_64_bit_integers_saturate(dtype: type) -> None:
+    """The largest 64-bit values round up past the type in float64: they must clip, not wrap."""
+    top = np.iinfo(dtype).max
+    a = np.full((6, 6), top, dtype)
+    a[2:4, 2:4] = 0
+    out = imresize(a, 2)
+    assert out.dtype == dtype and out.max() == top
+    ref = np.clip(imresize(a.astype(np.float64), 2), np.iinfo(dtype).min, float(top))
+    np.testing.assert_allclose(out.astype(np.float64), ref, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(imresize(np.full((3, 3), top, dtype), 1), np.full((3, 3), top, dtype))
+
+
+def test_big_endian_arrays_and_unsupported_floats(rng: np.random.Generator) -> None:
+    little = rng.integers(0, 65536, (5, 7)).astype("<u2")
+    big = little.astype(">u2")
+    out = imresize(big, 2)
+    assert out.dtype == np.dtype(">u2")  # the caller's dtype, byte order included
+    np.testing.assert_array_equal(out, imresize(little, 2))
+    np.testing.assert_array_equal(imresize(little.astype(">f4"), 2), imresize(little.astype("<f4"), 2))
+    if np.dtype(np.longdouble).itemsize > 8:
+        with pytest.raises(TypeError, match="convert it to float64"):
+            imresize(np.zeros((4, 4), np.longdouble), 2)
