@@ -84,9 +84,9 @@ def load_hr(path: str | os.PathLike) -> np.ndarray:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{str(path)!r}: not an image file ({', '.join(IMAGE_SUFFIXES)})")
     with Image.open(path) as im:
-        if im.mode in ("L", "LA"):
+        if im.mode in ("L", "LA", "1"):  # 1-bit is gray too, scored on its raw intensities
             arr = np.asarray(im.convert("L"))
-        elif im.mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "1"):
+        elif im.mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr"):
             arr = np.asarray(im.convert("RGB"))
         else:
             raise ValueError(f"{str(path)!r}: mode {im.mode!r} is not an 8-bit gray or RGB image")
@@ -243,13 +243,16 @@ def evaluate(
         hr = _m.mod_crop(load_hr(path), scale)
         if min(hr.shape[:2]) < scale:
             raise ValueError(f"{str(path)!r}: image of shape {hr.shape} is smaller than scale={scale}")
+        # Checked before the (costly) upscale: SSIM's 11x11 window needs that much after the shave.
+        if min(hr.shape[:2]) - 2 * shave < 11:
+            raise ValueError(
+                f"{str(path)!r}: image of shape {hr.shape} (mod-cropped to x{scale}) is too small: shaving "
+                f"{shave} pixels per border leaves less than SSIM's 11x11 window"
+            )
         lr = _degrade(hr, scale)
         sr = upscale(lr, scale, model=net, match_histogram=match_histogram, device=dev, tile=tile)
         assert sr.shape == hr.shape and sr.dtype == np.uint8, (sr.shape, hr.shape, sr.dtype)
-        try:
-            y_sr, y_hr = _m.shave(_luma(sr), shave), _m.shave(_luma(hr), shave)
-        except ValueError:
-            raise ValueError(f"{str(path)!r}: image of shape {hr.shape} is too small to shave {shave} pixels") from None
+        y_sr, y_hr = _m.shave(_luma(sr), shave), _m.shave(_luma(hr), shave)
         row: dict[str, Any] = {
             "name": path.name,
             "shape": list(hr.shape),

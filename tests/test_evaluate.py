@@ -240,8 +240,13 @@ def test_bad_arguments(flat_set, tmp_path):
         ev.evaluate(flat_set, scale=2, model=_Offset(4, 1), perceptual=False)
     with pytest.raises(ValueError, match="shave"):
         ev.evaluate(flat_set, scale=2, shave=-1, perceptual=False)
-    with pytest.raises(ValueError, match="too small to shave"):
+    with pytest.raises(ValueError, match="too small: shaving 12 pixels per border leaves less than SSIM's"):
         ev.evaluate(flat_set, scale=2, shave=12, perceptual=False)
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(small / "s.png")
+    with pytest.raises(ValueError, match=r"s\.png'.*too small.*SSIM's 11x11 window"):  # named, before upscaling
+        ev.evaluate(small, scale=4, model=_Offset(4, 1), perceptual=False)
     with pytest.raises(TypeError, match="match_histogram"):
         ev.evaluate(flat_set, scale=2, match_histogram="yes", perceptual=False)
     with pytest.raises(FileNotFoundError, match="data"):
@@ -258,6 +263,18 @@ def test_bad_arguments(flat_set, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- figures
+
+
+def test_one_bit_images_are_scored_as_gray(tmp_path):
+    """A 1-bit PNG is a gray image (raw intensities), as the same picture saved as 8-bit gray."""
+    pic = (np.indices((40, 40)).sum(0) // 5 % 2 * 255).astype(np.uint8)
+    for mode in ("1", "L"):
+        d = tmp_path / mode
+        d.mkdir()
+        Image.fromarray(pic).convert(mode).save(d / "p.png")
+    one = ev.evaluate(tmp_path / "1", 4, "bicubic", perceptual=False)
+    gray = ev.evaluate(tmp_path / "L", 4, "bicubic", perceptual=False)
+    assert one["images"][0]["shape"] == [40, 40] and one["psnr"] == gray["psnr"] and one["ssim"] == gray["ssim"]
 
 
 def test_make_strip_crops_the_detail_and_enlarges_nearest():
