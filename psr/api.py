@@ -390,7 +390,7 @@ def _intensity(canon: np.ndarray, rgb: bool, normalize: tuple[float, float] | No
             return _Intensity(float(clip_lo[0]), float(clip_hi[0]), clip_lo, clip_hi, dtype)
         if clip_lo.min() < 0 or clip_hi.max() > 1:
             raise ValueError(
-                f"normalize=None expects floats in [0, 1], got values in [{clip_lo.min():.4g}, {clip_hi.max():.4g}]; "
+                f"normalize=None expects floats in [0, 1], got values in [{clip_lo.min():.9g}, {clip_hi.max():.9g}]; "
                 "use normalize=(lo, hi) percentiles instead"
             )
         # Like uint8 within 0..255: the caller's [0, 1] is the valid range.

@@ -116,9 +116,9 @@ def _model_label(model: str | os.PathLike | nn.Module) -> str:
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from .api import _resolve_device as resolve  # one set of checks and messages for every entry point
+
+    return resolve(device, None)
 
 
 class _Perceptual:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import os
 from collections.abc import Callable
@@ -245,15 +246,32 @@ def stylize(
 
 
 class Stylizer(nn.Module):
-    """A thin module over :func:`stylize` for RGB float tensors (N, 3, H, W) in [0, 1]."""
+    """A thin module over :func:`stylize` for RGB float tensors (N, 3, H, W) in [0, 1].
+
+    As :class:`psr.Upscaler`: the style network is a registered submodule (a private copy of a
+    shipped or file style; a module given is used as is), ``.to("cuda")`` moves it and it then runs
+    there; other keyword arguments go to :func:`stylize` (``normalize`` defaults to None, and
+    floating inputs are then clamped to [0, 1] first). Inference only.
+    """
 
     def __init__(self, style: str | os.PathLike | nn.Module = "starry_night", **kwargs: Any) -> None:
         super().__init__()
+        if isinstance(style, nn.Module):
+            self.net: nn.Module = style
+        else:
+            # A copy, not the cache psr.stylize shares: .to() on this module must not move it.
+            self.net = copy.deepcopy(resolve_style(style, torch.device("cpu")))
         self.style = style
         self.kwargs = {"normalize": None, **kwargs}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return stylize(x, self.style, **self.kwargs)
+        kwargs = dict(self.kwargs)
+        param = next(self.net.parameters(), None)
+        if kwargs.get("device", "auto") == "auto" and param is not None and param.device.type != "cpu":
+            kwargs["device"] = param.device  # moved there with .to(): run there
+        if kwargs.get("normalize") is None and isinstance(x, torch.Tensor) and x.is_floating_point():
+            x = x.clamp(0, 1)  # the network's domain (NaN is kept, and refused by stylize)
+        return stylize(x, self.net, **kwargs)
 
 
 def _rgb8(image: Any) -> np.ndarray:

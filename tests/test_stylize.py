@@ -90,6 +90,19 @@ def test_torch_tensors_keep_dtype_shape_and_batch(net: StyleNet) -> None:
     torch.testing.assert_close(Stylizer(net)(x), out, atol=0, rtol=0)
 
 
+def test_stylizer_module_registers_its_network_and_clamps(style_file: Path) -> None:
+    """As Upscaler: the network is a submodule (parameters, state_dict, .to()), a private copy of a
+    file style, and a rounding error past [0, 1] in the input is clamped, not refused."""
+    mod = Stylizer(style_file)
+    assert len(list(mod.parameters())) > 0 and len(mod.state_dict()) > 0
+    assert mod.net is not S.resolve_style(style_file, torch.device("cpu"))  # not the shared cache
+    x = torch.rand(1, 3, 12, 13)
+    x[0, 0, 0, 0] = 1.0
+    torch.testing.assert_close(mod(x + 1e-6), mod((x + 1e-6).clamp(0, 1)), atol=0, rtol=0)
+    torch.testing.assert_close(mod(x), stylize(x, style_file, normalize=None), atol=0, rtol=0)
+    S._cached_style.cache_clear()
+
+
 def test_stack_and_percentile_normalisation(net: StyleNet, rng: np.random.Generator) -> None:
     stack = rng.random((2, 14, 17, 3)) * 1000 - 200  # float64, outside [0, 1]
     out = stylize(stack, net)
