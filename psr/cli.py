@@ -626,7 +626,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
                 try:
                     result = _process(image, info, run, run_alpha)
                 except (ValueError, TypeError) as exc:  # refused by psr.upscale: say which input
-                    raise type(exc)(f"{f}: {exc}") from exc
+                    raise (TypeError if isinstance(exc, TypeError) else ValueError)(f"{f}: {exc}") from exc
             write_image(target, result, info, args.scale)
             bar.set_postfix_str(str(target))
             bar.update(1)

@@ -482,7 +482,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 result = _process(image, info, one, lambda alpha: alpha)  # alpha is kept as is
             except (ValueError, TypeError) as exc:  # refused by stylize: say which input
-                raise type(exc)(f"{f}: {exc}") from exc
+                raise (TypeError if isinstance(exc, TypeError) else ValueError)(f"{f}: {exc}") from exc
             write_image(target, result, info, 1)
             bar.set_postfix_str(str(target))
             bar.update(1)

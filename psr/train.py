@@ -297,8 +297,9 @@ def _check_out(args: argparse.Namespace) -> None:
     if found == ["log.jsonl"] and not args.overwrite:
         # A run that stopped before its first checkpoint (e.g. on an argument found bad only at
         # its first validation) left nothing to resume or export: its log does not block a new run.
-        _warn(f"--out {str(out)!r} holds only the log of a run that wrote no checkpoint: starting afresh")
-        (out / "log.jsonl").unlink()
+        if int(os.environ.get("RANK", "0")) == 0:  # torchrun: every rank checks, one deletes
+            _warn(f"--out {str(out)!r} holds only the log of a run that wrote no checkpoint: starting afresh")
+            (out / "log.jsonl").unlink(missing_ok=True)
         return
     if found and not args.overwrite:
         fresh = " (--init-from starts a new run at iteration 0)" if getattr(args, "init_from", None) else ""
@@ -417,12 +418,13 @@ def _init_weights(model: torch.nn.Module, source: str, task: str) -> str:
     return where
 
 
-def _newer_best_file(path: Path, best: dict) -> dict:
+def _newer_best_file(path: Path, best: dict, meta_base: dict, val_crop: int) -> dict:
     """The best-so-far record, from ``best.safetensors`` where it is newer than the checkpoint's.
 
     Validation writes the best file when it finds a new best, the checkpoint comes later: a run
     stopped between the two resumes with an older record than its file, and a later, worse
-    validation would then replace the better file.
+    validation would then replace the better file. Only a file scored on this run's validation
+    set counts (same data folder, number of validation images and crop).
     """
     from .weights import read_metadata
 
@@ -432,9 +434,17 @@ def _newer_best_file(path: Path, best: dict) -> dict:
         meta = read_metadata(path)
     except ValueError:
         return best
+    same_set = all(meta.get(k) == meta_base.get(k) for k in ("training_data", "n_val_images"))
+    if not same_set or meta.get("val_crop") != val_crop:
+        return best
     it, value = meta.get("iterations"), meta.get(f"val_{best.get('metric')}")
     if isinstance(it, int) and it > int(best.get("iteration", 0)) and isinstance(value, (int, float)):
-        return {**best, "value": float(value), "iteration": it}
+        scores = {
+            k[4:]: float(v)
+            for k, v in meta.items()
+            if k.startswith("val_") and k != "val_crop" and isinstance(v, float)
+        }
+        return {**best, **scores, "value": float(value), "iteration": it}
     return best
 
 
@@ -1070,7 +1080,7 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
         saved_it = it
         best = job.best(None if reset_best else st.get("best"))
         if not reset_best:
-            best = _newer_best_file(out / "best.safetensors", best)
+            best = _newer_best_file(out / "best.safetensors", best, job.meta_base, args.val_crop)
         if reset_best and lead:  # scores on another validation set do not compare
             _warn("--resume: the validation set changed: the best so far starts afresh (best.safetensors is replaced)")
         init_desc = args.init_from
@@ -1447,17 +1457,19 @@ def _export_style(args: argparse.Namespace) -> dict:
         targs.get("data") or meta.get("training_data"), run_dir, targs, "training data folder", "--data FOLDER"
     )
     _, val_files = split_train_val(find_images(data), int(targs.get("n_val", 20)))
-    if not val_files:
-        raise ValueError("the run has no validation split (--n-val 0): cannot run the Gram check")
     style_image = load_style_image(style_path, int(targs.get("style_size", 512) or 0))
-    check = gram_check(model, val_files, style_image, vgg_weights=args.vgg_weights, device=args.device)
-    if not check["all_lower"]:
-        _warn(f"Gram check: not every validation image moved toward the style: {check}", "export")
+    if val_files:
+        check = gram_check(model, val_files, style_image, vgg_weights=args.vgg_weights, device=args.device)
+        if not check["all_lower"]:
+            _warn(f"Gram check: not every validation image moved toward the style: {check}", "export")
+    else:
+        check = None
+        _warn("the run has no validation split (--n-val 0): no Gram check in the metadata", "export")
     meta = {k: v for k, v in meta.items() if not k.startswith("val_")}
     meta.update(
         name=args.name or meta.get("name") or run_dir.name,
         style_sha256=_sha256(style_path),
-        gram_check=check,
+        **({"gram_check": check} if check is not None else {}),
         exported_from=str(run_dir),
         exported_which=args.which,
     )
@@ -1561,12 +1573,16 @@ def export_main(args: argparse.Namespace) -> dict:
         raise FileNotFoundError(f"run_dir {str(run_dir)!r} is not a folder")
     if args.output.suffix != ".safetensors":
         raise ValueError(f"--output must end in .safetensors, got {str(args.output)!r}")
+    if args.output.is_dir():
+        raise ValueError(f"--output {str(args.output)!r} is a folder; name a .safetensors file")
     if args.output.exists() and not getattr(args, "overwrite", False):
-        what = "a folder" if args.output.is_dir() else "an existing file"
-        raise ValueError(f"--output {str(args.output)!r} is {what}; pass --overwrite to replace it, or another name")
-    from .cli import check_writable_folder
+        raise ValueError(f"--output {str(args.output)!r} exists; pass --overwrite to replace it, or another name")
+    from .cli import UsageError, check_writable_folder
 
-    check_writable_folder(f"--output {args.output}", args.output.parent)
+    try:
+        check_writable_folder(f"--output {args.output}", args.output.parent)
+    except UsageError as exc:  # a ValueError from this Python function, as its other checks
+        raise ValueError(str(exc.code)) from None
     if _run_task(run_dir) == "style":
         if args.match_histogram == "on":
             raise ValueError(
@@ -1585,8 +1601,10 @@ def export_main(args: argparse.Namespace) -> dict:
     )
     n_val = int(targs.get("n_val", meta.get("n_val_images", 20)))
     _, val_files = split_train_val(find_images(data), n_val)
-    if not val_files:
-        raise ValueError("the run has no validation split (--n-val 0): cannot choose match_histogram")
+    if not val_files and args.match_histogram == "auto":
+        raise ValueError(
+            "the run has no validation split (--n-val 0) to choose match_histogram on: pass --match-histogram on or off"
+        )
     cache: dict = {}  # HR features shared by both settings
 
     def score(files: Any, mh: bool) -> dict:
@@ -1604,8 +1622,9 @@ def export_main(args: argparse.Namespace) -> dict:
             out[FEATURE_LAYER] = r["perceptual"]
         return out
 
-    res = {mh: score(val_files, mh) for mh in (False, True)}
-    by_features = loss == "perceptual" and FEATURE_LAYER in res[False]
+    # No validation split (--n-val 0): the user's setting, and no validation scores.
+    res = {mh: score(val_files, mh) for mh in (False, True)} if val_files else {}
+    by_features = loss == "perceptual" and FEATURE_LAYER in res.get(False, {})
     if args.match_histogram != "auto":
         mh = args.match_histogram == "on"
     elif by_features:
@@ -1624,15 +1643,18 @@ def export_main(args: argparse.Namespace) -> dict:
             f"validation {'relu2_2 distance' if by_features else 'PSNR'}" if args.match_histogram == "auto" else "user"
         ),
         val_images=len(val_files),
-        val_psnr=round(res[mh]["psnr"], 4),
-        val_ssim=round(res[mh]["ssim"], 5),
-        val_without_matching=rounded(res[False]),
-        val_with_matching=rounded(res[True]),
         exported_from=str(run_dir),
         exported_which=args.which,
     )
-    if FEATURE_LAYER in res[mh]:
-        meta["val_relu2_2"] = round(res[mh][FEATURE_LAYER], 4)
+    if res:
+        meta.update(
+            val_psnr=round(res[mh]["psnr"], 4),
+            val_ssim=round(res[mh]["ssim"], 5),
+            val_without_matching=rounded(res[False]),
+            val_with_matching=rounded(res[True]),
+        )
+        if FEATURE_LAYER in res[mh]:
+            meta["val_relu2_2"] = round(res[mh][FEATURE_LAYER], 4)
     if args.set5 is not None and Path(args.set5).is_dir():
         s5 = score(Path(args.set5), mh)
         meta.update(set5_psnr=round(s5["psnr"], 4), set5_ssim=round(s5["ssim"], 5))

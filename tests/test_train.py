@@ -379,6 +379,9 @@ def test_export_writes_shipped_format(tmp_path: Path, data_dir: Path, rng: np.ra
     assert dst.read_bytes() == before
     train.export_main(p.parse_args([str(out), "-o", str(dst), "--set5", "none", "--which", "last", "--overwrite"]))
     assert dst.read_bytes() != before
+    (tmp_path / "folder.safetensors").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):  # --overwrite cannot replace a folder
+        train.export_main(p.parse_args([str(out), "-o", str(tmp_path / "folder.safetensors"), "--overwrite"]))
 
 
 @pytest.mark.parametrize(
@@ -415,6 +418,17 @@ def test_no_validation_split_trains_without_validating(tmp_path: Path, data_dir:
                              "--val-every", "1", "--val-crop", "8", "--workers", "0"))  # fmt: skip
     assert r["iteration"] == 2
     assert not any("val_psnr" in rec for rec in read_log(out)) and not (out / "best.safetensors").exists()
+    # Exported from the last checkpoint with the user's histogram setting (nothing to choose it on).
+    import psr.weights as psr_weights
+
+    p = argparse.ArgumentParser()
+    train.add_export_arguments(p)
+    dst = tmp_path / "noval.safetensors"
+    with pytest.raises(ValueError, match="pass --match-histogram on or off"):
+        train.export_main(p.parse_args([str(out), "-o", str(dst), "--set5", "none"]))
+    meta = train.export_main(p.parse_args([str(out), "-o", str(dst), "--set5", "none", "--match-histogram", "off"]))
+    assert meta["match_histogram"] is False and "val_psnr" not in meta and meta["val_images"] == 0
+    assert psr_weights.load_model(dst).scale == 4
 
 
 def test_resume_with_another_validation_set_warns_and_restarts_the_best(
@@ -453,6 +467,14 @@ def test_resume_keeps_a_best_file_newer_than_the_checkpoint(tmp_path: Path, data
     train.main(parse(*base, "--iterations", "4", "--checkpoint-every", "2", "--resume"))
     assert (out / "best.safetensors").read_bytes() == before
     assert train.load_checkpoint(out / "checkpoint.pt")["best"]["value"] == 99.0
+    # A best file scored on another validation set (another --data, --n-val or --val-crop) does not count.
+    best = {"metric": "psnr", "value": 20.0, "iteration": 0}
+    base_meta = {"training_data": meta["training_data"], "n_val_images": meta["n_val_images"]}
+    path = out / "best.safetensors"
+    assert train._newer_best_file(path, best, base_meta, meta["val_crop"])["value"] == 99.0
+    assert train._newer_best_file(path, best, {**base_meta, "training_data": "/elsewhere"}, meta["val_crop"]) == best
+    assert train._newer_best_file(path, best, {**base_meta, "n_val_images": 7}, meta["val_crop"]) == best
+    assert train._newer_best_file(path, best, base_meta, meta["val_crop"] + 4) == best
 
 
 def test_learning_rate_schedule() -> None:
