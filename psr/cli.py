@@ -219,13 +219,16 @@ def _read_tiff(path: Path) -> tuple[Any, dict]:
             unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 1
             info["resolutionunit"] = int(unit)
         rgb = page.photometric == 2  # RGB
-        if "InterColorProfile" in tags:
+        if "InterColorProfile" in tags and page.photometric in (0, 1, 2, 3):
+            # Gray, RGB or palette pixels keep their colour space; CMYK, YCbCr or Lab ones are read
+            # as other values, which the profile would mislabel.
             info["icc_profile"] = bytes(tags["InterColorProfile"].value)
         extrasamples = tuple(int(e) for e in (page.extrasamples or ()))
     if len(axes) != data.ndim:  # never seen; fall back to psr.upscale's own reading of the shape
         info["axes"] = None
         return data, info
-    # The network sees planes of Y and X; only samples (S) are channels, every other axis is a stack.
+    # The network sees planes of Y and X; samples (S), else ImageJ channels (C), are channels, every
+    # other axis is a stack.
     if axes == "YXS" and data.shape[-1] == 2 and not rgb and extrasamples in ((1,), (2,)):
         # Gray + alpha, as a gray+alpha PNG: the gray plane upscaled, the alpha plane bicubic (_process).
         info.update(mode="LA", channel_axis=2, rgb=False, extrasamples=list(extrasamples))
@@ -237,6 +240,9 @@ def _read_tiff(path: Path) -> tuple[Any, dict]:
         if info["rgb"]:
             info["photometric"] = "rgb"
             info["planarconfig"] = "contig" if s == data.ndim - 1 else "separate"
+    elif "C" in axes:  # ImageJ hyperstack channels (CYX, TZCYX): independent gray images, each
+        info["channel_axis"] = axes.index("C")  # normalised on its own (psr.upscale, channel_axis)
+        info["rgb"] = False
     else:
         info["channel_axis"] = None
     return data, info
@@ -247,7 +253,8 @@ def read_image(path: Path) -> tuple[Any, dict]:
 
     TIFF: the first series as an array, with its axes (``info["axes"]``, tifffile's, e.g. ``ZYX``
     or ``TZCYX``), its resolution and its ImageJ metadata; ``info["channel_axis"]`` and
-    ``info["rgb"]`` say how :func:`psr.upscale` must read it (only samples are channels).
+    ``info["rgb"]`` say how :func:`psr.upscale` must read it (samples, else ImageJ channels, are
+    channels: each independent channel is normalised on its own).
     PNG/JPEG: a PIL image turned upright by its EXIF orientation, with its DPI (``info["dpi"]``);
     gray+alpha is an (H, W, 2) array with ``info["mode"] == "LA"`` (gray and alpha are processed
     apart, see :func:`_process`); 32-bit and float images are arrays too.

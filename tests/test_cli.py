@@ -156,12 +156,33 @@ def test_imagej_axes_and_metadata_round_trip(
         got, got_axes, ij = series.asarray(), series.axes, tif.imagej_metadata
         xres = tif.pages[0].tags["XResolution"].value
     assert tif.is_imagej and got_axes == axes
-    expect = psr.upscale(arr, 2, model="bicubic", channel_axis="auto" if axes.endswith("S") else None)
+    # Samples are RGB; ImageJ channels (C) are independent images, each normalised on its own.
+    layout = {"channel_axis": "auto"} if axes.endswith("S") else {"channel_axis": None}
+    if "C" in axes:
+        layout = {"channel_axis": axes.index("C"), "rgb": False}
+    expect = psr.upscale(arr, 2, model="bicubic", **layout)
     assert got.dtype == arr.dtype and got.shape == expect.shape
     np.testing.assert_array_equal(got, expect)
     for key in ("spacing", "unit", "finterval", "Info"):  # the Z step, time step and notes hold as they were
         assert ij[key] == meta[key], (key, ij)
     assert xres[0] / xres[1] == pytest.approx(6.0)  # 3 pixels per um -> 6: the pixel size is halved
+
+
+def test_imagej_channels_are_upscaled_as_independent_images(
+    tmp_path: Path, tiny_model: Path, rng: np.random.Generator
+) -> None:
+    """A dim channel beside a bright one in an ImageJ hyperstack comes out as that channel upscaled
+    alone (one shared normalisation squeezed it)."""
+    dim = rng.integers(9, 91, (2, 9, 11))
+    bright = rng.integers(0, 60001, (2, 9, 11))
+    arr = np.stack([dim, bright], axis=1).astype(np.uint16)  # ZCYX
+    tifffile.imwrite(tmp_path / "zc.tif", arr, imagej=True, metadata={"axes": "ZCYX"})
+    out = tmp_path / "out.tif"
+    assert main(["upscale", str(tmp_path / "zc.tif"), "-o", str(out), "--model", str(tiny_model), "--quiet"]) == 0
+    got = tifffile.imread(out)
+    assert got.shape == (2, 2, 36, 44)
+    for c, chan in enumerate((dim, bright)):
+        np.testing.assert_array_equal(got[:, c], psr.upscale(chan.astype(np.uint16), 4, model=tiny_model))
 
 
 def test_planar_rgb_tiff_stays_planar_rgb(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -636,7 +657,14 @@ def test_icc_profile_is_carried_to_the_output(tmp_path: Path, rng: np.random.Gen
         assert main(["upscale", str(src), "-o", str(out), "--bicubic", "--scale", "2", "--quiet"]) == 0
         with Image.open(out) as im:
             assert im.info.get("icc_profile") == icc
-    # A CMYK JPEG is converted to RGB: its CMYK profile would mislabel the result, so none is written.
+    # A CMYK TIFF or JPEG is read as other values: its CMYK profile would mislabel the result.
+    sep = tmp_path / "cmyk.tif"
+    tifffile.imwrite(sep, rng.integers(0, 256, (11, 13, 4), dtype=np.uint8), photometric="separated", iccprofile=icc)
+    out = tmp_path / f"from_cmyk_tif.{suffix}"
+    if suffix != "jpg":  # four samples: no JPEG
+        assert main(["upscale", str(sep), "-o", str(out), "--bicubic", "--scale", "2", "--quiet"]) == 0
+        with Image.open(out) as im:
+            assert "icc_profile" not in im.info
     cmyk = tmp_path / "cmyk.jpg"
     Image.fromarray(rgb).convert("CMYK").save(cmyk, icc_profile=b"not really a CMYK profile")
     out = tmp_path / f"from_cmyk.{suffix}"
