@@ -468,6 +468,8 @@ def _count_tiles(h: int, w: int, tile: int | None) -> int:
 
 def _resolve_device(device: str | torch.device, image: Any) -> torch.device:
     if isinstance(device, str) and device == "auto":
+        if isinstance(image, torch.Tensor) and image.device.type == "meta":
+            raise ValueError("image is a tensor on the meta device, which holds no data")
         if isinstance(image, torch.Tensor) and image.device.type != "cpu":
             return image.device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -479,6 +481,8 @@ def _resolve_device(device: str | torch.device, image: Any) -> torch.device:
         raise ValueError(f"device={device!r}: the meta device holds no data; use 'cpu', 'cuda' or 'auto'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: there are {torch.cuda.device_count()} CUDA devices (0-based)")
     return dev
 
 

@@ -142,14 +142,10 @@ def _probe(path: Path) -> str | None:
 def _refuse_wide_colour_png(path: Path) -> None:
     """Pillow decodes 16-bit colour and gray+alpha PNGs to 8 bits per sample: refuse them rather
     than halve their precision unseen (16-bit gray PNGs decode fully, as mode I;16)."""
-    with open(path, "rb") as fh:
-        head = fh.read(26)
-    # Signature (8 bytes), IHDR's length and type (8), width and height (8), bit depth, colour type.
-    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR" or len(head) < 26:
-        return
-    depth, colour = head[24], head[25]
-    if depth == 16 and colour in (2, 4, 6):
-        kind = {2: "RGB", 4: "gray+alpha", 6: "RGBA"}[colour]
+    from .data import wide_png_kind
+
+    kind = wide_png_kind(path)
+    if kind is not None:
         raise UsageError(
             f"{path}: a 16-bit {kind} PNG, which Pillow can only read at 8 bits per sample; save it as a "
             "16-bit TIFF to keep its precision (e.g. `magick in.png out.tif`), or as an 8-bit PNG"

@@ -97,6 +97,18 @@ def split_train_val(files: list[Path], n_val: int = 20) -> tuple[list[Path], lis
     return train, val
 
 
+def wide_png_kind(path: str | os.PathLike) -> str | None:
+    """``"RGB"``, ``"RGBA"`` or ``"gray+alpha"`` for a 16-bit PNG of that kind, which Pillow reads
+    at 8 bits per sample (as mode RGB, RGBA or LA, unseen); None for any other file."""
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    # Signature (8 bytes), IHDR's length and type (8), width and height (8), bit depth, colour type.
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    depth, colour = head[24], head[25]
+    return {2: "RGB", 4: "gray+alpha", 6: "RGBA"}.get(colour) if depth == 16 else None
+
+
 # PIL modes of 8-bit gray, colour or palette images; RGB conversion keeps their values. 16-bit,
 # 32-bit and float modes (I;16, I, F) do not: convert("RGB") saturates or zeroes them.
 _EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
@@ -114,6 +126,9 @@ def load_rgb(path: str | os.PathLike) -> torch.Tensor:
     """
     from PIL import Image, ImageOps
 
+    kind = wide_png_kind(path)
+    if kind is not None:
+        raise ValueError(f"{str(path)!r}: a 16-bit {kind} PNG, which training would read at 8 bits; convert it")
     with Image.open(path) as im:
         if im.mode not in _EIGHT_BIT_MODES:
             raise ValueError(

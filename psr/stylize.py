@@ -261,7 +261,7 @@ class Stylizer(nn.Module):
         else:
             # A copy, not the cache psr.stylize shares: .to() on this module must not move it.
             self.net = copy.deepcopy(resolve_style(style, torch.device("cpu")))
-        self.style = style
+        self.style = None if isinstance(style, nn.Module) else style  # a module is self.net, once
         self.kwargs = {"normalize": None, **kwargs}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

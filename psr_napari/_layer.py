@@ -309,7 +309,9 @@ def _check_fits_in_memory(data: Any, scale: int) -> None:
 
     itemsize = np.dtype(getattr(data, "dtype", np.float32)).itemsize
     n = int(np.prod([int(s) for s in data.shape], dtype=np.int64))
-    need = n * itemsize * (1 + scale * scale)
+    # The loaded layer, plus what psr.upscale itself counts for its output (at least 4 bytes a
+    # value: it refuses above that, after the job has loaded the layer).
+    need = n * itemsize + n * scale * scale * max(4, itemsize)
     have = _physical_memory()
     if need > have:
         raise ValueError(

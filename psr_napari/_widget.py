@@ -297,7 +297,11 @@ class UpscaleWidget(_JobRunner, Container):
     def reset_choices(self, *_: Any) -> None:
         """Refresh the layer and model lists (napari calls this when layers change)."""
         self._models = _shipped_models()
-        super().reset_choices()
+        self._choosing_model = True  # a model the refreshed list forces is not the user's choice
+        try:
+            super().reset_choices()
+        finally:
+            self._choosing_model = False
         if self._layer.value is None:  # e.g. opened before any image: take the first one that appears
             self._select_active_layer()
         self._update_note()

@@ -17,7 +17,7 @@ import psr
 import psr.weights
 from psr.cli import build_parser, main
 
-from .conftest import make_tiny_model
+from .conftest import make_tiny_model, write_png16
 
 
 def test_png_round_trip(
@@ -56,7 +56,7 @@ def test_tiff16_keeps_dtype_and_scales_pixel_size(tmp_path: Path, tiny_model: Pa
     assert int(unit) == 3
 
 
-def test_folder_bicubic_and_gray_png16(tmp_path: Path) -> None:
+def test_folder_bicubic_and_graywrite_png16(tmp_path: Path) -> None:
     folder = tmp_path / "imgs"
     folder.mkdir()
     a16 = np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000
@@ -606,28 +606,12 @@ def test_gray_alpha_goes_to_and_comes_from_tiff_as_one_page(
         assert tif.series[0].axes == "YXS" and [int(e) for e in tif.pages[0].extrasamples] == [2]
 
 
-def _png16(path: Path, a: np.ndarray, colour: int) -> None:
-    """A 16-bit PNG written by hand (Pillow cannot write 16-bit colour PNGs)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    h, w = a.shape[:2]
-    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.parametrize(("colour", "channels", "kind"), [(2, 3, "RGB"), (4, 2, "gray+alpha"), (6, 4, "RGBA")])
 def test_16_bit_colour_png_is_refused_not_cut_to_8_bits(
     tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str], colour: int, channels: int, kind: str
 ) -> None:
     a = rng.integers(0, 65536, (7, 9, channels), dtype=np.uint16)
-    _png16(tmp_path / "wide.png", a, colour)
+    write_png16(tmp_path / "wide.png", a, colour)
     assert Image.open(tmp_path / "wide.png").mode in ("RGB", "LA", "RGBA")  # what Pillow makes of it: 8 bits
     out = tmp_path / "out"
     assert main(["upscale", str(tmp_path / "wide.png"), "-o", str(out), "--bicubic", "--quiet"]) == 2
@@ -635,7 +619,7 @@ def test_16_bit_colour_png_is_refused_not_cut_to_8_bits(
     assert f"wide.png: a 16-bit {kind} PNG" in err and "TIFF" in err
     assert not out.exists() or not any(out.iterdir())
     # 16-bit gray decodes in full (mode I;16) and is upscaled as such.
-    _png16(tmp_path / "gray.png", a[..., 0], 0)
+    write_png16(tmp_path / "gray.png", a[..., 0], 0)
     assert main(["upscale", str(tmp_path / "gray.png"), "-o", str(out), "--bicubic", "--scale", "2", "--quiet"]) == 0
     assert Image.open(out / "gray_x2.png").mode == "I;16"
 

@@ -23,6 +23,8 @@ from psr.data import (
 )
 from psr.resize import imresize
 
+from .conftest import write_png16
+
 
 def write_images(folder: Path, sizes: list[tuple[int, int]], rng: np.random.Generator) -> list[Path]:
     """Smooth random RGB images (h, w) as PNGs: bicubic-enlarged noise, so blur and resize matter."""
@@ -344,6 +346,13 @@ def test_load_rgb_refuses_wide_data_and_turns_photos_upright(tmp_path: Path) -> 
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 65536, (12, 10)).astype(np.uint16)).save(tmp_path / "g16.png")
     tifffile.imwrite(tmp_path / "f32.tif", rng.random((12, 10)).astype(np.float32))
+    write_png16(tmp_path / "rgb48.png", rng.integers(0, 65536, (12, 10, 3)), 2)  # Pillow: mode RGB, 8 bits
+    with pytest.raises(ValueError, match="rgb48.png.*16-bit RGB PNG"):
+        load_rgb(tmp_path / "rgb48.png")
+    from psr.evaluate import load_hr
+
+    with pytest.raises(ValueError, match="rgb48.png.*16-bit RGB PNG"):
+        load_hr(tmp_path / "rgb48.png")
     for name in ("g16.png", "f32.tif"):
         with pytest.raises(ValueError, match=rf"{name}.*is not an 8-bit gray or colour image"):
             load_rgb(tmp_path / name)

@@ -255,13 +255,20 @@ def test_output_larger_than_memory_is_refused_when_planning(
     from psr_napari._style import plan_stylize
 
     monkeypatch.setattr(psr.api, "_physical_memory", lambda: 8 * 2**30)
-    huge = da.zeros((60000, 60000), dtype=np.uint16, chunks=4096)  # 6.7 GiB in, 26.8 GiB out at x2
+    huge = da.zeros(
+        (60000, 60000), dtype=np.uint16, chunks=4096
+    )  # 6.7 GiB in; psr.upscale counts 4 bytes an output value
     layer = napari.layers.Image(huge, contrast_limits=(0, 1))
-    with pytest.raises(ValueError, match=r"need 33\.5 GiB, more than this machine's 8\.0 GiB"):
+    with pytest.raises(ValueError, match=r"need 60\.3 GiB, more than this machine's 8\.0 GiB"):
         plan_upscale(layer, 2, model="bicubic")
     with pytest.raises(ValueError, match="more than this machine's"):
         plan_stylize(layer, "starry_night")
     assert plan_upscale(napari.layers.Image(da.zeros((4000, 4000), np.uint16)), 8, model="bicubic").scale == 8
+    # Never accepted here and then refused by psr.upscale after loading the layer (its own estimate).
+    with pytest.raises(ValueError, match="more than this machine's"):
+        plan_upscale(napari.layers.Image(da.zeros((10000, 10000), np.uint8)), 8, model="bicubic")
+    with pytest.raises(ValueError, match="more than this machine's"):
+        psr.upscale(np.zeros((10000, 10000), np.uint8), 8, model="bicubic")
     viewer = ViewerModel()
     viewer.add_layer(layer)
     w = _make_widget(qtbot, viewer, scale=2, model="bicubic")
