@@ -870,6 +870,13 @@ def _sr_job(args: argparse.Namespace, lead: bool, world: int, device: torch.devi
         train_files, patch=args.patch, scale=args.scale, degradation=degradation, small=args.small_images
     )
     val_images = [_centre_crop(load_rgb(f), args.val_crop, args.scale) for f in val_files] if lead else []
+    for f, img in zip(val_files, val_images, strict=False):  # found now, not at the first validation
+        if min(img.shape[1:]) - 2 * args.scale < 11:
+            raise ValueError(
+                f"validation image {str(f)!r} ({img.shape[2]}x{img.shape[1]} after the crop) is too small: "
+                f"shaving {args.scale} pixels per border leaves less than SSIM's 11x11 window; remove it from "
+                "--data or change --n-val"
+            )
 
     torch.manual_seed(args.seed)  # the initial weights are a function of --seed
     random.seed(args.seed)
@@ -1082,7 +1089,12 @@ def _fit(args: argparse.Namespace, rank: int, world: int, device: torch.device, 
         if not reset_best:
             best = _newer_best_file(out / "best.safetensors", best, job.meta_base, args.val_crop)
         if reset_best and lead:  # scores on another validation set do not compare
-            _warn("--resume: the validation set changed: the best so far starts afresh (best.safetensors is replaced)")
+            if job.validate is None:
+                _warn("--resume: no validation split now (--n-val 0): best.safetensors stays as it was")
+            else:
+                _warn(
+                    "--resume: the validation set changed: the best so far starts afresh (best.safetensors is replaced)"
+                )
         init_desc = args.init_from
     else:
         init_desc = _init_weights(model, args.init_from, job.task) if args.init_from else None

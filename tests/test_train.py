@@ -477,6 +477,20 @@ def test_resume_keeps_a_best_file_newer_than_the_checkpoint(tmp_path: Path, data
     assert train._newer_best_file(path, best, base_meta, meta["val_crop"] + 4) == best
 
 
+def test_too_small_validation_image_is_refused_before_training(tmp_path: Path) -> None:
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / "a.png")  # training
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / "b.png")  # validation
+    args = parse(*TINY, "--data", data, "--out", tmp_path / "run", "--iterations", "2", "--n-val", "1")
+    with pytest.raises(ValueError, match=r"validation image .*b\.png.*too small"):
+        train.main(args)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_learning_rate_schedule() -> None:
     a = parse("--lr", "0.002", "--iterations", "100", "--lr-decay-at", "0.5", "0.8", "--warmup", "4")
     got = [train._lr_at(a, it) for it in (0, 1, 3, 10, 49, 50, 79, 80, 99)]
