@@ -16,6 +16,7 @@ from torch import nn
 from . import ops
 from ._checks import channel_axis_arg, channel_axis_index
 from .models import SRNet
+from .resize import saturating_int_cast
 from .weights import WEIGHTS_DIR, _file_version, _resolve, _weights_key, load_model
 
 __all__ = ["upscale", "Upscaler", "resolve_model", "BICUBIC"]
@@ -312,14 +313,7 @@ class _Intensity:
         v = y.astype(np.float64) * (self.hi - self.lo) + self.lo
         v = np.clip(v, self.clip_lo[: v.shape[-1]], self.clip_hi[: v.shape[-1]])
         if self.dtype.kind in "ui":
-            v = np.rint(v)
-            top = np.iinfo(self.dtype).max
-            if self.dtype.itemsize == 8:  # float(top) rounds up to 2^63 or 2^64, past the type: saturate
-                over = v >= float(top)
-                out = np.where(over, 0.0, v).astype(self.dtype)
-                out[over] = top
-                return out
-            return v.astype(self.dtype)
+            return saturating_int_cast(np.rint(v), self.dtype)
         return v.astype(self.dtype)
 
     def backward_into(self, dst: np.ndarray, y: torch.Tensor, band_values: int = 1 << 22) -> None:

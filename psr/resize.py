@@ -206,12 +206,9 @@ def imresize(
     if not t.is_floating_point():
         info = torch.iinfo(orig_dtype)
         work = _round_half_away(work).clamp(info.min, info.max)
-        if info.bits == 64:  # float64(max) rounds up to 2^63 or 2^64, past the type: saturate
-            v = work.cpu().numpy()  # in numpy: torch has no masked fill for uint64
-            over = v >= float(info.max)
-            out = np.where(over, 0.0, v).astype(torch.empty(0, dtype=orig_dtype).numpy().dtype)
-            out[over] = info.max
-            work = torch.from_numpy(out).to(t.device)
+        if info.bits == 64:  # in numpy: torch has no masked fill for uint64
+            np_dtype = torch.empty(0, dtype=orig_dtype).numpy().dtype
+            work = torch.from_numpy(saturating_int_cast(work.cpu().numpy(), np_dtype)).to(t.device)
         else:
             work = work.to(orig_dtype)
     if ch is not None:
@@ -219,6 +216,20 @@ def imresize(
     if is_numpy:
         return np.ascontiguousarray(work.numpy()).astype(image.dtype, copy=False)  # the caller's byte order
     return work
+
+
+def saturating_int_cast(v: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Rounded float64 values, already clipped to ``dtype``'s range, as that integer dtype. The
+    64-bit maxima are not exact in float64 (they round up to 2^63 or 2^64, past the type, and a
+    plain cast wraps them to the minimum): values there saturate at the maximum."""
+    dtype = np.dtype(dtype)
+    if dtype.itemsize < 8:
+        return v.astype(dtype)
+    top = np.iinfo(dtype).max
+    over = v >= float(top)
+    out = np.where(over, 0.0, v).astype(dtype)
+    out[over] = top
+    return out
 
 
 def _round_half_away(x: torch.Tensor) -> torch.Tensor:
