@@ -480,6 +480,12 @@ def _resolve_device(device: str | torch.device, image: Any) -> torch.device:
     return dev
 
 
+def _output_bytes(n_values: int, scale: int, itemsize: int) -> int:
+    """What :func:`upscale` counts for the result of ``n_values`` input values (at least 4 bytes a
+    value: its float32 tiles), and refuses above the machine's memory."""
+    return n_values * scale * scale * max(4, itemsize)
+
+
 def _physical_memory() -> int:
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -590,7 +596,7 @@ def upscale(
 
     canon, layout = _canonical(image, channel_axis, rgb)
     b, h, w, c = canon.shape
-    out_bytes = b * h * w * c * scale * scale * max(4, canon.dtype.itemsize)
+    out_bytes = _output_bytes(b * h * w * c, scale, canon.dtype.itemsize)
     if out_bytes > _physical_memory():
         raise ValueError(
             f"image of shape {tuple(layout.shape)} would upscale x{scale} to {out_bytes / 2**30:.1f} GiB, "

@@ -239,12 +239,17 @@ class UpscaleJob:
 
     def make_layer(self, data: np.ndarray, info: dict[str, Any]) -> napari.layers.Image:
         """The result layer (not added to any viewer)."""
-        from napari.layers import Image
+        return _result_layer(data, info, self.layer_kwargs)
 
-        kwargs = dict(self.layer_kwargs)
-        # The source's metadata (credits, acquisition details) still describes the result.
-        metadata = {**kwargs.pop("metadata", {}), "psr": info}
-        return Image(data, metadata=metadata, **kwargs)
+
+def _result_layer(data: np.ndarray, info: dict[str, Any], layer_kwargs: dict[str, Any]) -> napari.layers.Image:
+    """The result layer of an upscale or stylise job, with psr's record beside the source's metadata
+    (credits, acquisition details still describe the result)."""
+    from napari.layers import Image
+
+    kwargs = dict(layer_kwargs)
+    metadata = {**kwargs.pop("metadata", {}), "psr": info}
+    return Image(data, metadata=metadata, **kwargs)
 
 
 def plan_upscale(
@@ -305,13 +310,13 @@ def _check_fits_in_memory(data: Any, scale: int) -> None:
     """Refuse, when planning (the note shows it before Upscale is clicked), a layer whose input and
     upscaled result do not fit in this machine's memory: the job loads the whole layer (a lazy
     dask or zarr layer too) before psr.upscale could refuse it, and a load cannot be cancelled."""
-    from psr.api import _physical_memory
+    from psr.api import _output_bytes, _physical_memory
 
     itemsize = np.dtype(getattr(data, "dtype", np.float32)).itemsize
     n = int(np.prod([int(s) for s in data.shape], dtype=np.int64))
-    # The loaded layer, plus what psr.upscale itself counts for its output (at least 4 bytes a
-    # value: it refuses above that, after the job has loaded the layer).
-    need = n * itemsize + n * scale * scale * max(4, itemsize)
+    # The loaded layer, plus what psr.upscale itself counts for its output (it refuses above that,
+    # after the job has loaded the layer).
+    need = n * itemsize + _output_bytes(n, scale, itemsize)
     have = _physical_memory()
     if need > have:
         raise ValueError(

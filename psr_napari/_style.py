@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._layer import _DISPLAY_PROPS, _check_fits_in_memory, _resolve_device
+from ._layer import _DISPLAY_PROPS, _check_fits_in_memory, _resolve_device, _result_layer
 
 if TYPE_CHECKING:
     import napari.layers
@@ -97,12 +97,7 @@ class StylizeJob:
 
     def make_layer(self, data: np.ndarray, info: dict[str, Any]) -> napari.layers.Image:
         """The result layer (not added to any viewer)."""
-        from napari.layers import Image
-
-        kwargs = dict(self.layer_kwargs)
-        # The source's metadata (credits, acquisition details) still describes the result.
-        metadata = {**kwargs.pop("metadata", {}), "psr": info}
-        return Image(data, metadata=metadata, **kwargs)
+        return _result_layer(data, info, self.layer_kwargs)
 
 
 def plan_stylize(
