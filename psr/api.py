@@ -213,8 +213,6 @@ def _canonical(image: Any, channel_axis: int | str | None, rgb: bool | None) -> 
         assert isinstance(t, torch.Tensor)
         if t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"image dtype must be an integer or floating type, got {t.dtype}")
-        if t.device.type == "meta":
-            raise ValueError("image is a tensor on the meta device, which holds no data")
         torch_device = t.device
         tdtype = t.dtype
         # bfloat16 has no numpy twin; compute in float32 and cast back at the end.
@@ -461,9 +459,10 @@ def _count_tiles(h: int, w: int, tile: int | None) -> int:
 
 
 def _resolve_device(device: str | torch.device, image: Any) -> torch.device:
+    # Checked here, before any model loads (upscale and stylize resolve the device first).
+    if isinstance(image, torch.Tensor) and image.device.type == "meta":
+        raise ValueError("image is a tensor on the meta device, which holds no data")
     if isinstance(device, str) and device == "auto":
-        if isinstance(image, torch.Tensor) and image.device.type == "meta":
-            raise ValueError("image is a tensor on the meta device, which holds no data")
         if isinstance(image, torch.Tensor) and image.device.type != "cpu":
             return image.device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -704,9 +703,18 @@ class Upscaler(nn.Module):
                 f"Upscaler runs its network in float32, but its parameters are {params[0].dtype}; "
                 "pass precision='bfloat16' instead of calling .half() or .bfloat16()"
             )
-        kwargs = dict(self.kwargs)
-        if kwargs.get("device", "auto") == "auto" and params and params[0].device.type != "cpu":
-            kwargs["device"] = params[0].device  # moved there with .to(): run there
-        if kwargs.get("normalize") is None and isinstance(x, torch.Tensor) and x.is_floating_point():
-            x = x.clamp(0, 1)  # the network's domain (NaN is kept, and refused by upscale)
+        x, kwargs = _module_call(self.net, x, self.kwargs)
         return upscale(x, self.scale, model=self.net, **kwargs)
+
+
+def _module_call(net: nn.Module, x: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """What :class:`Upscaler` and :class:`psr.Stylizer` pass on: ``device="auto"`` becomes the
+    network's device where ``.to()`` moved it, and under ``normalize=None`` a floating input is
+    clamped to [0, 1], the network's domain (NaN is kept, and refused downstream)."""
+    kwargs = dict(kwargs)
+    param = next(net.parameters(), None)
+    if kwargs.get("device", "auto") == "auto" and param is not None and param.device.type != "cpu":
+        kwargs["device"] = param.device
+    if kwargs.get("normalize") is None and isinstance(x, torch.Tensor) and x.is_floating_point():
+        x = x.clamp(0, 1)
+    return x, kwargs

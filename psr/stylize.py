@@ -33,6 +33,7 @@ from .api import (
     _count_tiles,
     _intensities,
     _Intensity,
+    _module_call,
     _resolve_device,
     _restore,
     _run_tiled,
@@ -265,12 +266,7 @@ class Stylizer(nn.Module):
         self.kwargs = {"normalize": None, **kwargs}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kwargs = dict(self.kwargs)
-        param = next(self.net.parameters(), None)
-        if kwargs.get("device", "auto") == "auto" and param is not None and param.device.type != "cpu":
-            kwargs["device"] = param.device  # moved there with .to(): run there
-        if kwargs.get("normalize") is None and isinstance(x, torch.Tensor) and x.is_floating_point():
-            x = x.clamp(0, 1)  # the network's domain (NaN is kept, and refused by stylize)
+        x, kwargs = _module_call(self.net, x, self.kwargs)
         return stylize(x, self.net, **kwargs)
 
 
