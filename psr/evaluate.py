@@ -249,7 +249,7 @@ def evaluate(
         if min(hr.shape[:2]) < scale:
             raise ValueError(f"{str(path)!r}: image of shape {hr.shape} is smaller than scale={scale}")
         # Checked before the (costly) upscale: SSIM's 11x11 window needs that much after the shave.
-        if min(hr.shape[:2]) - 2 * shave < 11:
+        if not _m.fits_ssim(hr.shape[0], hr.shape[1], shave):
             raise ValueError(
                 f"{str(path)!r}: image of shape {hr.shape} (mod-cropped to x{scale}) is too small: shaving "
                 f"{shave} pixels per border leaves less than SSIM's 11x11 window"

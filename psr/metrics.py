@@ -9,7 +9,15 @@ import numpy as np
 
 from ._checks import int_arg
 
-__all__ = ["rgb_to_y", "shave", "psnr", "ssim", "mod_crop"]
+__all__ = ["rgb_to_y", "shave", "psnr", "ssim", "mod_crop", "SSIM_WINDOW", "fits_ssim"]
+
+SSIM_WINDOW = 11  # the side of ssim's Gaussian window: the smallest image it scores
+
+
+def fits_ssim(height: int, width: int, shave: int) -> bool:
+    """Whether an image of this size still holds :data:`SSIM_WINDOW` pixels a side once ``shave``
+    pixels are taken off every border (the SR protocol's scoring)."""
+    return min(height, width) - 2 * shave >= SSIM_WINDOW
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
@@ -104,7 +112,7 @@ def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float | None = None) -> fl
     from skimage.metrics import structural_similarity
 
     a, b, data_range = _pair(a, b, data_range)
-    if a.ndim != 2 or min(a.shape) < 11:
+    if a.ndim != 2 or not fits_ssim(*a.shape, 0):
         raise ValueError(f"images must be (H, W) with H, W >= 11 (the 11x11 window), got shape {a.shape}")
     return float(
         structural_similarity(

@@ -64,7 +64,7 @@ from .data import (
     make_loader,
     split_train_val,
 )
-from .metrics import psnr, rgb_to_y, shave, ssim
+from .metrics import SSIM_WINDOW, fits_ssim, psnr, rgb_to_y, shave, ssim
 from .models import SR_SCALES, SR_UPSAMPLE, SRConfig, SRNet, StyleConfig, StyleNet
 from .resize import imresize
 from .weights import save_weights
@@ -243,13 +243,13 @@ def _check_args(args: argparse.Namespace) -> None:
     if getattr(args, "task", "sr") == "sr":
         if args.patch < 2 * args.scale:  # 1x1 LR patches: nothing to learn, and BatchNorm fails at batch 1
             raise ValueError(f"--patch ({args.patch}) must be at least 2 x --scale ({2 * args.scale})")
-        # Validation crops are cut to a multiple of the scale, then shaved by it on every side,
-        # and SSIM's window is 11 pixels wide.
-        smallest = 2 * args.scale + 11
-        if args.n_val > 0 and args.val_crop - args.val_crop % args.scale < smallest:
+        # Validation crops are cut to a multiple of the scale, then shaved by it on every side.
+        crop = args.val_crop - args.val_crop % args.scale
+        if args.n_val > 0 and not fits_ssim(crop, crop, args.scale):
+            smallest = -(-(2 * args.scale + SSIM_WINDOW) // args.scale) * args.scale
             raise ValueError(
-                f"--val-crop ({args.val_crop}) must leave at least 11 pixels after the {args.scale}-pixel shave "
-                f"on each side at --scale {args.scale}: use --val-crop >= {-(-smallest // args.scale) * args.scale}"
+                f"--val-crop ({args.val_crop}) must leave at least {SSIM_WINDOW} pixels after the {args.scale}-pixel "
+                f"shave on each side at --scale {args.scale}: use --val-crop >= {smallest}"
             )
 
 
@@ -871,7 +871,7 @@ def _sr_job(args: argparse.Namespace, lead: bool, world: int, device: torch.devi
     )
     val_images = [_centre_crop(load_rgb(f), args.val_crop, args.scale) for f in val_files] if lead else []
     for f, img in zip(val_files, val_images, strict=False):  # found now, not at the first validation
-        if min(img.shape[1:]) - 2 * args.scale < 11:
+        if not fits_ssim(img.shape[1], img.shape[2], args.scale):
             raise ValueError(
                 f"validation image {str(f)!r} ({img.shape[2]}x{img.shape[1]} after the crop) is too small: "
                 f"shaving {args.scale} pixels per border leaves less than SSIM's 11x11 window; remove it from "
