@@ -127,7 +127,12 @@ def _probe(path: Path) -> str | None:
                 _check_tiff_extent(series, path.stat().st_size)  # before decoding: a clear message
                 _check_values(path, series.asarray())  # decoded in full: a corrupt segment is found here
                 return _array_mode(series.dtype, tuple(series.shape))
-        _refuse_wide_colour_png(path)
+        from .data import refuse_wide_png
+
+        try:
+            refuse_wide_png(path)  # an input error of its own, not "cannot read it"
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         from PIL import Image
 
         with Image.open(path) as im:
@@ -137,19 +142,6 @@ def _probe(path: Path) -> str | None:
         raise
     except Exception as exc:
         raise _unreadable(path, exc) from exc
-
-
-def _refuse_wide_colour_png(path: Path) -> None:
-    """Pillow decodes 16-bit colour and gray+alpha PNGs to 8 bits per sample: refuse them rather
-    than halve their precision unseen (16-bit gray PNGs decode fully, as mode I;16)."""
-    from .data import wide_png_kind
-
-    kind = wide_png_kind(path)
-    if kind is not None:
-        raise UsageError(
-            f"{path}: a 16-bit {kind} PNG, which Pillow can only read at 8 bits per sample; save it as a "
-            "16-bit TIFF to keep its precision (e.g. `magick in.png out.tif`), or as an 8-bit PNG"
-        )
 
 
 def _check_values(path: Path, data: Any) -> None:

@@ -97,16 +97,21 @@ def split_train_val(files: list[Path], n_val: int = 20) -> tuple[list[Path], lis
     return train, val
 
 
-def wide_png_kind(path: str | os.PathLike) -> str | None:
-    """``"RGB"``, ``"RGBA"`` or ``"gray+alpha"`` for a 16-bit PNG of that kind, which Pillow reads
-    at 8 bits per sample (as mode RGB, RGBA or LA, unseen); None for any other file."""
+def refuse_wide_png(path: str | os.PathLike) -> None:
+    """ValueError for a 16-bit RGB, RGBA or gray+alpha PNG, which Pillow reads at 8 bits per sample
+    (as mode RGB, RGBA or LA, unseen); 16-bit gray PNGs decode fully (mode I;16)."""
     with open(path, "rb") as fh:
         head = fh.read(26)
     # Signature (8 bytes), IHDR's length and type (8), width and height (8), bit depth, colour type.
     if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
+        return
     depth, colour = head[24], head[25]
-    return {2: "RGB", 4: "gray+alpha", 6: "RGBA"}.get(colour) if depth == 16 else None
+    kind = {2: "RGB", 4: "gray+alpha", 6: "RGBA"}.get(colour) if depth == 16 else None
+    if kind is not None:
+        raise ValueError(
+            f"{path}: a 16-bit {kind} PNG, which Pillow can only read at 8 bits per sample; save it as a "
+            "16-bit TIFF to keep its precision (e.g. `magick in.png out.tif`), or as an 8-bit PNG"
+        )
 
 
 # PIL modes of 8-bit gray, colour or palette images; RGB conversion keeps their values. 16-bit,
@@ -126,9 +131,7 @@ def load_rgb(path: str | os.PathLike) -> torch.Tensor:
     """
     from PIL import Image, ImageOps
 
-    kind = wide_png_kind(path)
-    if kind is not None:
-        raise ValueError(f"{str(path)!r}: a 16-bit {kind} PNG, which training would read at 8 bits; convert it")
+    refuse_wide_png(path)
     with Image.open(path) as im:
         if im.mode not in _EIGHT_BIT_MODES:
             raise ValueError(

@@ -83,11 +83,9 @@ def load_hr(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{str(path)!r}: not an image file ({', '.join(IMAGE_SUFFIXES)})")
-    from .data import wide_png_kind
+    from .data import refuse_wide_png
 
-    kind = wide_png_kind(path)
-    if kind is not None:  # Pillow would read it at 8 bits, unseen
-        raise ValueError(f"{str(path)!r}: a 16-bit {kind} PNG is not an 8-bit gray or RGB image")
+    refuse_wide_png(path)
     with Image.open(path) as im:
         if im.mode in ("L", "LA", "1"):  # 1-bit is gray too, scored on its raw intensities
             arr = np.asarray(im.convert("L"))

@@ -407,6 +407,7 @@ def run(args: argparse.Namespace) -> int:
     all found before any stylisation: see :func:`psr.cli._plan_outputs`.
     """
     from .cli import (
+        _SUFFIXES,
         UsageError,
         _collect_inputs,
         _plan_outputs,
@@ -437,7 +438,7 @@ def run(args: argparse.Namespace) -> int:
 
         if len(args.inputs) != 1:
             raise UsageError("--grid: give exactly one INPUT image")
-        if args.grid.suffix.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
+        if args.grid.suffix.lower() not in _SUFFIXES:
             raise UsageError(f"--grid {args.grid}: name a .png, .jpg or .tif file")
         if args.grid.is_dir():
             raise UsageError(f"--grid {args.grid} is a folder; name a .png, .jpg or .tif file")
