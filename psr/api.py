@@ -142,6 +142,16 @@ def _as_array(image: Any) -> tuple[np.ndarray | torch.Tensor, str, str | None]:
     raise TypeError(f"image must be a numpy array, PIL.Image or torch.Tensor, got {type(image).__name__}")
 
 
+def _all_finite(arr: np.ndarray) -> bool:
+    """No NaN or Inf in ``arr`` (always true for integers), tested in slices so that the
+    temporary stays small however large the image."""
+    if arr.dtype.kind != "f":
+        return True
+    flat = arr.reshape(-1)
+    step = 1 << 24
+    return all(np.isfinite(flat[i : i + step]).all() for i in range(0, flat.size, step))
+
+
 def _check_dtype(dtype: np.dtype) -> None:
     if dtype == np.bool_ or dtype.kind not in "uif":
         raise TypeError(f"image dtype must be an integer or floating type, got {dtype}")
@@ -228,7 +238,7 @@ def _canonical(image: Any, channel_axis: int | str | None, rgb: bool | None) -> 
     if any(s == 0 for s in arr.shape):
         raise ValueError(f"image is empty: shape {tuple(arr.shape)} has a zero-size axis")
     ch_axis, is_rgb = _channel_layout(tuple(arr.shape), channel_axis, rgb, kind)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    if not _all_finite(arr):
         raise ValueError("image contains NaN or Inf values; expected finite intensities")
     moved = arr if ch_axis is None else np.moveaxis(arr, ch_axis, -1)
     layout = _Layout(kind, tdtype, moved.shape, ch_axis, is_rgb, pil_mode, torch_device)

@@ -147,19 +147,14 @@ def _probe(path: Path) -> str | None:
 def _check_values(path: Path, data: Any) -> None:
     """Refuse what :func:`psr.upscale` would refuse in an array read from ``path`` (its dtype, NaN or
     Inf), here in the check before any work, not after earlier inputs' outputs were written."""
-    import numpy as np
-
-    from .api import _check_dtype
+    from .api import _all_finite, _check_dtype
 
     try:
         _check_dtype(data.dtype)
     except TypeError as exc:
         raise UsageError(f"{path}: {exc}") from None
-    if data.dtype.kind == "f":
-        flat = data.reshape(-1)
-        step = 1 << 24  # a bounded temporary for the test
-        if not all(np.isfinite(flat[i : i + step]).all() for i in range(0, flat.size, step)):
-            raise UsageError(f"{path}: the image contains NaN or Inf values; expected finite intensities")
+    if not _all_finite(data):
+        raise UsageError(f"{path}: the image contains NaN or Inf values; expected finite intensities")
 
 
 def _check_tiff_extent(series: Any, size: int) -> None:
