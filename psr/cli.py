@@ -120,13 +120,9 @@ def _probe(path: Path) -> str | None:
     dtype and finiteness); its result's PIL mode, or None."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                _check_tiff_extent(series, path.stat().st_size)  # before decoding: a clear message
-                _check_values(path, series.asarray())  # decoded in full: a corrupt segment is found here
-                return _array_mode(series.dtype, tuple(series.shape))
+            data, _ = _read_tiff(path)  # decoded in full: a corrupt segment is found here
+            _check_values(path, data)
+            return _array_mode(data.dtype, tuple(data.shape))
         from .data import refuse_wide_png
 
         try:
@@ -184,12 +180,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _tiff_alpha_axis(axes: str, shape: tuple[int, ...], page: Any) -> int | None:
+    """The samples axis of a gray + alpha TIFF (two samples, the second an extra sample: alpha), or None."""
+    if "S" not in axes or len(axes) != len(shape) or page.photometric not in (0, 1):  # MINISWHITE/BLACK
+        return None
+    s = axes.index("S")
+    extrasamples = tuple(int(e) for e in (page.extrasamples or ()))
+    return s if shape[s] == 2 and extrasamples in ((1,), (2,)) else None
+
+
 def _read_tiff(path: Path) -> tuple[Any, dict]:
     import numpy as np
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        _check_tiff_extent(series, path.stat().st_size)  # before decoding: a clear message
         data = np.asarray(series.asarray())
         axes = str(series.axes)
         page = tif.pages[0]
@@ -201,22 +207,38 @@ def _read_tiff(path: Path) -> tuple[Any, dict]:
             info["resolution"] = (tags["XResolution"].value, tags["YResolution"].value)
             unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 1
             info["resolutionunit"] = int(unit)
-        rgb = page.photometric == 2  # RGB
-        if "InterColorProfile" in tags and page.photometric in (0, 1, 2, 3):
+        photometric = None if page.photometric is None else int(page.photometric)
+        if "InterColorProfile" in tags and photometric in (0, 1, 2, 3):
             # Gray, RGB or palette pixels keep their colour space; CMYK, YCbCr or Lab ones are read
             # as other values, which the profile would mislabel.
             info["icc_profile"] = bytes(tags["InterColorProfile"].value)
-        extrasamples = tuple(int(e) for e in (page.extrasamples or ()))
+        alpha_axis = _tiff_alpha_axis(axes, data.shape, page)
+        extrasamples = [int(e) for e in (page.extrasamples or ())]
+        colormap = page.colormap if photometric == 3 and not tif.is_imagej else None
     if len(axes) != data.ndim:  # never seen; fall back to psr.upscale's own reading of the shape
         info["axes"] = None
         return data, info
+    if data.dtype == np.bool_:  # bilevel: 8-bit gray, as psr reads a mode "1" PNG
+        data = data.astype(np.uint8) * np.uint8(255)
+    rgb = photometric == 2
+    if colormap is not None and "S" not in axes:
+        # Palette indices are not intensities: the colours they name, as psr reads a mode "P" PNG
+        # (ImageJ's palette files are intensities with a display LUT: kept as gray).
+        cmap = np.asarray(colormap, np.uint16)  # 16-bit colours: 8-bit ones times 257, or times 256 (Pillow)
+        cmap = (cmap // 257 if not (cmap % 257).any() else cmap >> 8).astype(np.uint8)
+        data = np.moveaxis(cmap[:, data], 0, -1)
+        axes, rgb = axes + "S", True
+        info["axes"] = axes
     # The network sees planes of Y and X; samples (S), else ImageJ channels (C), are channels, every
     # other axis is a stack.
-    if axes == "YXS" and data.shape[-1] == 2 and not rgb and extrasamples in ((1,), (2,)):
-        # Gray + alpha, as a gray+alpha PNG: the gray plane upscaled, the alpha plane bicubic (_process).
-        info.update(mode="LA", channel_axis=2, rgb=False, extrasamples=list(extrasamples))
-        return data, info
-    if "S" in axes:
+    if alpha_axis is not None:
+        # Gray + alpha (one page or a stack, samples contiguous or planar), as a gray+alpha PNG: the
+        # gray planes upscaled, the alpha planes bicubic (_process), on (..., H, W, 2); write_image
+        # puts the samples back where they were.
+        data = np.moveaxis(data, alpha_axis, -1)
+        info.update(mode="LA", channel_axis=data.ndim - 1, rgb=False, extrasamples=extrasamples)
+        info["sample_axis"] = alpha_axis
+    elif "S" in axes:
         s = axes.index("S")
         info["channel_axis"] = s
         info["rgb"] = rgb and data.shape[s] in (3, 4)
@@ -228,6 +250,14 @@ def _read_tiff(path: Path) -> tuple[Any, dict]:
         info["rgb"] = False
     else:
         info["channel_axis"] = None
+    if photometric == 0 and not info.get("rgb"):
+        # MINISWHITE: 0 is white. The network expects 0 to be black, as psr reads such a file with
+        # Pillow: integer gray is inverted here, and back in a TIFF output, which stays MINISWHITE.
+        info["photometric"] = "miniswhite"
+        if data.dtype.kind in "ui":
+            gray = data[..., 0] if alpha_axis is not None else data
+            np.invert(gray, out=gray)
+            info["inverted"] = True
     return data, info
 
 
@@ -237,7 +267,9 @@ def read_image(path: Path) -> tuple[Any, dict]:
     TIFF: the first series as an array, with its axes (``info["axes"]``, tifffile's, e.g. ``ZYX``
     or ``TZCYX``), its resolution and its ImageJ metadata; ``info["channel_axis"]`` and
     ``info["rgb"]`` say how :func:`psr.upscale` must read it (samples, else ImageJ channels, are
-    channels: each independent channel is normalised on its own).
+    channels: each independent channel is normalised on its own). Gray+alpha pages (a stack too)
+    come as (..., H, W, 2) with ``info["mode"] == "LA"``; bilevel pages as 8-bit gray, palette
+    indices as RGB, MINISWHITE integer gray inverted (``info["inverted"]``), as Pillow reads them.
     PNG/JPEG: a PIL image turned upright by its EXIF orientation, with its DPI (``info["dpi"]``);
     gray+alpha is an (H, W, 2) array with ``info["mode"] == "LA"`` (gray and alpha are processed
     apart, see :func:`_process`); 32-bit and float images are arrays too.
@@ -345,6 +377,10 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
 
             arr = np.asarray(image)
             kwargs: dict = {}
+            if info.get("inverted"):  # MINISWHITE integer gray, inverted by _read_tiff: back
+                arr = arr.copy()
+                gray = arr[..., 0] if info.get("mode") == "LA" else arr
+                np.invert(gray, out=gray)
             if info.get("format") == "tiff":
                 if "resolution" in info:
                     xr, yr = info["resolution"]
@@ -355,8 +391,12 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
                     kwargs["photometric"] = info["photometric"]
                     if info.get("planarconfig") and not info.get("imagej"):
                         kwargs["planarconfig"] = info["planarconfig"]
-                if info.get("mode") == "LA":  # gray + alpha samples, as read
-                    kwargs.update(photometric="minisblack", planarconfig="contig", extrasamples=info["extrasamples"])
+                if info.get("mode") == "LA":  # gray + alpha samples, where they were read from
+                    s = info.get("sample_axis", arr.ndim - 1)
+                    arr = np.moveaxis(arr, -1, s)
+                    planar = "contig" if s == arr.ndim - 1 else "separate"
+                    photometric = info.get("photometric", "minisblack")
+                    kwargs.update(photometric=photometric, planarconfig=planar, extrasamples=info["extrasamples"])
                 if info.get("imagej") and arr.dtype in (np.uint8, np.uint16, np.float32):
                     kwargs["imagej"] = True
                     kwargs["metadata"] = _imagej_metadata(info, scale)
@@ -610,8 +650,8 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
                         **layout,
                     )
 
-                def run_alpha(alpha: Any) -> Any:
-                    return upscale(alpha, args.scale, model="bicubic", tile=tile, device=args.device)
+                def run_alpha(alpha: Any) -> Any:  # (H, W), or a stack of alpha planes
+                    return upscale(alpha, args.scale, model="bicubic", channel_axis=None, tile=tile, device=args.device)
 
                 try:
                     result = _process(image, info, run, run_alpha)

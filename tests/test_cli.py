@@ -531,7 +531,7 @@ def test_truncated_tiff_is_refused_before_anything_is_written(
     assert not out.exists() or not any(out.iterdir())
 
 
-@pytest.mark.parametrize("bad", ["nan", "inf", "bool", "corrupt"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "complex", "corrupt"])
 def test_tiff_values_are_checked_before_anything_is_written(
     tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str], bad: str
 ) -> None:
@@ -544,8 +544,8 @@ def test_tiff_values_are_checked_before_anything_is_written(
     kw: dict = {}
     if bad in ("nan", "inf"):
         data[1, rng.integers(24), rng.integers(20)] = np.nan if bad == "nan" else -np.inf
-    elif bad == "bool":
-        data = data > 0.5
+    elif bad == "complex":  # (bilevel TIFFs are 8-bit gray: test_tiff_kinds_read_as_their_png_twins)
+        data = data.astype(np.complex64)
     else:
         kw = {"compression": "zlib"}
     tifffile.imwrite(src / "b.tif", data, **kw)
@@ -558,7 +558,7 @@ def test_tiff_values_are_checked_before_anything_is_written(
     out = tmp_path / "out"
     assert main(["upscale", str(src), "-o", str(out), "--bicubic", "--quiet"]) == 2
     err = capsys.readouterr().err
-    want = {"nan": "NaN or Inf", "inf": "NaN or Inf", "bool": "got bool", "corrupt": "cannot read it as an image"}
+    want = {"nan": "NaN or Inf", "inf": "NaN or Inf", "complex": "got complex64", "corrupt": "cannot read it as an image"}
     assert "b.tif: " in err and want[bad] in err, err
     assert not out.exists() or not any(out.iterdir())
 
@@ -655,3 +655,74 @@ def test_icc_profile_is_carried_to_the_output(tmp_path: Path, rng: np.random.Gen
     assert main(["upscale", str(cmyk), "-o", str(out), "--bicubic", "--scale", "2", "--quiet"]) == 0
     with Image.open(out) as im:
         assert "icc_profile" not in im.info
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_gray_alpha_tiff_stack_keeps_alpha_out_of_the_network(
+    tmp_path: Path, tiny_model: Path, rng: np.random.Generator, planar: bool
+) -> None:
+    """A stack of gray+alpha pages (samples contiguous or planar): the gray planes go through the
+    network, the alpha planes through the bicubic baseline, and the output keeps the layout and the
+    alpha extra sample."""
+    la = rng.integers(0, 256, (3, 9, 13, 2), np.uint8)
+    stored = np.ascontiguousarray(np.moveaxis(la, -1, 1)) if planar else la
+    src = tmp_path / "la.tif"
+    tifffile.imwrite(
+        src, stored, photometric="minisblack", planarconfig="separate" if planar else "contig", extrasamples=[2]
+    )
+    out = tmp_path / "out.tif"
+    assert main(["upscale", str(src), "-o", str(out), "--model", str(tiny_model), "--quiet"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        page = tif.pages[0]
+        assert [int(e) for e in page.extrasamples] == [2] and len(tif.pages) == 3
+        assert int(page.planarconfig) == (2 if planar else 1)
+        got = tif.asarray()
+    got = np.moveaxis(got, 1, -1) if planar else got
+    assert got.shape == (3, 36, 52, 2)
+    np.testing.assert_array_equal(got[..., 0], psr.upscale(la[..., 0], 4, model=tiny_model, channel_axis=None))
+    np.testing.assert_array_equal(got[..., 1], psr.upscale(la[..., 1], 4, model="bicubic", channel_axis=None))
+
+
+def test_miniswhite_tiff_reads_as_pillow_reads_it(tmp_path: Path, tiny_model: Path, rng: np.random.Generator) -> None:
+    """MINISWHITE (0 is white) gray: the network sees what Pillow shows (inverted values); a PNG
+    output holds those, a TIFF output stays MINISWHITE and shows the same picture."""
+    g = rng.integers(0, 256, (11, 15), np.uint8)
+    tifffile.imwrite(tmp_path / "mw.tif", g, photometric="miniswhite")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "mw.tif")), 255 - g)  # Pillow's reading
+    want = psr.upscale(255 - g, 4, model=tiny_model)
+    model = ["--model", str(tiny_model), "--quiet"]
+    for suffix in ("png", "tif"):
+        out = tmp_path / f"out.{suffix}"
+        assert main(["upscale", str(tmp_path / "mw.tif"), "-o", str(out), *model]) == 0
+        np.testing.assert_array_equal(np.asarray(Image.open(out)), want)
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert int(tif.pages[0].photometric) == 0
+        np.testing.assert_array_equal(tif.asarray(), 255 - want)
+
+
+@pytest.mark.parametrize("kind", ["bilevel", "palette", "lzw", "jpeg"])
+def test_tiff_kinds_read_as_their_png_twins(
+    tmp_path: Path, tiny_model: Path, rng: np.random.Generator, kind: str
+) -> None:
+    """Bilevel (CCITT G4), palette, LZW and JPEG-compressed TIFFs (imagecodecs decodes them) give the
+    result of the same picture as a PNG: bilevel as 8-bit gray, palette indices as their colours."""
+    rgb = rng.integers(0, 256, (13, 17, 3), np.uint8)
+    im = {
+        "bilevel": Image.fromarray(rgb[..., 0] > 127),
+        "palette": Image.fromarray(rgb).quantize(16),
+        "lzw": Image.fromarray(rgb),
+        "jpeg": Image.fromarray(rgb),
+    }[kind]
+    compression = {"bilevel": "group4", "palette": None, "lzw": "tiff_lzw", "jpeg": "jpeg"}[kind]
+    im.save(tmp_path / "in.tif", compression=compression)
+    Image.open(tmp_path / "in.tif").save(tmp_path / "twin.png")  # Pillow's decoding of the same file
+    model = ["--model", str(tiny_model), "--quiet"]
+    for name in ("in.tif", "twin.png"):
+        assert main(["upscale", str(tmp_path / name), "-o", str(tmp_path / f"{name}.png"), *model]) == 0
+    got, want = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("in.tif", "twin.png"))
+    assert got.dtype == want.dtype == np.uint8 and got.shape == want.shape
+    # JPEG: Pillow and imagecodecs (libjpeg-turbo builds) may round the decoded YCbCr differently.
+    if kind == "jpeg":
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 8
+    else:
+        np.testing.assert_array_equal(got, want)
