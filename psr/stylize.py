@@ -311,12 +311,14 @@ def style_grid(
     *,
     size: int = 384,
     device: str | torch.device = "auto",
+    **kwargs: Any,
 ) -> np.ndarray:
     """A uint8 RGB row: ``image`` then its stylisation by each style, each ``size`` pixels high.
 
     ``image``: a PIL image of any mode, or a gray or RGB array (uint8, uint16, or other integers
     and floats scaled by their maximum; see :func:`_rgb8`). ``styles`` defaults to every shipped
-    style (ValueError if there is none). For the README grid.
+    style (ValueError if there is none). ``kwargs`` go to :func:`stylize` for every panel
+    (``strength``, ``preserve_color``, ``tile``, ``precision``). For the README grid.
     """
     from PIL import Image
 
@@ -329,7 +331,7 @@ def style_grid(
     arr = _rgb8(image)
     h, w = arr.shape[:2]
     small = np.asarray(Image.fromarray(arr).resize((max(1, round(w * size / h)), size), Image.LANCZOS))
-    tiles = [small] + [stylize(small, s, device=device) for s in styles]
+    tiles = [small] + [stylize(small, s, device=device, **kwargs) for s in styles]
     gap = np.full((size, 4, 3), 255, np.uint8)
     parts: list[np.ndarray] = []
     for t in tiles:
@@ -353,9 +355,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
         "--output",
-        default="stylized",
+        default=None,
         help="output folder (made if needed; it gets NAME_STYLE.EXT for each input), or a .png/.jpg/.tif file "
-        "name for a single input",
+        "name for a single input (default: stylized)",
     )
     p.add_argument(
         "--style",
@@ -377,7 +379,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="write INPUT then INPUT in every shipped style (or --style) side by side to this .png/.jpg/.tif file "
-        "(-o is not used; --overwrite to replace it)",
+        "(with --strength, --preserve-color, --tile and --precision as given; not with -o; --overwrite to "
+        "replace it)",
     )
     p.add_argument("--quiet", action="store_true")
 
@@ -438,6 +441,8 @@ def run(args: argparse.Namespace) -> int:
 
         if len(args.inputs) != 1:
             raise UsageError("--grid: give exactly one INPUT image")
+        if args.output is not None:
+            raise UsageError("--grid names its own output file: leave out -o/--output")
         if args.grid.suffix.lower() not in _SUFFIXES:
             raise UsageError(f"--grid {args.grid}: name a .png, .jpg or .tif file")
         if args.grid.is_dir():
@@ -447,7 +452,15 @@ def run(args: argparse.Namespace) -> int:
         picture = _open_picture(Path(args.inputs[0]))
         styles = None if args.style is None else [args.style]
         try:
-            grid = style_grid(picture, styles, device=dev)
+            grid = style_grid(
+                picture,
+                styles,
+                device=dev,
+                strength=args.strength,
+                preserve_color=args.preserve_color,
+                tile=args.tile or None,
+                precision=args.precision,
+            )
         except ValueError as exc:
             raise UsageError(f"--grid: {exc}") from None
         write_image(args.grid, Image.fromarray(grid), {"format": "pil"}, 1)  # atomically
@@ -455,7 +468,9 @@ def run(args: argparse.Namespace) -> int:
     style = args.style or "starry_night"
     tag = Path(str(style)).stem
     files = _collect_inputs(args.inputs)
-    plan = _plan_outputs(files, Path(args.output), lambda f: f"{f.stem}_{tag}{f.suffix.lower()}", args.overwrite)
+    plan = _plan_outputs(
+        files, Path(args.output or "stylized"), lambda f: f"{f.stem}_{tag}{f.suffix.lower()}", args.overwrite
+    )
 
     from tqdm import tqdm
 

@@ -558,7 +558,12 @@ def test_tiff_values_are_checked_before_anything_is_written(
     out = tmp_path / "out"
     assert main(["upscale", str(src), "-o", str(out), "--bicubic", "--quiet"]) == 2
     err = capsys.readouterr().err
-    want = {"nan": "NaN or Inf", "inf": "NaN or Inf", "complex": "got complex64", "corrupt": "cannot read it as an image"}
+    want = {
+        "nan": "NaN or Inf",
+        "inf": "NaN or Inf",
+        "complex": "got complex64",
+        "corrupt": "cannot read it as an image",
+    }
     assert "b.tif: " in err and want[bad] in err, err
     assert not out.exists() or not any(out.iterdir())
 

@@ -496,3 +496,23 @@ def test_stylize_widget_runs_in_thread(qtbot, style_file: Path, rng: np.random.G
     out = viewer.layers["photo (tiny_style)"]
     np.testing.assert_array_equal(out.data, stylize(data, style_file, strength=0.5))
     assert "added 'photo (tiny_style)'" in w._status.value and w._run.enabled
+
+
+def test_cli_grid_applies_the_stylize_options(style_file: Path, tmp_path: Path, rng: np.random.Generator) -> None:
+    """--grid panels are what psr stylize writes with the same --strength, --preserve-color, --tile
+    and --precision; -o is refused beside --grid (it would be ignored)."""
+    photo = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    src = tmp_path / "photo.png"
+    Image.fromarray(photo).save(src)
+    p = argparse.ArgumentParser()
+    S.add_arguments(p)
+    opts = ["--style", str(style_file), "--strength", "0.4", "--preserve-color", "--tile", "16", "--quiet"]
+    assert S.run(p.parse_args([str(src), "--grid", str(tmp_path / "g.png"), *opts])) == 0
+    grid = np.asarray(Image.open(tmp_path / "g.png"))
+    small = np.asarray(Image.fromarray(photo).resize((576, 384), Image.LANCZOS))
+    want = stylize(small, style_file, strength=0.4, preserve_color=True, tile=16)
+    np.testing.assert_array_equal(grid[:, 580:], want)
+    assert not np.array_equal(want, stylize(small, style_file))  # the options change the panel
+    with pytest.raises(SystemExit, match="leave out -o"):
+        S.run(p.parse_args([str(src), "--grid", str(tmp_path / "g2.png"), "-o", str(tmp_path / "x"), *opts]))
+    assert not (tmp_path / "g2.png").exists()
