@@ -115,13 +115,28 @@ def _array_mode(dtype: Any, shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def _probe(path: Path) -> str | None:
+# The first input's TIFF decoding, kept from the check up front (_probe) for its processing (_read),
+# keyed on the file's identity: a one-file run decodes its TIFF once.
+_DECODED: dict[tuple[str, int, int, int], tuple[Any, dict]] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int, int]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _probe(path: Path, keep: bool = False) -> str | None:
     """Check that ``path`` opens as an image psr can upscale (decoded in full; TIFF: also its data extent,
-    dtype and finiteness); its result's PIL mode, or None."""
+    dtype and finiteness); its result's PIL mode, or None. ``keep``: a TIFF's decoding is kept for
+    :func:`_read` (one at a time)."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            data, _ = _read_tiff(path)  # decoded in full: a corrupt segment is found here
+            key = _file_key(path)
+            data, info = _read_tiff(path)  # decoded in full: a corrupt segment is found here
             _check_values(path, data)
+            if keep:
+                _DECODED.clear()
+                _DECODED[key] = (data, info)
             return _array_mode(data.dtype, tuple(data.shape))
         from .data import refuse_wide_png
 
@@ -510,22 +525,29 @@ def _plan_outputs(
             f"several inputs would be written to the same file: {lines}; give them separate -o folders or rename them"
         )
     _refuse_existing([t for _, t in plan], overwrite)
-    for f, target in plan:
-        if target.exists() and target.is_dir():
-            raise UsageError(f"{target} is a folder; cannot write {f} there")
-        mode = _probe(f)
-        fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(target.suffix.lower())
-        if fmt is not None and mode not in _WRITABLE[fmt]:
-            what = f"mode {mode}" if mode else "this kind of image (a stack, several channels, or its dtype)"
-            alt = ".png or .tif" if mode in _WRITABLE["PNG"] else ".tif"
-            raise UsageError(f"{f}: {fmt} cannot store {what} (-o {out}); write a {alt} instead")
+    _DECODED.clear()
+    try:
+        for i, (f, target) in enumerate(plan):
+            if target.exists() and target.is_dir():
+                raise UsageError(f"{target} is a folder; cannot write {f} there")
+            mode = _probe(f, keep=i == 0)  # the first input is processed first: keep its decoding
+            fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(target.suffix.lower())
+            if fmt is not None and mode not in _WRITABLE[fmt]:
+                what = f"mode {mode}" if mode else "this kind of image (a stack, several channels, or its dtype)"
+                alt = ".png or .tif" if mode in _WRITABLE["PNG"] else ".tif"
+                raise UsageError(f"{f}: {fmt} cannot store {what} (-o {out}); write a {alt} instead")
+    except BaseException:
+        _DECODED.clear()
+        raise
     return plan
 
 
 def _read(path: Path) -> tuple[Any, dict]:
     """:func:`read_image`, with a failure named as an input error (the header already opened)."""
     try:
-        return read_image(path)
+        kept = _DECODED.pop(_file_key(path), None) if _DECODED else None
+        _DECODED.clear()  # one use: a stale decoding (the file changed since its check) goes too
+        return kept if kept is not None else read_image(path)
     except MemoryError:
         raise
     except Exception as exc:

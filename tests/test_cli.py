@@ -731,3 +731,42 @@ def test_tiff_kinds_read_as_their_png_twins(
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 8
     else:
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_tiff_is_decoded_once_for_its_check_and_its_work(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first input's decoding is kept from the check up front for its processing (a one-file
+    run decodes its TIFF once); a file changed in between is read again."""
+    import psr.cli as cli
+
+    calls: list[str] = []
+    real = cli._read_tiff
+
+    def counting(path: Path) -> tuple:
+        calls.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(cli, "_read_tiff", counting)
+    src = tmp_path / "in"
+    src.mkdir()
+    stacks = [rng.integers(0, 4096, (2, 9, 11)).astype(np.uint16) for _ in range(2)]
+    for i, a in enumerate(stacks):
+        tifffile.imwrite(src / f"{i}.tif", a)
+    assert main(["upscale", str(src / "0.tif"), "-o", str(tmp_path / "one.tif"), "--bicubic", "--quiet"]) == 0
+    assert calls == ["0.tif"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "one.tif"), psr.upscale(stacks[0], 4, model="bicubic"))
+    calls.clear()
+    assert main(["upscale", str(src), "-o", str(tmp_path / "two"), "--bicubic", "--quiet"]) == 0
+    assert calls == ["0.tif", "1.tif", "1.tif"] and not cli._DECODED
+    for i, a in enumerate(stacks):
+        got = tifffile.imread(tmp_path / "two" / f"{i}_x4.tif")
+        np.testing.assert_array_equal(got, psr.upscale(a, 4, model="bicubic"))
+    # Rewritten after the check: the kept decoding is stale and is not used.
+    calls.clear()
+    assert cli._probe(src / "0.tif", keep=True) is None and cli._DECODED
+    newer = rng.integers(0, 4096, (2, 9, 11)).astype(np.uint16)
+    tifffile.imwrite(src / "0.tif", newer)
+    image, _ = cli._read(src / "0.tif")
+    np.testing.assert_array_equal(image, newer)
+    assert calls == ["0.tif", "0.tif"] and not cli._DECODED
