@@ -252,6 +252,58 @@ def _canonical(image: Any, channel_axis: int | str | None, rgb: bool | None) -> 
     return canon, layout
 
 
+def _result_shape(layout: _Layout, scale: int) -> tuple[int, ...]:
+    """The caller's shape of the result: :func:`_restore`'s output shape."""
+    sh = list(layout.shape)
+    if layout.channel_axis is None:
+        sh[-2:] = [sh[-2] * scale, sh[-1] * scale]
+        return tuple(sh)
+    sh[-3:-1] = [sh[-3] * scale, sh[-2] * scale]
+    c = sh.pop()
+    sh.insert(layout.channel_axis, c)
+    return tuple(sh)
+
+
+def _canonical_out(out: Any, image: Any, layout: _Layout, scale: int) -> np.ndarray:
+    """A (B', fH, fW, C) view of the caller's ``out`` (B' = B, or the planes before their channels
+    are folded into the batch), checked against the result :func:`upscale` would return."""
+    if layout.kind != "numpy":
+        raise TypeError(f"out is for numpy images; got a {layout.kind} image (use the returned result)")
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array (or memmap), got {type(out).__name__}")
+    want = _result_shape(layout, scale)
+    if out.shape != want or out.dtype != layout.dtype:
+        raise ValueError(
+            f"out must have the result's shape {want} and dtype {layout.dtype}, got {out.shape} {out.dtype}"
+        )
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if np.may_share_memory(out, image):
+        raise ValueError("out overlaps image; pass a separate array")
+    moved = out if layout.channel_axis is None else np.moveaxis(out, layout.channel_axis, -1)
+    view = moved.view()
+    try:  # merging the stack axes must not copy: writes would be lost
+        view.shape = (-1, *moved.shape[-2:], 1) if layout.channel_axis is None else (-1, *moved.shape[-3:])
+    except AttributeError:
+        raise ValueError(
+            f"out's strides {out.strides} do not let its stack axes be merged without a copy; pass a C-contiguous array"
+        ) from None
+    return view
+
+
+def _independent(layout: _Layout) -> bool:
+    """Whether the channels are independent gray images (folded into the batch, channel fastest)."""
+    return layout.channel_axis is not None and not layout.rgb
+
+
+def _out_image(out_view: np.ndarray, channels: int | None, i: int) -> np.ndarray:
+    """The (fH, fW, C) destination in :func:`_canonical_out`'s view of canonical image ``i``: with
+    independent ``channels``, channel ``i % channels`` of plane ``i // channels``."""
+    if channels is None:
+        return out_view[i]
+    return out_view[i // channels, :, :, i % channels : i % channels + 1]
+
+
 def _restore(out: np.ndarray, layout: _Layout, scale: int) -> Any:
     """Inverse of :func:`_canonical` for an output (B, fH, fW, C)."""
     sh = list(layout.shape)
@@ -364,7 +416,7 @@ def _intensities(canon: np.ndarray, layout: _Layout, normalize: tuple[float, flo
     one map each over all their planes, so that a dim channel beside a bright one is not squeezed
     into a corner of [0, 1]; anything else gets one map over the whole input.
     """
-    groups = layout.shape[-1] if layout.channel_axis is not None and not layout.rgb else 1
+    groups = layout.shape[-1] if _independent(layout) else 1
     return [_intensity(canon[k::groups], layout.rgb, normalize) for k in range(groups)]
 
 
@@ -520,6 +572,7 @@ def upscale(
     device: str | torch.device = "auto",
     precision: str = "float32",
     progress: Callable[[int, int], None] | None = None,
+    out: np.ndarray | None = None,
 ) -> Any:
     """Upscale an image by an integer factor with a trained network.
 
@@ -573,6 +626,11 @@ def upscale(
         exactly. Intensity mapping, the bicubic skip and histogram matching stay in float32.
     progress : callable, optional
         Called as ``progress(done, total)`` after each tile; raise from it to cancel.
+    out : ndarray, optional
+        For numpy images: a writable array of the result's shape and dtype to write into, for
+        example a ``numpy.memmap`` or ``tifffile.memmap`` of an output file, so that a result
+        larger than the machine's memory is written to disk as it is made (the memory check is
+        then the caller's). It must not overlap ``image``. Returned.
 
     Returns
     -------
@@ -605,14 +663,21 @@ def upscale(
 
     canon, layout = _canonical(image, channel_axis, rgb)
     b, h, w, c = canon.shape
-    out_bytes = _output_bytes(b * h * w * c, scale, canon.dtype.itemsize)
-    if out_bytes > _physical_memory():
-        raise ValueError(
-            f"image of shape {tuple(layout.shape)} would upscale x{scale} to {out_bytes / 2**30:.1f} GiB, "
-            "more than this machine's memory"
-        )
+    if out is None:
+        out_bytes = _output_bytes(b * h * w * c, scale, canon.dtype.itemsize)
+        if out_bytes > _physical_memory():
+            raise ValueError(
+                f"image of shape {tuple(layout.shape)} would upscale x{scale} to {out_bytes / 2**30:.1f} GiB, "
+                "more than this machine's memory; pass out= (e.g. a tifffile.memmap) to write it to disk"
+            )
+        result = None
+        canon_out = np.empty((b, h * scale, w * scale, c), dtype=canon.dtype)
+        dest: Callable[[int], np.ndarray] = canon_out.__getitem__
+    else:
+        result = out
+        out_view = _canonical_out(out, image, layout, scale)
+        dest = functools.partial(_out_image, out_view, layout.shape[-1] if _independent(layout) else None)
     intens = _intensities(canon, layout, normalize)
-    out = np.empty((b, h * scale, w * scale, c), dtype=canon.dtype)
     total = b * _count_tiles(h, w, tile)
     done = 0
 
@@ -657,9 +722,9 @@ def upscale(
             nc = 3 if c >= 3 else 1
             ref = torch.from_numpy(inten.forward(img[..., :nc])).permute(2, 0, 1)[None].to(dev)
             buf[:, :nc] = ops.match_histograms(buf[:, :nc], ref, check=False)
-            inten.backward_into(out[i], buf[0])
+            inten.backward_into(dest(i), buf[0])
         else:
-            out_i = out[i]
+            out_i = dest(i)
 
             def write(
                 ys: slice, xs: slice, block: torch.Tensor, out_i: np.ndarray = out_i, inten: _Intensity = inten
@@ -671,7 +736,7 @@ def upscale(
                     progress(done, total)
 
             _run_tiled(run, h, w, scale, tile, tile_overlap, write)
-    return _restore(out, layout, scale)
+    return _restore(canon_out, layout, scale) if result is None else result
 
 
 class Upscaler(nn.Module):

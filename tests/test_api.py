@@ -685,3 +685,76 @@ def test_upscaler_leaves_a_callers_module_in_place(tiny_model: Path) -> None:
     assert mod.net is net
     with pytest.raises(ValueError, match="upscales by 4, but scale=2"):
         psr.Upscaler(2, model=psr.load_model(tiny_model))
+
+
+@pytest.mark.parametrize(
+    ("shape", "channel_axis", "rgb"),
+    [
+        ((13, 17), "auto", None),
+        ((2, 13, 17, 3), "auto", None),
+        ((3, 13, 17), None, None),
+        ((2, 3, 13, 17), 1, None),  # independent channels, planes of them
+        ((3, 13, 17), 0, True),  # planar RGB
+        ((2, 13, 17, 5), -1, None),
+        ((13, 17, 4), "auto", None),
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("match", [False, True])
+def test_out_receives_the_result(
+    tiny_model: Path,
+    rng: np.random.Generator,
+    tmp_path: Path,
+    shape: tuple,
+    channel_axis: object,
+    rgb: object,
+    dtype: type,
+    match: bool,
+) -> None:
+    """out= (here a memmap of a file) gets exactly the array upscale returns, for every layout."""
+    image = (rng.random(shape) * 200).astype(dtype)
+    kw = dict(model=tiny_model, channel_axis=channel_axis, rgb=rgb, match_histogram=match, tile=16)
+    want = psr.upscale(image, 4, **kw)
+    out = np.memmap(tmp_path / "out.raw", dtype=dtype, mode="w+", shape=want.shape)
+    assert psr.upscale(image, 4, out=out, **kw) is out
+    np.testing.assert_array_equal(np.asarray(out), want)
+
+
+def test_out_is_checked_and_lifts_the_memory_check(
+    tiny_model: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = rng.integers(0, 256, (2, 11, 13), np.uint8)
+    want = psr.upscale(image, 4, model=tiny_model, channel_axis=None)
+    monkeypatch.setattr(psr.api, "_physical_memory", lambda: 1000)
+    with pytest.raises(ValueError, match="more than this machine's memory; pass out="):
+        psr.upscale(image, 4, model=tiny_model, channel_axis=None)
+    out = np.empty_like(want)
+    psr.upscale(image, 4, model=tiny_model, channel_axis=None, out=out)  # the caller's memory: no check
+    np.testing.assert_array_equal(out, want)
+    bad = {
+        "shape": (np.empty((2, 44, 48), np.uint8), ValueError, r"shape \(2, 44, 52\) and dtype uint8"),
+        "dtype": (np.empty((2, 44, 52), np.uint16), ValueError, "dtype uint8"),
+        "list": ([0], TypeError, "out must be a numpy array"),
+        "overlap": (None, ValueError, "overlaps image"),
+    }
+    ro = np.empty_like(want)
+    ro.flags.writeable = False
+    bad["readonly"] = (ro, ValueError, "read-only")
+    for name, (arr, exc, msg) in bad.items():
+        src = image
+        if name == "overlap":  # a view of the same buffer as the image
+            big = np.zeros((2, 44, 52), np.uint8)
+            src, arr = big[:, :11, :13], big
+        with pytest.raises(exc, match=msg):
+            psr.upscale(src, 4, model=tiny_model, channel_axis=None, out=arr)
+    # Fortran order: the stack axes (2, 3) cannot be merged into one without a copy.
+    with pytest.raises(ValueError, match="C-contiguous"):
+        psr.upscale(
+            rng.integers(0, 256, (2, 3, 11, 13), np.uint8),
+            4,
+            model=tiny_model,
+            channel_axis=None,
+            out=np.empty((52, 44, 3, 2), np.uint8).T,
+        )
+    with pytest.raises(TypeError, match="out is for numpy images"):
+        psr.upscale(torch.from_numpy(image[0]), 4, model=tiny_model, out=np.empty((44, 52), np.uint8))
