@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -323,22 +324,30 @@ def _process(
     image: Any,
     info: dict,
     run: Callable[..., Any],
-    run_alpha: Callable[[Any], Any],
+    run_alpha: Callable[..., Any],
+    out: Any = None,
 ) -> Any:
     """``run(image, channel_axis=..., rgb=...)`` as :func:`read_image` says to read ``image``.
 
     Gray+alpha: ``run`` on the gray plane, ``run_alpha`` on the alpha plane (alpha is coverage,
     not content: psr upscales it with the bicubic baseline, as :func:`psr.upscale` does for RGBA).
+    ``out``: the result's array to write into (:func:`write_tiff_streamed`), passed on to ``run``
+    and ``run_alpha`` as ``out=``.
     """
     import numpy as np
 
     if info.get("mode") == "LA":
         arr = np.asarray(image)
-        gray = run(np.ascontiguousarray(arr[..., 0]), channel_axis=None, rgb=None)
-        alpha = run_alpha(np.ascontiguousarray(arr[..., 1]))
-        return np.stack([gray, alpha], axis=-1)
+        gray, alpha = np.ascontiguousarray(arr[..., 0]), np.ascontiguousarray(arr[..., 1])
+        if out is not None:
+            run(gray, channel_axis=None, rgb=None, out=out[..., 0])
+            run_alpha(alpha, out=out[..., 1])
+            return out
+        return np.stack([run(gray, channel_axis=None, rgb=None), run_alpha(alpha)], axis=-1)
     channel_axis = info.get("channel_axis", "auto")
     rgb = info.get("rgb") if isinstance(channel_axis, int) else None
+    if out is not None:
+        return run(image, channel_axis=channel_axis, rgb=rgb, out=out)
     return run(image, channel_axis=channel_axis, rgb=rgb)
 
 
@@ -371,6 +380,73 @@ def _imagej_metadata(info: dict, scale: int) -> dict:
     return meta
 
 
+def _dpi(info: dict) -> tuple[float, float] | None:
+    """Pixels per inch of the input (PNG/JPEG DPI, or a TIFF's inch or centimetre resolution)."""
+    dpi = info.get("dpi")
+    if dpi is None and info.get("resolutionunit") in (2, 3) and "resolution" in info:
+        per_inch = 1.0 if info["resolutionunit"] == 2 else 2.54  # INCH or CENTIMETER
+        dpi = tuple(_as_float(v) * per_inch for v in info["resolution"])
+    return dpi
+
+
+def _tiff_kwargs(info: dict, shape: tuple[int, ...], dtype: Any, scale: int) -> dict:
+    """tifffile's write arguments for a result of ``shape`` (as stored) and ``dtype``: the input's
+    metadata with the pixel size divided by ``scale``."""
+    import numpy as np
+
+    kwargs: dict = {}
+    if info.get("format") == "tiff":
+        if "resolution" in info:
+            xr, yr = info["resolution"]
+            # The pixel size shrinks by f: pixels per unit grow by f.
+            kwargs["resolution"] = (_fraction_times(xr, scale), _fraction_times(yr, scale))
+            kwargs["resolutionunit"] = info.get("resolutionunit", 1)
+        if info.get("photometric"):
+            kwargs["photometric"] = info["photometric"]
+            if info.get("planarconfig") and not info.get("imagej"):
+                kwargs["planarconfig"] = info["planarconfig"]
+        if info.get("mode") == "LA":  # gray + alpha samples, where they were read from
+            planar = "contig" if info.get("sample_axis", len(shape) - 1) == len(shape) - 1 else "separate"
+            photometric = info.get("photometric", "minisblack")
+            kwargs.update(photometric=photometric, planarconfig=planar, extrasamples=info["extrasamples"])
+        if info.get("imagej") and np.dtype(dtype) in (np.uint8, np.uint16, np.float32):
+            kwargs["imagej"] = True
+            kwargs["metadata"] = _imagej_metadata(info, scale)
+            kwargs.pop("resolutionunit", None)
+        elif info.get("axes"):
+            kwargs["metadata"] = {"axes": info["axes"]}
+    else:
+        if len(shape) == 3 and shape[-1] in (3, 4):
+            kwargs["photometric"] = "rgb"
+        elif len(shape) == 3 and info.get("mode") == "LA":  # gray + unassociated alpha, one page
+            kwargs.update(photometric="minisblack", planarconfig="contig", extrasamples=[2])
+        dpi = _dpi(info)
+        if dpi:
+            kwargs["resolution"] = (dpi[0] * scale, dpi[1] * scale)
+            kwargs["resolutionunit"] = "INCH"
+    if info.get("icc_profile"):
+        kwargs["iccprofile"] = info["icc_profile"]
+    return kwargs
+
+
+def _as_stored(arr: Any, info: dict) -> Any:
+    """A result in :func:`read_image`'s layout as the TIFF stores it: gray+alpha samples moved back
+    to the axis they were read from (a view)."""
+    import numpy as np
+
+    if info.get("mode") == "LA" and info.get("format") == "tiff":
+        return np.moveaxis(arr, -1, info.get("sample_axis", arr.ndim - 1))
+    return arr
+
+
+def _invert_gray(arr: Any, info: dict) -> None:
+    """Undo :func:`_read_tiff`'s inversion of MINISWHITE integer gray, in place."""
+    import numpy as np
+
+    gray = arr[..., 0] if info.get("mode") == "LA" else arr
+    np.invert(gray, out=gray)  # in place: no temporary of the image's size, memory maps included
+
+
 def write_image(path: Path, image: object, info: dict, scale: int) -> None:
     """Write atomically (temp file, then rename) so a failed write leaves no half-written file.
 
@@ -382,53 +458,17 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    dpi = info.get("dpi")
-    if dpi is None and info.get("resolutionunit") in (2, 3) and "resolution" in info:
-        per_inch = 1.0 if info["resolutionunit"] == 2 else 2.54  # INCH or CENTIMETER
-        dpi = tuple(_as_float(v) * per_inch for v in info["resolution"])
+    dpi = _dpi(info)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
             arr = np.asarray(image)
-            kwargs: dict = {}
             if info.get("inverted"):  # MINISWHITE integer gray, inverted by _read_tiff: back
                 arr = arr.copy()
-                gray = arr[..., 0] if info.get("mode") == "LA" else arr
-                np.invert(gray, out=gray)
-            if info.get("format") == "tiff":
-                if "resolution" in info:
-                    xr, yr = info["resolution"]
-                    # The pixel size shrinks by f: pixels per unit grow by f.
-                    kwargs["resolution"] = (_fraction_times(xr, scale), _fraction_times(yr, scale))
-                    kwargs["resolutionunit"] = info.get("resolutionunit", 1)
-                if info.get("photometric"):
-                    kwargs["photometric"] = info["photometric"]
-                    if info.get("planarconfig") and not info.get("imagej"):
-                        kwargs["planarconfig"] = info["planarconfig"]
-                if info.get("mode") == "LA":  # gray + alpha samples, where they were read from
-                    s = info.get("sample_axis", arr.ndim - 1)
-                    arr = np.moveaxis(arr, -1, s)
-                    planar = "contig" if s == arr.ndim - 1 else "separate"
-                    photometric = info.get("photometric", "minisblack")
-                    kwargs.update(photometric=photometric, planarconfig=planar, extrasamples=info["extrasamples"])
-                if info.get("imagej") and arr.dtype in (np.uint8, np.uint16, np.float32):
-                    kwargs["imagej"] = True
-                    kwargs["metadata"] = _imagej_metadata(info, scale)
-                    kwargs.pop("resolutionunit", None)
-                elif info.get("axes"):
-                    kwargs["metadata"] = {"axes": info["axes"]}
-            else:
-                if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-                    kwargs["photometric"] = "rgb"
-                elif arr.ndim == 3 and info.get("mode") == "LA":  # gray + unassociated alpha, one page
-                    kwargs.update(photometric="minisblack", planarconfig="contig", extrasamples=[2])
-                if dpi:
-                    kwargs["resolution"] = (dpi[0] * scale, dpi[1] * scale)
-                    kwargs["resolutionunit"] = "INCH"
-            if info.get("icc_profile"):
-                kwargs["iccprofile"] = info["icc_profile"]
-            tifffile.imwrite(tmp, arr, **kwargs)
+                _invert_gray(arr, info)
+            arr = _as_stored(arr, info)
+            tifffile.imwrite(tmp, arr, **_tiff_kwargs(info, arr.shape, arr.dtype, scale))
         else:
             from PIL import Image
 
@@ -454,6 +494,70 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_tiff_streamed(path: Path, image: Any, info: dict, scale: int, fill: Callable[[Any], None]) -> None:
+    """Write the TIFF result of ``image`` (read by :func:`read_image`) as ``fill(out)`` makes it:
+    ``out`` is a memory map of the output file, in ``image``'s layout with the Y and X axes
+    ``scale`` times larger, so a result larger than memory goes straight to disk. Atomic and with
+    the metadata of :func:`write_image` (bit for bit the same file content, tested)."""
+    import numpy as np
+    import tifffile
+
+    proc_axes = str(info["axes"])
+    if info.get("mode") == "LA":  # read_image moved the samples last
+        proc_axes = proc_axes.replace("S", "") + "S"
+    shape = list(np.shape(image))
+    for ax in ("Y", "X"):
+        shape[proc_axes.index(ax)] *= scale
+    stored_shape = list(shape)
+    if info.get("mode") == "LA":
+        stored_shape.insert(info.get("sample_axis", len(shape) - 1), stored_shape.pop())
+    dtype = np.asarray(image).dtype
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        kwargs = _tiff_kwargs(info, stored_shape, dtype, scale)
+        offset, _ = tifffile.imwrite(tmp, shape=stored_shape, dtype=dtype, returnoffset=True, **kwargs)
+        nbytes = math.prod(stored_shape) * dtype.itemsize  # contiguous from offset (as tifffile.memmap maps it)
+        with open(tmp, "r+b") as fh:
+            # Reserve the blocks now: a full disk is an error here, not a SIGBUS in the middle
+            # of writing through the memory map.
+            try:
+                os.posix_fallocate(fh.fileno(), offset, nbytes)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"cannot write {path}: {exc.strerror} (its pixels take {nbytes / 2**30:.2f} GiB)"
+                ) from exc
+        mm = np.memmap(tmp, dtype=dtype, mode="r+", offset=offset, shape=tuple(stored_shape))
+        out = np.moveaxis(mm, info.get("sample_axis", mm.ndim - 1), -1) if info.get("mode") == "LA" else mm
+        fill(out)
+        if info.get("inverted"):
+            _invert_gray(out, info)
+        mm.flush()
+        del out, mm
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename) != str(tmp):
+            raise
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _streamable(target: Path, image: Any, info: dict) -> bool:
+    """Whether :func:`write_tiff_streamed` can write this result: a TIFF output of a TIFF input
+    whose axes are known, in native byte order (memory maps are)."""
+    import numpy as np
+
+    return (
+        target.suffix.lower() in (".tif", ".tiff")
+        and info.get("format") == "tiff"
+        and bool(info.get("axes"))
+        and isinstance(image, np.ndarray)
+        and image.dtype.isnative
+    )
 
 
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -672,14 +776,26 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
                         **layout,
                     )
 
-                def run_alpha(alpha: Any) -> Any:  # (H, W), or a stack of alpha planes
-                    return upscale(alpha, args.scale, model="bicubic", channel_axis=None, tile=tile, device=args.device)
+                def run_alpha(alpha: Any, **out: Any) -> Any:  # (H, W), or a stack of alpha planes
+                    return upscale(
+                        alpha, args.scale, model="bicubic", channel_axis=None, tile=tile, device=args.device, **out
+                    )
 
+                def fill(out: Any, image: Any = image, info: dict = info, run: Callable[..., Any] = run) -> None:
+                    _process(image, info, run, run_alpha, out=out)
+
+                result = None
                 try:
-                    result = _process(image, info, run, run_alpha)
+                    if _streamable(target, image, info):
+                        # Straight into a memory map of the output file: a stack whose result
+                        # is larger than memory is written as it is made.
+                        write_tiff_streamed(target, image, info, args.scale, fill)
+                    else:
+                        result = _process(image, info, run, run_alpha)
                 except (ValueError, TypeError) as exc:  # refused by psr.upscale: say which input
                     raise (TypeError if isinstance(exc, TypeError) else ValueError)(f"{f}: {exc}") from exc
-            write_image(target, result, info, args.scale)
+            if result is not None:
+                write_image(target, result, info, args.scale)
             bar.set_postfix_str(str(target))
             bar.update(1)
     return 0

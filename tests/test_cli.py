@@ -770,3 +770,95 @@ def test_a_tiff_is_decoded_once_for_its_check_and_its_work(
     image, _ = cli._read(src / "0.tif")
     np.testing.assert_array_equal(image, newer)
     assert calls == ["0.tif", "0.tif"] and not cli._DECODED
+
+
+def _tiff_record(path: Path) -> tuple:
+    """What a TIFF holds: every page's tags (offsets and byte counts aside) and the series' data."""
+    with tifffile.TiffFile(path) as tif:
+        skip = {"StripOffsets", "StripByteCounts", "TileOffsets", "TileByteCounts", "ImageDescription"}
+        tags = [sorted((t.name, str(t.value)) for t in page.tags.values() if t.name not in skip) for page in tif.pages]
+        meta = tif.imagej_metadata if tif.is_imagej else tif.shaped_metadata
+        return tags, str(meta), tif.series[0].axes, tif.asarray()
+
+
+@pytest.mark.parametrize("kind", ["imagej", "rgb", "planar_rgb", "gray_alpha_stack", "miniswhite", "float_channels"])
+def test_streamed_tiff_output_equals_the_in_memory_one(
+    tmp_path: Path, tiny_model: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """TIFF outputs of TIFF inputs are upscaled straight into a memory map of the output file
+    (psr.upscale(out=...)): the same tags, metadata and pixels as writing the result from memory."""
+    import psr.cli as cli
+
+    src = tmp_path / "in.tif"
+    if kind == "imagej":
+        data = rng.integers(0, 4096, (2, 3, 9, 11)).astype(np.uint16)
+        tifffile.imwrite(
+            src, data, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZCYX", "unit": "um", "spacing": 0.5}
+        )
+    elif kind == "rgb":
+        tifffile.imwrite(src, rng.integers(0, 256, (9, 11, 3), np.uint8), photometric="rgb", resolution=(72, 72))
+    elif kind == "planar_rgb":
+        tifffile.imwrite(src, rng.integers(0, 256, (3, 9, 11), np.uint8), photometric="rgb", planarconfig="separate")
+    elif kind == "gray_alpha_stack":
+        data = rng.integers(0, 256, (2, 2, 9, 11), np.uint8)
+        tifffile.imwrite(src, data, photometric="minisblack", planarconfig="separate", extrasamples=[2])
+    elif kind == "miniswhite":
+        tifffile.imwrite(src, rng.integers(0, 65536, (2, 9, 11)).astype(np.uint16), photometric="miniswhite")
+    else:
+        data = rng.random((2, 9, 11)).astype(np.float32)
+        tifffile.imwrite(src, data, metadata={"axes": "CYX"})
+    model = ["--model", str(tiny_model), "--quiet"]
+    calls: list[int] = []
+    real = cli.write_tiff_streamed
+    monkeypatch.setattr(cli, "write_tiff_streamed", lambda *a: calls.append(1) or real(*a))
+    assert main(["upscale", str(src), "-o", str(tmp_path / "streamed.tif"), *model]) == 0
+    assert calls == [1]
+    monkeypatch.setattr(cli, "_streamable", lambda *a: False)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "memory.tif"), *model]) == 0
+    assert calls == [1]
+    got, want = _tiff_record(tmp_path / "streamed.tif"), _tiff_record(tmp_path / "memory.tif")
+    assert got[:3] == want[:3]
+    np.testing.assert_array_equal(got[3], want[3])
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_streamed_tiff_output_failing_midway_leaves_nothing(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psr.cli as cli
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, rng.integers(0, 4096, (2, 9, 11)).astype(np.uint16))
+
+    def half_then_fail(image: object, info: dict, run: object, run_alpha: object, out: np.ndarray) -> None:
+        out[0] = 7  # written into the memory map, then the work fails
+        raise ValueError("refused halfway")
+
+    monkeypatch.setattr(cli, "_process", half_then_fail)
+    out = tmp_path / "out" / "in_x4.tif"
+    assert main(["upscale", str(src), "-o", str(out.parent), "--bicubic", "--quiet"]) == 2  # an input refused
+    assert "in.tif: refused halfway" in capsys.readouterr().err
+    assert not out.exists() and not list(out.parent.iterdir())
+
+
+def test_streamed_tiff_output_on_a_full_disk_is_a_clear_error(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The output's blocks are reserved before any work (a full disk would otherwise kill the
+    process with SIGBUS while writing through the memory map)."""
+    import errno
+    import os
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, rng.integers(0, 4096, (2, 9, 11)).astype(np.uint16))
+
+    def full(fd: int, offset: int, length: int) -> None:
+        assert length == 2 * 36 * 44 * 2  # the result's pixels
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    out = tmp_path / "out"
+    assert main(["upscale", str(src), "-o", str(out), "--bicubic", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {out / 'in_x4.tif'}: No space left on device" in err, err
+    assert not list(out.iterdir())
