@@ -522,9 +522,14 @@ def write_tiff_streamed(path: Path, image: Any, info: dict, scale: int, fill: Ca
         nbytes = math.prod(stored_shape) * dtype.itemsize  # contiguous from offset (as tifffile.memmap maps it)
         with open(tmp, "r+b") as fh:
             # Reserve the blocks now: a full disk is an error here, not a SIGBUS in the middle
-            # of writing through the memory map.
+            # of writing through the memory map (macOS has no posix_fallocate: writing the last
+            # byte at least sizes the file there).
             try:
-                os.posix_fallocate(fh.fileno(), offset, nbytes)
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fh.fileno(), offset, nbytes)
+                elif nbytes:
+                    fh.seek(offset + nbytes - 1)
+                    fh.write(b"\0")
             except OSError as exc:
                 raise OSError(
                     exc.errno, f"cannot write {path}: {exc.strerror} (its pixels take {nbytes / 2**30:.2f} GiB)"
