@@ -265,30 +265,20 @@ def _result_shape(layout: _Layout, scale: int) -> tuple[int, ...]:
 
 
 def _canonical_out(out: Any, image: Any, layout: _Layout, scale: int) -> np.ndarray:
-    """A (B', fH, fW, C) view of the caller's ``out`` (B' = B, or the planes before their channels
-    are folded into the batch), checked against the result :func:`upscale` would return."""
+    """The caller's ``out`` with the channel axis moved last (a view, any strides), checked against
+    the result :func:`upscale` would return; :func:`_out_image` picks each image's part."""
     if layout.kind != "numpy":
         raise TypeError(f"out is for numpy images; got a {layout.kind} image (use the returned result)")
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array (or memmap), got {type(out).__name__}")
     want = _result_shape(layout, scale)
     if out.shape != want or out.dtype != layout.dtype:
-        raise ValueError(
-            f"out must have the result's shape {want} and dtype {layout.dtype}, got {out.shape} {out.dtype}"
-        )
+        raise ValueError(f"out must have the result's shape {want} and dtype {layout.dtype}, got {out.shape} {out.dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     if np.may_share_memory(out, image):
         raise ValueError("out overlaps image; pass a separate array")
-    moved = out if layout.channel_axis is None else np.moveaxis(out, layout.channel_axis, -1)
-    view = moved.view()
-    try:  # merging the stack axes must not copy: writes would be lost
-        view.shape = (-1, *moved.shape[-2:], 1) if layout.channel_axis is None else (-1, *moved.shape[-3:])
-    except AttributeError:
-        raise ValueError(
-            f"out's strides {out.strides} do not let its stack axes be merged without a copy; pass a C-contiguous array"
-        ) from None
-    return view
+    return out if layout.channel_axis is None else np.moveaxis(out, layout.channel_axis, -1)
 
 
 def _independent(layout: _Layout) -> bool:
@@ -296,12 +286,17 @@ def _independent(layout: _Layout) -> bool:
     return layout.channel_axis is not None and not layout.rgb
 
 
-def _out_image(out_view: np.ndarray, channels: int | None, i: int) -> np.ndarray:
-    """The (fH, fW, C) destination in :func:`_canonical_out`'s view of canonical image ``i``: with
-    independent ``channels``, channel ``i % channels`` of plane ``i // channels``."""
-    if channels is None:
-        return out_view[i]
-    return out_view[i // channels, :, :, i % channels : i % channels + 1]
+def _out_image(moved: np.ndarray, layout: _Layout, i: int) -> np.ndarray:
+    """The (fH, fW, C) view of :func:`_canonical_out`'s array that canonical image ``i`` fills: the
+    stack axes are indexed, never merged, so any strides work."""
+    if layout.channel_axis is None:
+        stack = moved.shape[:-2]
+        return moved[np.unravel_index(i, stack) if stack else ()][..., None]
+    stack = moved.shape[:-3]
+    if layout.rgb:
+        return moved[np.unravel_index(i, stack) if stack else ()]
+    plane, k = divmod(i, layout.shape[-1])  # independent channels: channel fastest
+    return moved[np.unravel_index(plane, stack) if stack else ()][..., k : k + 1]
 
 
 def _restore(out: np.ndarray, layout: _Layout, scale: int) -> Any:
@@ -675,8 +670,7 @@ def upscale(
         dest: Callable[[int], np.ndarray] = canon_out.__getitem__
     else:
         result = out
-        out_view = _canonical_out(out, image, layout, scale)
-        dest = functools.partial(_out_image, out_view, layout.shape[-1] if _independent(layout) else None)
+        dest = functools.partial(_out_image, _canonical_out(out, image, layout, scale), layout)
     intens = _intensities(canon, layout, normalize)
     total = b * _count_tiles(h, w, tile)
     done = 0

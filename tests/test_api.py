@@ -747,14 +747,18 @@ def test_out_is_checked_and_lifts_the_memory_check(
             src, arr = big[:, :11, :13], big
         with pytest.raises(exc, match=msg):
             psr.upscale(src, 4, model=tiny_model, channel_axis=None, out=arr)
-    # Fortran order: the stack axes (2, 3) cannot be merged into one without a copy.
-    with pytest.raises(ValueError, match="C-contiguous"):
-        psr.upscale(
-            rng.integers(0, 256, (2, 3, 11, 13), np.uint8),
-            4,
-            model=tiny_model,
-            channel_axis=None,
-            out=np.empty((52, 44, 3, 2), np.uint8).T,
-        )
+    # Any strides: Fortran order, the channel axis before several stack axes (OME TCZYX).
+    four = rng.integers(0, 256, (2, 3, 11, 13), np.uint8)
+    fortran = np.empty((52, 44, 3, 2), np.uint8).T
+    psr.upscale(four, 4, model=tiny_model, channel_axis=None, out=fortran)
+    ref = np.empty((2, 3, 44, 52), np.uint8)  # (the memory check is patched: results go to out=)
+    psr.upscale(four, 4, model=tiny_model, channel_axis=None, out=ref)
+    np.testing.assert_array_equal(fortran, ref)
+    tczyx = rng.integers(0, 256, (2, 3, 2, 11, 13), np.uint8)
+    got = np.zeros((2, 3, 2, 44, 52), np.uint8)
+    psr.upscale(tczyx, 4, model=tiny_model, channel_axis=1, out=got)
+    ref = np.empty((2, 2, 44, 52, 3), np.uint8)
+    psr.upscale(np.moveaxis(tczyx, 1, -1), 4, model=tiny_model, channel_axis=-1, out=ref)
+    np.testing.assert_array_equal(got, np.moveaxis(ref, -1, 1))
     with pytest.raises(TypeError, match="out is for numpy images"):
         psr.upscale(torch.from_numpy(image[0]), 4, model=tiny_model, out=np.empty((44, 52), np.uint8))
