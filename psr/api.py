@@ -273,7 +273,9 @@ def _canonical_out(out: Any, image: Any, layout: _Layout, scale: int) -> np.ndar
         raise TypeError(f"out must be a numpy array (or memmap), got {type(out).__name__}")
     want = _result_shape(layout, scale)
     if out.shape != want or out.dtype != layout.dtype:
-        raise ValueError(f"out must have the result's shape {want} and dtype {layout.dtype}, got {out.shape} {out.dtype}")
+        raise ValueError(
+            f"out must have the result's shape {want} and dtype {layout.dtype}, got {out.shape} {out.dtype}"
+        )
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     if np.may_share_memory(out, image):

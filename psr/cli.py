@@ -205,6 +205,13 @@ def _tiff_alpha_axis(axes: str, shape: tuple[int, ...], page: Any) -> int | None
     return s if shape[s] == 2 and extrasamples in ((1,), (2,)) else None
 
 
+def _tiff_order(axes: str) -> list[int]:
+    """The permutation that takes a TIFF series' axes to psr's order: every other axis (stacks,
+    ImageJ channels) as stored, then Y, X and the samples (S)."""
+    tail = [axes.index(a) for a in "YXS" if a in axes]
+    return [i for i in range(len(axes)) if i not in tail] + tail
+
+
 def _read_tiff(path: Path) -> tuple[Any, dict]:
     import numpy as np
     import tifffile
@@ -224,45 +231,55 @@ def _read_tiff(path: Path) -> tuple[Any, dict]:
             unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 1
             info["resolutionunit"] = int(unit)
         photometric = None if page.photometric is None else int(page.photometric)
+        # JPEG-compressed YCbCr is decoded to RGB (imagecodecs), as Pillow reads it.
+        if photometric == 6 and int(page.compression) in (6, 7) and "S" in axes and data.shape[axes.index("S")] == 3:
+            photometric = 2
         if "InterColorProfile" in tags and photometric in (0, 1, 2, 3):
             # Gray, RGB or palette pixels keep their colour space; CMYK, YCbCr or Lab ones are read
             # as other values, which the profile would mislabel.
             info["icc_profile"] = bytes(tags["InterColorProfile"].value)
-        alpha_axis = _tiff_alpha_axis(axes, data.shape, page)
+        alpha = _tiff_alpha_axis(axes, data.shape, page) is not None
         extrasamples = [int(e) for e in (page.extrasamples or ())]
         colormap = page.colormap if photometric == 3 and not tif.is_imagej else None
-    if len(axes) != data.ndim:  # never seen; fall back to psr.upscale's own reading of the shape
+    if len(axes) != data.ndim or "Y" not in axes or "X" not in axes:  # never seen; psr.upscale's own reading
         info["axes"] = None
         return data, info
-    if data.dtype == np.bool_:  # bilevel: 8-bit gray, as psr reads a mode "1" PNG
-        data = data.astype(np.uint8) * np.uint8(255)
-    rgb = photometric == 2
+    if "S" in axes:  # where the samples are stored: contiguous (last) or planar
+        info["planarconfig"] = "contig" if axes.index("S") == len(axes) - 1 else "separate"
+    # psr's order: stack axes, then Y, X and the samples; write_image and write_tiff_streamed put
+    # the axes back as stored (info["order"]).
+    order = _tiff_order(axes)
+    if order != list(range(len(axes))):
+        data = np.transpose(data, order)
+        info["order"] = order
+    proc_axes = "".join(axes[i] for i in order)
     if colormap is not None and "S" not in axes:
         # Palette indices are not intensities: the colours they name, as psr reads a mode "P" PNG
         # (ImageJ's palette files are intensities with a display LUT: kept as gray).
         cmap = np.asarray(colormap, np.uint16)  # 16-bit colours: 8-bit ones times 257, or times 256 (Pillow)
         cmap = (cmap // 257 if not (cmap % 257).any() else cmap >> 8).astype(np.uint8)
-        data = np.moveaxis(cmap[:, data], 0, -1)
-        axes, rgb = axes + "S", True
-        info["axes"] = axes
+        data = np.moveaxis(cmap[:, data.astype(np.intp) if data.dtype == np.bool_ else data], 0, -1)
+        axes, proc_axes, photometric = axes + "S", proc_axes + "S", 2
+        info.update(axes=axes, planarconfig="contig")
+        if "order" in info:  # the new samples axis is last, stored and processed
+            info["order"] = [*info["order"], len(info["order"])]
+    elif data.dtype == np.bool_:  # bilevel: 8-bit gray, as psr reads a mode "1" PNG
+        data = data.astype(np.uint8) * np.uint8(255)
+    info["proc_axes"] = proc_axes
+    rgb = photometric == 2
     # The network sees planes of Y and X; samples (S), else ImageJ channels (C), are channels, every
     # other axis is a stack.
-    if alpha_axis is not None:
+    if alpha:
         # Gray + alpha (one page or a stack, samples contiguous or planar), as a gray+alpha PNG: the
-        # gray planes upscaled, the alpha planes bicubic (_process), on (..., H, W, 2); write_image
-        # puts the samples back where they were.
-        data = np.moveaxis(data, alpha_axis, -1)
+        # gray planes upscaled, the alpha planes bicubic (_process).
         info.update(mode="LA", channel_axis=data.ndim - 1, rgb=False, extrasamples=extrasamples)
-        info["sample_axis"] = alpha_axis
-    elif "S" in axes:
-        s = axes.index("S")
-        info["channel_axis"] = s
-        info["rgb"] = rgb and data.shape[s] in (3, 4)
+    elif "S" in proc_axes:
+        info["channel_axis"] = data.ndim - 1
+        info["rgb"] = rgb and data.shape[-1] in (3, 4)
         if info["rgb"]:
             info["photometric"] = "rgb"
-            info["planarconfig"] = "contig" if s == data.ndim - 1 else "separate"
-    elif "C" in axes:  # ImageJ hyperstack channels (CYX, TZCYX): independent gray images, each
-        info["channel_axis"] = axes.index("C")  # normalised on its own (psr.upscale, channel_axis)
+    elif "C" in proc_axes:  # ImageJ hyperstack channels (CYX, TZCYX): independent gray images, each
+        info["channel_axis"] = proc_axes.index("C")  # normalised on its own (psr.upscale, channel_axis)
         info["rgb"] = False
     else:
         info["channel_axis"] = None
@@ -270,8 +287,8 @@ def _read_tiff(path: Path) -> tuple[Any, dict]:
         # MINISWHITE: 0 is white. The network expects 0 to be black, as psr reads such a file with
         # Pillow: integer gray is inverted here, and back in a TIFF output, which stays MINISWHITE.
         info["photometric"] = "miniswhite"
-        if data.dtype.kind in "ui":
-            gray = data[..., 0] if alpha_axis is not None else data
+        if data.dtype.kind in "ui":  # in place: data (or the array it views) is our own decoding
+            gray = data[..., 0] if alpha else data
             np.invert(gray, out=gray)
             info["inverted"] = True
     return data, info
@@ -375,9 +392,21 @@ def _imagej_metadata(info: dict, scale: int) -> dict:
     for key in ("xorigin", "yorigin"):  # in pixels: the origin's pixel coordinate grows with the pixels
         if isinstance(meta.get(key), (int, float)):
             meta[key] = meta[key] * scale
-    if info.get("axes"):
-        meta["axes"] = info["axes"]
+    axes = _imagej_axes(info.get("axes"))
+    if axes:
+        meta["axes"] = axes
     return meta
+
+
+def _imagej_axes(axes: str | None) -> str | None:
+    """``axes`` as ImageJ can store them (a subsequence of TZCYXS), or None. tifffile names an
+    ImageJ image sequence without slices or frames ``I`` (``images=`` only): ImageJ reads it as Z."""
+    if not axes:
+        return None
+    if "Z" not in axes and axes.count("I") == 1:
+        axes = axes.replace("I", "Z")
+    it = iter("TZCYXS")
+    return axes if all(a in it for a in axes) else None
 
 
 def _dpi(info: dict) -> tuple[float, float] | None:
@@ -403,13 +432,17 @@ def _tiff_kwargs(info: dict, shape: tuple[int, ...], dtype: Any, scale: int) -> 
             kwargs["resolutionunit"] = info.get("resolutionunit", 1)
         if info.get("photometric"):
             kwargs["photometric"] = info["photometric"]
-            if info.get("planarconfig") and not info.get("imagej"):
+            if info.get("planarconfig") and info.get("rgb") and not info.get("imagej"):
                 kwargs["planarconfig"] = info["planarconfig"]
         if info.get("mode") == "LA":  # gray + alpha samples, where they were read from
-            planar = "contig" if info.get("sample_axis", len(shape) - 1) == len(shape) - 1 else "separate"
             photometric = info.get("photometric", "minisblack")
+            planar = info.get("planarconfig", "contig")
             kwargs.update(photometric=photometric, planarconfig=planar, extrasamples=info["extrasamples"])
-        if info.get("imagej") and np.dtype(dtype) in (np.uint8, np.uint16, np.float32):
+        if (
+            info.get("imagej")
+            and np.dtype(dtype) in (np.uint8, np.uint16, np.float32)
+            and (not info.get("axes") or _imagej_axes(info["axes"]))
+        ):
             kwargs["imagej"] = True
             kwargs["metadata"] = _imagej_metadata(info, scale)
             kwargs.pop("resolutionunit", None)
@@ -430,13 +463,11 @@ def _tiff_kwargs(info: dict, shape: tuple[int, ...], dtype: Any, scale: int) -> 
 
 
 def _as_stored(arr: Any, info: dict) -> Any:
-    """A result in :func:`read_image`'s layout as the TIFF stores it: gray+alpha samples moved back
-    to the axis they were read from (a view)."""
+    """A result in :func:`read_image`'s axis order as the TIFF stores it (a view)."""
     import numpy as np
 
-    if info.get("mode") == "LA" and info.get("format") == "tiff":
-        return np.moveaxis(arr, -1, info.get("sample_axis", arr.ndim - 1))
-    return arr
+    order = info.get("order") if info.get("format") == "tiff" else None
+    return arr if order is None else np.transpose(arr, np.argsort(order))
 
 
 def _invert_gray(arr: Any, info: dict) -> None:
@@ -504,15 +535,14 @@ def write_tiff_streamed(path: Path, image: Any, info: dict, scale: int, fill: Ca
     import numpy as np
     import tifffile
 
-    proc_axes = str(info["axes"])
-    if info.get("mode") == "LA":  # read_image moved the samples last
-        proc_axes = proc_axes.replace("S", "") + "S"
+    proc_axes = str(info["proc_axes"])
     shape = list(np.shape(image))
     for ax in ("Y", "X"):
         shape[proc_axes.index(ax)] *= scale
-    stored_shape = list(shape)
-    if info.get("mode") == "LA":
-        stored_shape.insert(info.get("sample_axis", len(shape) - 1), stored_shape.pop())
+    order = info.get("order") or list(range(len(shape)))
+    stored_shape = [0] * len(shape)
+    for k, j in enumerate(order):  # processing axis k is stored axis j
+        stored_shape[j] = shape[k]
     dtype = np.asarray(image).dtype
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -535,7 +565,7 @@ def write_tiff_streamed(path: Path, image: Any, info: dict, scale: int, fill: Ca
                     exc.errno, f"cannot write {path}: {exc.strerror} (its pixels take {nbytes / 2**30:.2f} GiB)"
                 ) from exc
         mm = np.memmap(tmp, dtype=dtype, mode="r+", offset=offset, shape=tuple(stored_shape))
-        out = np.moveaxis(mm, info.get("sample_axis", mm.ndim - 1), -1) if info.get("mode") == "LA" else mm
+        out = np.transpose(mm, order)  # read_image's axis order (a view)
         fill(out)
         if info.get("inverted"):
             _invert_gray(out, info)
@@ -559,7 +589,7 @@ def _streamable(target: Path, image: Any, info: dict) -> bool:
     return (
         target.suffix.lower() in (".tif", ".tiff")
         and info.get("format") == "tiff"
-        and bool(info.get("axes"))
+        and bool(info.get("proc_axes"))
         and isinstance(image, np.ndarray)
         and image.dtype.isnative
     )

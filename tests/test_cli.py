@@ -862,3 +862,57 @@ def test_streamed_tiff_output_on_a_full_disk_is_a_clear_error(
     err = capsys.readouterr().err
     assert f"cannot write {out / 'in_x4.tif'}: No space left on device" in err, err
     assert not list(out.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["ome_tczyx", "shaped_yxz", "imagej_iyx", "ycbcr_jpeg", "palette_1bit", "planar_rgb"])
+def test_tiff_layouts_upscale_their_y_and_x_axes(
+    tmp_path: Path, tiny_model: Path, rng: np.random.Generator, kind: str
+) -> None:
+    """Whatever the stored axis order, the Y and X axes are upscaled and the rest kept, in place:
+    OME TCZYX (channels before two stack axes), a shaped YXZ file, an ImageJ image sequence (IYX),
+    JPEG-compressed YCbCr (RGB once decoded), a 1-bit palette, planar RGB (which PNG can now hold)."""
+    src = tmp_path / "in.tif"
+    model = ["--model", str(tiny_model), "--quiet"]
+    if kind == "ome_tczyx":
+        data = rng.integers(0, 4096, (2, 3, 2, 9, 11)).astype(np.uint16)
+        tifffile.imwrite(src, data, ome=True, metadata={"axes": "TCZYX"})
+        want = np.moveaxis(psr.upscale(np.moveaxis(data, 1, -1), 4, model=tiny_model, channel_axis=-1), -1, 1)
+    elif kind == "shaped_yxz":
+        data = rng.integers(0, 256, (9, 11, 10), np.uint8)
+        tifffile.imwrite(src, data, metadata={"axes": "YXZ"})
+        want = np.moveaxis(psr.upscale(np.moveaxis(data, -1, 0), 4, model=tiny_model, channel_axis=None), 0, -1)
+    elif kind == "imagej_iyx":
+        data = rng.integers(0, 256, (3, 9, 11), np.uint8)
+        with tifffile.TiffWriter(src) as w:  # "images=3" only, as ImageJ writes a plain sequence
+            for k in range(3):
+                desc = "ImageJ=1.53t\nimages=3" if k == 0 else None
+                w.write(data[k], description=desc, metadata=None, photometric="minisblack")
+        assert tifffile.TiffFile(src).series[0].axes == "IYX"
+        want = psr.upscale(data, 4, model=tiny_model, channel_axis=None)
+    elif kind == "ycbcr_jpeg":
+        data = rng.integers(0, 256, (16, 16, 3), np.uint8)
+        tifffile.imwrite(src, data, photometric="ycbcr", compression="jpeg", subsampling=(1, 1))
+        decoded = tifffile.imread(src)  # RGB
+        want = psr.upscale(decoded, 4, model=tiny_model)
+    elif kind == "palette_1bit":
+        idx = rng.integers(0, 2, (9, 11)).astype(bool)
+        cmap = [200 * 257, 20 * 257, 30 * 257, 40 * 257, 10 * 257, 250 * 257]  # R, G, B rows of 2 entries
+        tifffile.imwrite(src, idx, photometric="minisblack", extratags=[(320, "H", 6, cmap, True)])
+        with tifffile.TiffFile(src, mode="r+b") as tif:  # (tifffile writes no 1-bit palette itself)
+            tif.pages[0].tags["PhotometricInterpretation"].overwrite(3)
+        assert Image.open(src).mode == "P"
+        assert tifffile.TiffFile(src).pages[0].bitspersample == 1
+        want = psr.upscale(np.where(idx[..., None], [20, 40, 250], [200, 30, 10]).astype(np.uint8), 4, model=tiny_model)
+    else:
+        data = rng.integers(0, 256, (3, 9, 11), np.uint8)
+        tifffile.imwrite(src, data, photometric="rgb", planarconfig="separate")
+        want_rgb = psr.upscale(np.moveaxis(data, 0, -1), 4, model=tiny_model)
+        assert main(["upscale", str(src), "-o", str(tmp_path / "out.png"), *model]) == 0
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), want_rgb)
+        want = np.moveaxis(want_rgb, -1, 0)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "out.tif"), *model]) == 0
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        got = tif.series[0].asarray()
+        if kind == "imagej_iyx":
+            assert tif.is_imagej and tif.series[0].axes == "ZYX"
+    np.testing.assert_array_equal(got, want)
