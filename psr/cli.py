@@ -13,11 +13,15 @@ error). Errors are one line on stderr; ``PSR_DEBUG=1`` re-raises them with their
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import math
 import os
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +125,12 @@ def _array_mode(dtype: Any, shape: tuple[int, ...]) -> str | None:
 _DECODED: dict[tuple[str, int, int, int], tuple[Any, dict]] = {}
 
 
+def _physical_memory() -> int:
+    from .api import _physical_memory
+
+    return _physical_memory()
+
+
 def _file_key(path: Path) -> tuple[str, int, int, int]:
     st = path.stat()
     return (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
@@ -135,7 +145,7 @@ def _probe(path: Path, keep: bool = False) -> str | None:
             key = _file_key(path)
             data, info = _read_tiff(path)  # decoded in full: a corrupt segment is found here
             _check_values(path, data)
-            if keep:
+            if keep and data.nbytes <= _physical_memory() // 8:  # not beside the next inputs' decoding if large
                 _DECODED.clear()
                 _DECODED[key] = (data, info)
             return _array_mode(data.dtype, tuple(data.shape))
@@ -478,6 +488,14 @@ def _invert_gray(arr: Any, info: dict) -> None:
     np.invert(gray, out=gray)  # in place: no temporary of the image's size, memory maps included
 
 
+def _temp_name(path: Path) -> Path:
+    """A new hidden file beside ``path`` to write it atomically (then renamed over it): unique, so
+    that two runs writing the same output do not write into one temporary file."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
+
+
 def write_image(path: Path, image: object, info: dict, scale: int) -> None:
     """Write atomically (temp file, then rename) so a failed write leaves no half-written file.
 
@@ -488,7 +506,7 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temp_name(path)
     dpi = _dpi(info)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
@@ -545,26 +563,38 @@ def write_tiff_streamed(path: Path, image: Any, info: dict, scale: int, fill: Ca
         stored_shape[j] = shape[k]
     dtype = np.asarray(image).dtype
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    nbytes = math.prod(stored_shape) * dtype.itemsize  # contiguous from the data offset (as tifffile.memmap maps it)
+    free = shutil.disk_usage(path.parent).free
+    if nbytes > free:  # before any work, also where the blocks cannot be reserved below
+        raise OSError(
+            errno.ENOSPC, f"cannot write {path}: its pixels take {nbytes / 2**30:.2f} GiB, {free / 2**30:.2f} GiB free"
+        )
+    tmp = _temp_name(path)
     try:
         kwargs = _tiff_kwargs(info, stored_shape, dtype, scale)
         offset, _ = tifffile.imwrite(tmp, shape=stored_shape, dtype=dtype, returnoffset=True, **kwargs)
-        nbytes = math.prod(stored_shape) * dtype.itemsize  # contiguous from offset (as tifffile.memmap maps it)
         with open(tmp, "r+b") as fh:
-            # Reserve the blocks now: a full disk is an error here, not a SIGBUS in the middle
-            # of writing through the memory map (macOS has no posix_fallocate: writing the last
-            # byte at least sizes the file there).
+            # Reserve the blocks now: a full disk (another writer may fill it) is an error here,
+            # not a SIGBUS in the middle of writing through the memory map. Where reserving is not
+            # supported (no posix_fallocate on macOS, some file systems) the check above stands.
             try:
                 if hasattr(os, "posix_fallocate"):
                     os.posix_fallocate(fh.fileno(), offset, nbytes)
-                elif nbytes:
-                    fh.seek(offset + nbytes - 1)
-                    fh.write(b"\0")
             except OSError as exc:
-                raise OSError(
-                    exc.errno, f"cannot write {path}: {exc.strerror} (its pixels take {nbytes / 2**30:.2f} GiB)"
-                ) from exc
-        mm = np.memmap(tmp, dtype=dtype, mode="r+", offset=offset, shape=tuple(stored_shape))
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise OSError(
+                        exc.errno, f"cannot write {path}: {exc.strerror} (its pixels take {nbytes / 2**30:.2f} GiB)"
+                    ) from exc
+        try:
+            mm = np.memmap(tmp, dtype=dtype, mode="r+", offset=offset, shape=tuple(stored_shape))
+        except OSError as exc:  # a file system without shared memory maps (some FUSE mounts): in memory
+            if exc.errno not in (errno.ENODEV, errno.EOPNOTSUPP, errno.EINVAL, errno.ENXIO):
+                raise
+            tmp.unlink()
+            result = np.empty(shape, dtype)
+            fill(result)
+            write_image(path, result, info, scale)
+            return
         out = np.transpose(mm, order)  # read_image's axis order (a view)
         fill(out)
         if info.get("inverted"):
@@ -1112,6 +1142,28 @@ def _error(args: argparse.Namespace, message: object, status: int) -> int:
     return status
 
 
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (a job scheduler's or ``kill``'s stop) as ``SystemExit(143)``: cleanup runs, so
+    no temporary file of an output being written is left behind. Only where SIGTERM has its
+    default action and in the main thread (a caller's own handler is left alone)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``psr``; returns the exit status (0 ok, 1 a failure at run time, 2 a usage or input error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1122,7 +1174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         return _error(args, exc, 2)
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_exit():
+            return int(args.func(args) or 0)
     except SystemExit as exc:  # UsageError, or a subcommand's SystemExit("message")
         if not isinstance(exc.code, str):
             raise

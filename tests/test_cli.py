@@ -916,3 +916,76 @@ def test_tiff_layouts_upscale_their_y_and_x_axes(
         if kind == "imagej_iyx":
             assert tif.is_imagej and tif.series[0].axes == "ZYX"
     np.testing.assert_array_equal(got, want)
+
+
+def test_sigterm_while_writing_leaves_no_temporary_file(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (how job schedulers stop a job) exits with 143 through the cleanup: the output's
+    temporary file is removed, and the default SIGTERM action is back afterwards."""
+    import os
+    import signal
+
+    import psr.cli as cli
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, rng.integers(0, 4096, (2, 9, 11)).astype(np.uint16))
+    seen: list[list[Path]] = []
+
+    def killed(image: object, info: dict, run: object, run_alpha: object, out: np.ndarray) -> None:
+        out[0] = 7
+        seen.append(list((tmp_path / "out").glob(".*.tmp")))  # the memory-mapped output exists now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "_process", killed)
+    with pytest.raises(SystemExit) as info:
+        main(["upscale", str(src), "-o", str(tmp_path / "out"), "--bicubic", "--quiet"])
+    assert info.value.code == 143 and len(seen) == 1 and len(seen[0]) == 1
+    assert not list((tmp_path / "out").iterdir())
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_streamed_tiff_output_checks_free_space_and_falls_back_without_memory_maps(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import psr.cli as cli
+
+    src = tmp_path / "in.tif"
+    data = rng.integers(0, 4096, (2, 9, 11)).astype(np.uint16)
+    tifffile.imwrite(src, data)
+    want = psr.upscale(data, 4, model="bicubic")
+    usage = namedtuple("usage", "total used free")
+    with monkeypatch.context() as m:  # less free space than the result's pixels: refused before any work
+        m.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100, 100))
+        m.setattr(cli, "_process", lambda *a, **k: pytest.fail("no work may start"))
+        assert main(["upscale", str(src), "-o", str(tmp_path / "a"), "--bicubic", "--quiet"]) == 1
+        assert "its pixels take 0.00 GiB, 0.00 GiB free" in capsys.readouterr().err
+        assert not list((tmp_path / "a").iterdir())
+
+    def no_maps(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENODEV, "No such device")
+
+    with monkeypatch.context() as m:  # a file system without shared memory maps: written from memory
+        m.setattr(np, "memmap", no_maps)
+        assert main(["upscale", str(src), "-o", str(tmp_path / "b"), "--bicubic", "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "b" / "in_x4.tif"), want)
+    assert [f.name for f in (tmp_path / "b").iterdir()] == ["in_x4.tif"]
+
+
+def test_a_large_first_tiff_is_not_kept_beside_the_others(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psr.cli as cli
+
+    calls: list[str] = []
+    real = cli._read_tiff
+    monkeypatch.setattr(cli, "_read_tiff", lambda p: calls.append(p.name) or real(p))
+    monkeypatch.setattr(cli, "_physical_memory", lambda: 8 * 100)  # the image (396 bytes) is over 1/8
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, rng.integers(0, 4096, (2, 9, 11)).astype(np.uint16))
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o.tif"), "--bicubic", "--quiet"]) == 0
+    assert calls == ["in.tif", "in.tif"] and not cli._DECODED
