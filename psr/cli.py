@@ -38,7 +38,7 @@ _IMAGE_LIKE = frozenset(
     ".nef .arw .fits .fit".split()
 )
 _BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-_BENCH_KNOWN = ("ops", "stylize", "train", "upscale")  # when benchmarks/ is absent (an installed wheel)
+_BENCH_KNOWN = ("cli", "ops", "stylize", "train", "upscale")  # when benchmarks/ is absent (an installed wheel)
 # Modes Pillow writes to each format (what a result of the input's mode can be saved as).
 _WRITABLE = {"JPEG": ("L", "RGB"), "PNG": ("1", "L", "LA", "I;16", "P", "RGB", "RGBA")}
 _LAZY_HELP = {

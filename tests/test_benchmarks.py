@@ -119,6 +119,14 @@ def test_bench_upscale_runs(tmp_path: Path) -> None:
     assert json.loads(js.read_text())
 
 
+def test_bench_cli_runs(tmp_path: Path) -> None:
+    js = tmp_path / "cli.json"
+    _run("bench_cli.py", "--planes", "3", "--size", "40", "--scale", "2", "--json", str(js))
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["streamed", "memory"]
+    assert all(r["seconds"] > 0 and r["peak_anon_mib"] > 0 for r in rows)
+
+
 def test_bench_stylize_quick(tmp_path: Path) -> None:
     js = tmp_path / "st.json"
     _run("bench_stylize.py", "--quick", "--json", str(js))

@@ -457,7 +457,7 @@ def test_bench_choices_follow_the_scripts(monkeypatch: pytest.MonkeyPatch, tmp_p
         assert set(choices()) == {p.stem[len("bench_") :] for p in root.glob("bench_*.py")}
         assert "stylize" in choices()
     monkeypatch.setattr(psr.cli, "_BENCHMARKS", tmp_path / "absent")  # an installed wheel
-    assert set(choices()) == {"upscale", "ops", "train", "stylize"}
+    assert set(choices()) == {"cli", "upscale", "ops", "train", "stylize"}
     (tmp_path / "absent").mkdir()
     (tmp_path / "absent" / "bench_extra.py").write_text("")
     assert choices() == ("extra",)
