@@ -159,6 +159,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", default="pixel", choices=("pixel", "perceptual"), help="per-pixel MSE or relu2_2 features")
     g.add_argument("--tv-weight", type=float, default=0.0, help="weight of the total-variation regulariser")
     g.add_argument(
+        "--pixel-weight",
+        type=float,
+        default=0.0,
+        help="with --loss perceptual: plus this times the per-pixel MSE (images in [0, 1]), which sees the "
+        "upsampling layers' periodic grid that relu2_2 features barely do (not in the paper)",
+    )
+    g.add_argument(
         "--vgg-weights", type=Path, default=None, help=f"VGG-16 weights file (default: {_vgg_default_help(True)})"
     )
     g.add_argument("--iterations", type=int, default=200_000, help="training iterations (paper: 200k)")
@@ -234,6 +241,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
     if not (args.tv_weight >= 0 and math.isfinite(args.tv_weight)):
         raise ValueError(f"--tv-weight must be >= 0, got {args.tv_weight}")
+    if not (getattr(args, "pixel_weight", 0.0) >= 0 and math.isfinite(getattr(args, "pixel_weight", 0.0))):
+        raise ValueError(f"--pixel-weight must be >= 0, got {args.pixel_weight}")
+    if getattr(args, "pixel_weight", 0.0) > 0 and (getattr(args, "task", "sr") != "sr" or args.loss != "perceptual"):
+        raise ValueError("--pixel-weight adds a per-pixel term to --loss perceptual (super-resolution only)")
     if not args.max_minutes >= 0:  # NaN too: it would never stop the run
         raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
     if any(not 0 < f < 1 for f in args.lr_decay_at):
@@ -632,6 +643,7 @@ def main(args: argparse.Namespace) -> dict:
     """
     # Namespaces not built by add_arguments (older callers) get the defaults of newer options.
     defaults = {"channels": 64, "blocks": 4, "norm": "batch", "workers": 0, "amp": True, "tv_weight": 0.0}
+    defaults["pixel_weight"] = 0.0
     defaults.update(vgg_weights=None, stop_at=0, small_images="skip", warmup=0, overwrite=False, init_from=None)
     for name, default in defaults.items():
         if not hasattr(args, name):
@@ -903,6 +915,8 @@ def _sr_job(args: argparse.Namespace, lead: bool, world: int, device: torch.devi
         terms = {}
         if perceptual is not None:
             terms["feature"] = perceptual(sr, hr_img)
+            if args.pixel_weight > 0:
+                terms["pixel"] = args.pixel_weight * F.mse_loss(sr.float(), hr_img)
         else:
             terms["pixel"] = F.mse_loss(sr.float(), hr_img)
         if tv is not None:
@@ -915,6 +929,7 @@ def _sr_job(args: argparse.Namespace, lead: bool, world: int, device: torch.devi
         "loss": args.loss,
         "loss_layers": [FEATURE_LAYER] if args.loss == "perceptual" else [],
         "tv_weight": args.tv_weight,
+        "pixel_weight": args.pixel_weight,
         "degradation": degradation.name,
         "training_data": str(args.data),
         "n_train_images": len(sampler.images),
@@ -930,6 +945,7 @@ def _sr_job(args: argparse.Namespace, lead: bool, world: int, device: torch.devi
         sampler=sampler,
         meta_base=meta_base,
         resume_keys=(*_VALIDATION_KEYS, "loss", "degradation", "patch", "batch_size", "seed", "tv_weight", "lr")
+        + ("pixel_weight",)
         + ("warmup", "lr_decay_at"),
         losses=losses,
         validate=(lambda: validate(model, val_images, args.scale, device, vgg_val)) if val_images else None,

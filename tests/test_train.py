@@ -86,7 +86,7 @@ def test_resume_is_bit_exact(tmp_path: Path, data_dir: Path, loss: str) -> None:
     common = [*TINY, "--data", data_dir, "--loss", loss, "--iterations", "6", "--lr-decay-at", "0.5"]
     common += ["--val-every", "2", "--checkpoint-every", "2", "--degradation", "blur_range:0.5:1.5"]
     if loss == "perceptual":
-        common += ["--tv-weight", "1e3"]
+        common += ["--tv-weight", "1e3", "--pixel-weight", "1e4"]
     full = train.main(parse(*common, "--out", tmp_path / "full", "--workers", "0"))
     part = train.main(parse(*common, "--out", tmp_path / "split", "--workers", "0", "--stop-at", "3"))
     assert part["iteration"] == 3 and part["stopped_early"]
@@ -108,6 +108,9 @@ def test_resume_is_bit_exact(tmp_path: Path, data_dir: Path, loss: str) -> None:
     la = {r["it"]: r["loss"] for r in read_log(tmp_path / "full") if "loss" in r}
     lb = {r["it"]: r["loss"] for r in read_log(tmp_path / "split") if "loss" in r}
     assert la == lb and sorted(la) == [1, 2, 3, 4, 5, 6]
+    if loss == "perceptual":  # the loss is the sum of its logged terms, the per-pixel one included
+        for r in (r for r in read_log(tmp_path / "full") if "loss" in r):
+            assert r["pixel"] > 0 and r["loss"] == pytest.approx(r["feature"] + r["pixel"] + r["tv"], rel=1e-5)
     vals = [r for r in read_log(tmp_path / "full") if "val_psnr" in r]
     assert [r["it"] for r in vals] == [2, 4, 6]
     assert all(math.isfinite(r["val_psnr"]) and 0 < r["val_ssim"] <= 1 for r in vals)
@@ -392,6 +395,8 @@ def test_export_writes_shipped_format(tmp_path: Path, data_dir: Path, rng: np.ra
         (["--iterations", "0"], "--iterations"),
         (["--lr-decay-at", "1.5"], "lr-decay-at"),
         (["--tv-weight", "-1"], "tv-weight"),
+        (["--pixel-weight", "-1"], "pixel-weight"),
+        (["--pixel-weight", "1"], "adds a per-pixel term to --loss perceptual"),  # with --loss pixel
         (["--device", "tpu"], "--device"),
         (["--degradation", "gauss"], "degradation"),
         (["--workers", "-1"], "--workers"),
