@@ -496,6 +496,38 @@ def _temp_name(path: Path) -> Path:
     return Path(name)
 
 
+@contextlib.contextmanager
+def _atomic_write(path: Path) -> Iterator[Path]:
+    """A new temporary file beside ``path`` to write; renamed over ``path`` when the block ends,
+    removed if it fails, so that nothing half-written is ever left. An OSError on the temporary
+    file is reworded to name ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename) != str(tmp):
+            raise
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_tiff(target: Path, image: Any, info: dict, scale: int) -> None:
+    """``image`` (in :func:`read_image`'s layout) as a TIFF at ``target``, with its metadata."""
+    import numpy as np
+    import tifffile
+
+    arr = np.asarray(image)
+    if info.get("inverted"):  # MINISWHITE integer gray, inverted by _read_tiff: back
+        arr = arr.copy()
+        _invert_gray(arr, info)
+    arr = _as_stored(arr, info)
+    tifffile.imwrite(target, arr, **_tiff_kwargs(info, arr.shape, arr.dtype, scale))
+
+
 def write_image(path: Path, image: object, info: dict, scale: int) -> None:
     """Write atomically (temp file, then rename) so a failed write leaves no half-written file.
 
@@ -505,44 +537,27 @@ def write_image(path: Path, image: object, info: dict, scale: int) -> None:
     """
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    dpi = _dpi(info)
-    try:
+    with _atomic_write(path) as tmp:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
+            _write_tiff(tmp, image, info, scale)
+            return
+        from PIL import Image
 
-            arr = np.asarray(image)
-            if info.get("inverted"):  # MINISWHITE integer gray, inverted by _read_tiff: back
-                arr = arr.copy()
-                _invert_gray(arr, info)
-            arr = _as_stored(arr, info)
-            tifffile.imwrite(tmp, arr, **_tiff_kwargs(info, arr.shape, arr.dtype, scale))
+        if isinstance(image, Image.Image):
+            im = image
         else:
-            from PIL import Image
-
-            if isinstance(image, Image.Image):
-                im = image
-            else:
-                arr = np.asarray(image)
-                im = Image.fromarray(arr.astype(arr.dtype.newbyteorder("="), copy=False))  # e.g. big-endian TIFF
-            fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}[path.suffix.lower()]
-            if im.mode not in _WRITABLE[fmt]:
-                raise ValueError(f"{path}: {fmt} cannot store mode {im.mode}; write a .png or .tif instead")
-            save: dict = {"quality": 95} if fmt == "JPEG" else {}
-            if info.get("icc_profile"):
-                save["icc_profile"] = info["icc_profile"]
-            if dpi:
-                save["dpi"] = (dpi[0] * scale, dpi[1] * scale)
-            im.save(tmp, format=fmt, **save)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.filename is None or str(exc.filename) != str(tmp):
-            raise
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            arr = np.asarray(image)
+            im = Image.fromarray(arr.astype(arr.dtype.newbyteorder("="), copy=False))  # e.g. big-endian TIFF
+        fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}[path.suffix.lower()]
+        if im.mode not in _WRITABLE[fmt]:
+            raise ValueError(f"{path}: {fmt} cannot store mode {im.mode}; write a .png or .tif instead")
+        save: dict = {"quality": 95} if fmt == "JPEG" else {}
+        if info.get("icc_profile"):
+            save["icc_profile"] = info["icc_profile"]
+        dpi = _dpi(info)
+        if dpi:
+            save["dpi"] = (dpi[0] * scale, dpi[1] * scale)
+        im.save(tmp, format=fmt, **save)
 
 
 def write_tiff_streamed(path: Path, image: Any, info: dict, scale: int, fill: Callable[[Any], None]) -> None:
@@ -558,19 +573,16 @@ def write_tiff_streamed(path: Path, image: Any, info: dict, scale: int, fill: Ca
     for ax in ("Y", "X"):
         shape[proc_axes.index(ax)] *= scale
     order = info.get("order") or list(range(len(shape)))
-    stored_shape = [0] * len(shape)
-    for k, j in enumerate(order):  # processing axis k is stored axis j
-        stored_shape[j] = shape[k]
+    stored_shape = [shape[k] for k in np.argsort(order)]  # as _as_stored transposes
     dtype = np.asarray(image).dtype
-    path.parent.mkdir(parents=True, exist_ok=True)
     nbytes = math.prod(stored_shape) * dtype.itemsize  # contiguous from the data offset (as tifffile.memmap maps it)
-    free = shutil.disk_usage(path.parent).free
-    if nbytes > free:  # before any work, also where the blocks cannot be reserved below
-        raise OSError(
-            errno.ENOSPC, f"cannot write {path}: its pixels take {nbytes / 2**30:.2f} GiB, {free / 2**30:.2f} GiB free"
-        )
-    tmp = _temp_name(path)
-    try:
+    with _atomic_write(path) as tmp:
+        free = shutil.disk_usage(path.parent).free
+        if nbytes > free:  # before any work, also where the blocks cannot be reserved below
+            raise OSError(
+                errno.ENOSPC,
+                f"cannot write {path}: its pixels take {nbytes / 2**30:.2f} GiB, {free / 2**30:.2f} GiB free",
+            )
         kwargs = _tiff_kwargs(info, stored_shape, dtype, scale)
         offset, _ = tifffile.imwrite(tmp, shape=stored_shape, dtype=dtype, returnoffset=True, **kwargs)
         with open(tmp, "r+b") as fh:
@@ -590,10 +602,9 @@ def write_tiff_streamed(path: Path, image: Any, info: dict, scale: int, fill: Ca
         except OSError as exc:  # a file system without shared memory maps (some FUSE mounts): in memory
             if exc.errno not in (errno.ENODEV, errno.EOPNOTSUPP, errno.EINVAL, errno.ENXIO):
                 raise
-            tmp.unlink()
             result = np.empty(shape, dtype)
             fill(result)
-            write_image(path, result, info, scale)
+            _write_tiff(tmp, result, info, scale)
             return
         out = np.transpose(mm, order)  # read_image's axis order (a view)
         fill(out)
@@ -601,14 +612,6 @@ def write_tiff_streamed(path: Path, image: Any, info: dict, scale: int, fill: Ca
             _invert_gray(out, info)
         mm.flush()
         del out, mm
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.filename is None or str(exc.filename) != str(tmp):
-            raise
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _streamable(target: Path, image: Any, info: dict) -> bool:
