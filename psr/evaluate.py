@@ -250,7 +250,7 @@ def evaluate(
         if not _m.fits_ssim(hr.shape[0], hr.shape[1], shave):
             raise ValueError(
                 f"{str(path)!r}: image of shape {hr.shape} (mod-cropped to x{scale}) is too small: shaving "
-                f"{shave} pixels per border leaves less than SSIM's 11x11 window"
+                f"{shave} pixels per border leaves less than SSIM's {_m.SSIM_WINDOW}x{_m.SSIM_WINDOW} window"
             )
         lr = _degrade(hr, scale)
         sr = upscale(lr, scale, model=net, match_histogram=match_histogram, device=dev, tile=tile)

@@ -241,9 +241,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
     if not (args.tv_weight >= 0 and math.isfinite(args.tv_weight)):
         raise ValueError(f"--tv-weight must be >= 0, got {args.tv_weight}")
-    if not (getattr(args, "pixel_weight", 0.0) >= 0 and math.isfinite(getattr(args, "pixel_weight", 0.0))):
-        raise ValueError(f"--pixel-weight must be >= 0, got {args.pixel_weight}")
-    if getattr(args, "pixel_weight", 0.0) > 0 and (getattr(args, "task", "sr") != "sr" or args.loss != "perceptual"):
+    pixel_weight = getattr(args, "pixel_weight", 0.0)  # older callers' namespaces lack it
+    if not (pixel_weight >= 0 and math.isfinite(pixel_weight)):
+        raise ValueError(f"--pixel-weight must be >= 0, got {pixel_weight}")
+    if pixel_weight > 0 and (getattr(args, "task", "sr") != "sr" or args.loss != "perceptual"):
         raise ValueError("--pixel-weight adds a per-pixel term to --loss perceptual (super-resolution only)")
     if not args.max_minutes >= 0:  # NaN too: it would never stop the run
         raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
@@ -643,7 +644,7 @@ def main(args: argparse.Namespace) -> dict:
     """
     # Namespaces not built by add_arguments (older callers) get the defaults of newer options.
     defaults = {"channels": 64, "blocks": 4, "norm": "batch", "workers": 0, "amp": True, "tv_weight": 0.0}
-    defaults["pixel_weight"] = 0.0
+    defaults.update(pixel_weight=0.0)
     defaults.update(vgg_weights=None, stop_at=0, small_images="skip", warmup=0, overwrite=False, init_from=None)
     for name, default in defaults.items():
         if not hasattr(args, name):
@@ -886,8 +887,8 @@ def _sr_job(args: argparse.Namespace, lead: bool, world: int, device: torch.devi
         if not fits_ssim(img.shape[1], img.shape[2], args.scale):
             raise ValueError(
                 f"validation image {str(f)!r} ({img.shape[2]}x{img.shape[1]} after the crop) is too small: "
-                f"shaving {args.scale} pixels per border leaves less than SSIM's 11x11 window; remove it from "
-                "--data or change --n-val"
+                f"shaving {args.scale} pixels per border leaves less than SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window; "
+                "remove it from --data or change --n-val"
             )
 
     torch.manual_seed(args.seed)  # the initial weights are a function of --seed
@@ -945,8 +946,7 @@ def _sr_job(args: argparse.Namespace, lead: bool, world: int, device: torch.devi
         sampler=sampler,
         meta_base=meta_base,
         resume_keys=(*_VALIDATION_KEYS, "loss", "degradation", "patch", "batch_size", "seed", "tv_weight", "lr")
-        + ("pixel_weight",)
-        + ("warmup", "lr_decay_at"),
+        + ("pixel_weight", "warmup", "lr_decay_at"),
         losses=losses,
         validate=(lambda: validate(model, val_images, args.scale, device, vgg_val)) if val_images else None,
         best=lambda b: _normalise_best(b, args.loss),
